@@ -1,0 +1,41 @@
+# handfuse: two commands do everything on a fresh machine.
+#   make reproduce   # the main job: every table, figure and animation on the synthetic benchmark (cpu preset)
+#   make test        # the test suite, notebooks included (smoke preset)
+# Each bootstraps .venv from requirements.txt the first time (idempotent: a stamp file
+# records that the pinned set is installed; editing requirements.txt re-installs).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PRESET ?= cpu
+OUT    ?= runs/$(PRESET)
+
+# glibc tunables that avoid page-fault storms in torch on these VMs (../docs perf facts);
+# exported so that papermill kernels and benchmark processes inherit them.
+export MALLOC_MMAP_THRESHOLD_ := 4294967296
+export MALLOC_TRIM_THRESHOLD_ := 68719476736
+export PYTHONUNBUFFERED := 1
+
+.PHONY: reproduce test bench env clean-data
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+env: $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/python -m handfuse reproduce --preset $(PRESET) --out $(OUT)
+
+test: $(STAMP)
+	HANDFUSE_PRESET=smoke $(BIN)/python -m pytest -q tests --nbval-lax notebooks -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean-data:
+	rm -rf data runs

@@ -1,0 +1,134 @@
+"""Typed configuration: one small frozen dataclass per component, composed into named presets.
+
+Unknown keys and impossible values are refused with a :class:`ConfigError` that
+names the parameter and what is allowed.  ``asdict(cfg)`` is what goes into every
+checkpoint and results file.
+
+Presets (see ``PRESETS``): ``smoke`` is a seconds-long test fixture, ``cpu`` the
+default whose whole reproduction runs on a 2-core laptop, ``paper`` FPHA's counts
+and the original's model sizes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _check(cond: bool, name: str, value: object, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(name, value, allowed)
+
+
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build a config dataclass from a plain dict, refusing unknown keys (nested dataclasses too)."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(prefix + unknown[0], values[unknown[0]], f"known keys of {cls.__name__} are {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        factory = known[name].default_factory
+        if isinstance(value, dict) and dataclasses.is_dataclass(factory):
+            kwargs[name] = from_dict(factory, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic FPHA-format benchmark (``handfuse.synth``).
+
+    Counts: ``subjects`` x 45 actions x ``reps`` sequences; reps 1..reps//2 go to
+    the action split's training side, the rest to test (FPHA's 1:1 split is by
+    repetition, every subject on both sides).  Difficulty knobs are documented in
+    ``handfuse.synth.actions``.
+    """
+
+    subjects: int = 6
+    reps: int = 4
+    fps: float = 10.0  # frames per second of the rendered sequence (FPHA: 30)
+    duration_s: float = 3.0  # mean action duration before the +-30 % speed jitter
+    seed: int = 0
+    # difficulty knobs (calibrated so that an LSTM on true poses is well below 100 %)
+    style_deg: float = 9.0  # per-sequence random finger-angle offsets (std, degrees)
+    amplitude_jitter: float = 0.3  # relative jitter of motion amplitudes
+    speed_jitter: float = 0.3  # relative jitter of the motion speed (and so of the length)
+    articulation_gap: float = 1.0  # scales the finger-only differences between look-alike classes
+    pose_noise_mm: float = 1.5  # per-frame annotation jitter of the written skeleton (magnetic sensors)
+    # sensor model
+    depth_noise: float = 1.0  # scales the distance-dependent depth jitter
+    dropout: float = 1.0  # scales the invalid-pixel (zero) processes
+    png_compression: int = 3
+    render: bool = True  # False writes skeletons only (fast calibration runs); not FPHA-complete
+
+    def __post_init__(self):
+        _check(1 <= self.subjects <= 99, "synth.subjects", self.subjects, "an integer in 1..99 (FPHA has 6)")
+        _check(self.reps >= 2, "synth.reps", self.reps, "an integer >= 2 (half train, half test)")
+        _check(self.fps > 0, "synth.fps", self.fps, "a positive number of frames per second")
+        _check(self.duration_s > 0, "synth.duration_s", self.duration_s, "a positive duration in seconds")
+        for name in ("style_deg", "amplitude_jitter", "articulation_gap", "pose_noise_mm", "depth_noise", "dropout"):
+            _check(getattr(self, name) >= 0, f"synth.{name}", getattr(self, name), "a number >= 0")
+        _check(0 <= self.speed_jitter < 0.9, "synth.speed_jitter", self.speed_jitter, "a number in [0, 0.9)")
+        _check(0 <= self.png_compression <= 9, "synth.png_compression", self.png_compression, "an integer in 0..9")
+
+
+CENTRES = ("gt", "depth")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Hand crops: a metric cube around the hand centre, resampled to crop x crop pixels."""
+
+    crop: int = 64  # S: the original used 128
+    cube_mm: float = 250.0  # edge of the metric cube
+    centre: str = "gt"  # "gt": the middle MCP, as the original; "depth": found from depth alone
+
+    def __post_init__(self):
+        _check(self.crop >= 8, "preprocess.crop", self.crop, "an integer >= 8 (pixels)")
+        _check(self.cube_mm > 0, "preprocess.cube_mm", self.cube_mm, "a positive size in mm")
+        _check(self.centre in CENTRES, "preprocess.centre", self.centre, f"one of {CENTRES}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "smoke",
+        SynthConfig(subjects=2, reps=2, fps=5.0, duration_s=2.0),
+        PreprocessConfig(crop=32),
+    ),
+    "cpu": Preset("cpu", SynthConfig(), PreprocessConfig(crop=64)),
+    "paper": Preset(
+        "paper",
+        SynthConfig(subjects=6, reps=5, fps=30.0, duration_s=2.8),
+        PreprocessConfig(crop=128),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """A named preset.  ``HANDFUSE_PRESET`` is *not* read here: see :func:`notebook_preset`."""
+    if name not in PRESETS:
+        raise ConfigError("preset", name, f"one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def notebook_preset(preset: str) -> str:
+    """The preset a notebook runs: its parameter, unless the test suite forces one through the
+    ``HANDFUSE_PRESET`` environment variable (``make test`` sets it to ``smoke`` for nbval)."""
+    forced = os.environ.get("HANDFUSE_PRESET")
+    name = forced or preset
+    get_preset(name)
+    return name

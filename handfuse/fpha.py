@@ -1,0 +1,347 @@
+"""Reader for the First-Person Hand Action benchmark's on-disk format.
+
+One reader serves the real dataset and the synthetic benchmark, which writes the
+same tree (see ``handfuse.synth``)::
+
+    ROOT/data_split_action_recognition.txt
+    ROOT/Video_files/Subject_<k>/<action>/<rep>/depth/depth_<NNNN>.png   640x480 uint16, mm
+    ROOT/Hand_pose_annotation_v1/Subject_<k>/<action>/<rep>/skeleton.txt   t x1 y1 z1 ... x21 y21 z21
+    ROOT/Subjects_info/Subject_<k>_info.txt
+
+Every malformed input raises one :class:`~handfuse.errors.DataError` whose
+message starts with the file (and the line, for text files).  Nothing is skipped
+silently: the only sequences left out are the three that FPHA's authors ask
+users to ignore.
+"""
+from __future__ import annotations
+
+import math
+import re
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .camera import FPHA_DEPTH
+from .errors import DataError
+from .skeleton import ACTION_INDEX, ACTIONS, NUM_ACTIONS, NUM_JOINTS
+
+SPLIT_FILE = "data_split_action_recognition.txt"
+VIDEO_DIR = "Video_files"
+POSE_DIR = "Hand_pose_annotation_v1"
+INFO_DIR = "Subjects_info"
+IGNORED = frozenset({"Subject_2/close_milk/4", "Subject_2/put_tea_bag/2", "Subject_4/flip_sponge/2"})
+POSE_TRAIN_SUBJECTS = (1, 3, 4)  # FPHA's cross-subject hand pose protocol
+SPLIT_HEADERS = ("Training", "Test")
+DEPTH_NAME = re.compile(r"depth_(\d{4})\.png")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IEND = b"IEND\xaeB`\x82"
+_KEY = re.compile(r"Subject_(\d+)/([A-Za-z_]+)/([^/\s]+)")
+
+
+@dataclass(frozen=True, order=True)
+class SequenceRef:
+    """One recorded sequence: ``Subject_<subject>/<action>/<rep>`` with its action label."""
+
+    subject: int
+    action: str
+    rep: str
+    label: int
+
+    @property
+    def key(self) -> str:
+        return f"Subject_{self.subject}/{self.action}/{self.rep}"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_depth_png(path: str | Path, intrinsics=FPHA_DEPTH) -> np.ndarray:
+    """Decode one depth frame: (H, W) uint16 millimetres.  Refuses anything that is not a
+    complete 16-bit single-channel PNG of the camera's size."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read depth frame ({e.strerror or e})") from None
+    _check_png(path, data[:26], len(data), data[-8:], intrinsics)
+    height, width = intrinsics.height, intrinsics.width
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint16 or img.shape != (height, width):
+        raise DataError(path, "corrupt PNG: the image data could not be decoded")
+    return img
+
+
+def write_depth_png(path: str | Path, depth: np.ndarray, compression: int = 3) -> None:
+    """Write (H, W) uint16 millimetres as a 16-bit greyscale PNG (deterministic bytes)."""
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise ValueError(f"depth must be a 2-D uint16 array, got {depth.dtype} {depth.shape}")
+    ok, buf = cv2.imencode(".png", depth, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    Path(path).write_bytes(buf.tobytes())
+
+
+def read_skeleton_file(path: str | Path) -> np.ndarray:
+    """Parse ``skeleton.txt``: (T, 21, 3) float32 millimetres in the depth camera's frame.
+    Each line must be the frame index (0, 1, 2, ... in order) followed by 63 finite numbers."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not a text file (byte {e.start} is not ASCII)") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read skeleton file ({e.strerror or e})") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():  # tolerate trailing blank lines only
+        lines.pop()
+    if not lines:
+        raise DataError(path, "empty skeleton file: the sequence has no frames")
+    ncol = 1 + 3 * NUM_JOINTS
+    out = np.empty((len(lines), ncol - 1), dtype=np.float64)
+    for i, line in enumerate(lines):
+        tokens = line.split()
+        if len(tokens) != ncol:
+            raise DataError(path, f"expected {ncol} numbers (frame index + 21 joints x 3), found {len(tokens)}", i + 1)
+        try:
+            values = [float(tok) for tok in tokens]
+        except ValueError:
+            bad = next(t for t in tokens if not _is_float(t))
+            raise DataError(path, f"column {tokens.index(bad) + 1}: {bad!r} is not a number", i + 1) from None
+        if not all(math.isfinite(v) for v in values):
+            col = next(c for c, v in enumerate(values) if not math.isfinite(v))
+            raise DataError(path, f"column {col + 1}: {tokens[col]!r} is not finite", i + 1)
+        if values[0] != i:
+            raise DataError(path, f"frame index {tokens[0]} out of order: expected {i}", i + 1)
+        out[i] = values[1:]
+    return out.reshape(len(lines), NUM_JOINTS, 3).astype(np.float32)
+
+
+def write_skeleton_file(path: str | Path, joints: np.ndarray) -> None:
+    """Write (T, 21, 3) joints in mm as FPHA's ``skeleton.txt`` (frame index, then x y z per joint)."""
+    joints = np.asarray(joints, dtype=np.float64).reshape(len(joints), NUM_JOINTS * 3)
+    lines = [f"{t} " + " ".join(f"{v:.4f}" for v in row) for t, row in enumerate(joints)]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="ascii")
+
+
+def write_split_file(path: str | Path, train: list[SequenceRef], test: list[SequenceRef]) -> None:
+    """Write the 1:1 action split in FPHA's layout: 'Training N', N entries, 'Test M', M entries."""
+    out = [f"Training {len(train)}"] + [f"{r.key} {r.label}" for r in train]
+    out += [f"Test {len(test)}"] + [f"{r.key} {r.label}" for r in test]
+    Path(path).write_text("\n".join(out) + "\n", encoding="ascii")
+
+
+def _is_float(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def read_split_file(path: str | Path) -> dict[str, list[tuple[SequenceRef, int]]]:
+    """Parse the action split: {"train": [(ref, line_no)], "test": [...]}.  Checks headers,
+    counts, labels (0..44, and agreeing with the action name) and duplicates."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "split file not found: is this an FPHA-shaped data root?")
+    lines = path.read_text(encoding="ascii", errors="replace").splitlines()
+    sides: dict[str, list[tuple[SequenceRef, int]]] = {"train": [], "test": []}
+    seen: dict[str, int] = {}
+    i = 0
+    for header, side in zip(SPLIT_HEADERS, sides):
+        while i < len(lines) and not lines[i].strip():
+            i += 1
+        if i >= len(lines):
+            raise DataError(path, f"missing the {header!r} section header")
+        parts = lines[i].split()
+        if len(parts) != 2 or parts[0] != header or not parts[1].isdigit():
+            raise DataError(path, f"expected a header '{header} <count>', found {lines[i]!r}", i + 1)
+        count, i = int(parts[1]), i + 1
+        for _ in range(count):
+            if i >= len(lines) or lines[i].split()[:1] in ([h] for h in SPLIT_HEADERS):
+                raise DataError(path, f"the {header!r} section announces {count} entries but has {len(sides[side])}", i + 1 if i < len(lines) else len(lines))
+            sides[side].append((_parse_split_entry(path, lines[i], i + 1, seen), i + 1))
+            i += 1
+    rest = [j for j in range(i, len(lines)) if lines[j].strip()]
+    if rest:
+        raise DataError(path, f"unexpected text after the 'Test' section: {lines[rest[0]]!r}", rest[0] + 1)
+    return sides
+
+
+def _parse_split_entry(path: Path, line: str, line_no: int, seen: dict[str, int]) -> SequenceRef:
+    parts = line.split()
+    if len(parts) != 2:
+        raise DataError(path, f"expected 'Subject_<k>/<action>/<rep> <label>', found {line!r}", line_no)
+    m = _KEY.fullmatch(parts[0])
+    if not m:
+        raise DataError(path, f"malformed sequence name {parts[0]!r}", line_no)
+    subject, action, rep = int(m[1]), m[2], m[3]
+    if action not in ACTION_INDEX:
+        raise DataError(path, f"unknown action {action!r}", line_no)
+    try:
+        label = int(parts[1])
+    except ValueError:
+        raise DataError(path, f"label {parts[1]!r} is not an integer", line_no) from None
+    if not 0 <= label < NUM_ACTIONS:
+        raise DataError(path, f"label {label} is outside 0..{NUM_ACTIONS - 1}", line_no)
+    if label != ACTION_INDEX[action]:
+        raise DataError(path, f"label {label} disagrees with action {action!r} (label {ACTION_INDEX[action]})", line_no)
+    if parts[0] in seen:
+        raise DataError(path, f"duplicate entry {parts[0]!r} (first on line {seen[parts[0]]})", line_no)
+    seen[parts[0]] = line_no
+    return SequenceRef(subject, action, rep, label)
+
+
+def depth_frame_indices(depth_dir: Path) -> list[int]:
+    """Indices of ``depth_NNNN.png`` files in a folder; anything else there is refused."""
+    try:
+        names = sorted(p.name for p in depth_dir.iterdir())
+    except FileNotFoundError:
+        raise DataError(depth_dir, "depth folder not found") from None
+    except OSError as e:
+        raise DataError(depth_dir, f"cannot list depth folder ({e.strerror or e})") from None
+    indices = []
+    for name in names:
+        m = DEPTH_NAME.fullmatch(name)
+        if m:
+            indices.append(int(m[1]))
+        elif name.endswith(".png"):
+            raise DataError(depth_dir / name, "unexpected file name: depth frames are named depth_NNNN.png")
+    return sorted(indices)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class FPHA:
+    """An FPHA-shaped data root (the real benchmark, or ``handfuse.synth``'s output).
+
+    ``FPHA(root)`` parses and checks the split file at once and that each listed
+    sequence exists; skeletons and frames are checked when read (``check()`` reads
+    them all).  ``train``/``test`` are the 1:1 action split; ``pose_split()`` the
+    cross-subject protocol.
+    """
+
+    def __init__(self, root: str | Path, intrinsics=FPHA_DEPTH):
+        self.root = Path(root)
+        self.intrinsics = intrinsics
+        if not self.root.is_dir():
+            raise DataError(self.root, "data root not found (expected an FPHA-shaped folder)")
+        split_path = self.root / SPLIT_FILE
+        sides = read_split_file(split_path)
+        for entries in sides.values():
+            for ref, line_no in entries:
+                if ref.key in IGNORED:
+                    continue
+                for folder in (self.depth_dir(ref), self.skeleton_path(ref).parent):
+                    if not folder.is_dir():
+                        raise DataError(split_path, f"entry {ref.key!r} names a missing sequence ({folder} not found)", line_no)
+        self.train: list[SequenceRef] = [r for r, _ in sides["train"] if r.key not in IGNORED]
+        self.test: list[SequenceRef] = [r for r, _ in sides["test"] if r.key not in IGNORED]
+
+    # paths
+    def depth_dir(self, ref: SequenceRef) -> Path:
+        return self.root / VIDEO_DIR / ref.key / "depth"
+
+    def depth_path(self, ref: SequenceRef, frame: int) -> Path:
+        return self.depth_dir(ref) / f"depth_{frame:04d}.png"
+
+    def skeleton_path(self, ref: SequenceRef) -> Path:
+        return self.root / POSE_DIR / ref.key / "skeleton.txt"
+
+    # splits
+    @property
+    def sequences(self) -> list[SequenceRef]:
+        return self.train + self.test
+
+    def split(self, name: str) -> list[SequenceRef]:
+        if name not in ("train", "test", "all"):
+            raise ValueError(f"split must be 'train', 'test' or 'all', got {name!r}")
+        return self.sequences if name == "all" else getattr(self, name)
+
+    def pose_split(self, train_subjects=POSE_TRAIN_SUBJECTS) -> tuple[list[SequenceRef], list[SequenceRef]]:
+        """FPHA's cross-subject hand-pose protocol over all sequences: (train, test)."""
+        train = [r for r in self.sequences if r.subject in train_subjects]
+        return train, [r for r in self.sequences if r.subject not in train_subjects]
+
+    @cached_property
+    def subjects(self) -> tuple[int, ...]:
+        return tuple(sorted({r.subject for r in self.sequences}))
+
+    # reading
+    def read_skeleton(self, ref: SequenceRef) -> np.ndarray:
+        """(T, 21, 3) float32 joints in mm, checked against the depth frames on disk."""
+        joints = read_skeleton_file(self.skeleton_path(ref))
+        self._check_frames(ref, len(joints))
+        return joints
+
+    def num_frames(self, ref: SequenceRef) -> int:
+        return len(self.read_skeleton(ref))
+
+    def read_depth(self, ref: SequenceRef, frame: int) -> np.ndarray:
+        return read_depth_png(self.depth_path(ref, frame), self.intrinsics)
+
+    def _check_frames(self, ref: SequenceRef, n: int) -> None:
+        found = depth_frame_indices(self.depth_dir(ref))
+        expected = list(range(n))
+        if found == expected:
+            return
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        if missing:
+            raise DataError(self.depth_path(ref, missing[0]), f"depth frame missing: {self.skeleton_path(ref)} has {n} frames"
+                            f" but {len(missing)} of their depth files are absent")
+        raise DataError(self.depth_path(ref, extra[0]), f"extra depth frame: {self.skeleton_path(ref)} has only {n} frames"
+                        f" (frames 0..{n - 1}), yet {len(extra)} more depth files exist")
+
+    def check(self, decode: bool = False) -> list[DataError]:
+        """Every problem in the root, in one pass (empty list = healthy).  With ``decode`` every
+        PNG is fully decoded; otherwise only its header and end are read."""
+        problems: list[DataError] = []
+        for ref in self.sequences:
+            try:
+                n = len(self.read_skeleton(ref))
+            except DataError as e:
+                problems.append(e)
+                continue
+            for t in range(n):
+                try:
+                    if decode:
+                        self.read_depth(ref, t)
+                    else:
+                        check_png_header(self.depth_path(ref, t), self.intrinsics)
+                except DataError as e:
+                    problems.append(e)
+        return problems
+
+
+def check_png_header(path: Path, intrinsics=FPHA_DEPTH) -> None:
+    """Cheap check of a depth PNG: signature, IHDR (16-bit grey, right size) and IEND, without decoding."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 8))
+            tail = f.read(8)
+    except OSError as e:
+        raise DataError(path, f"cannot read depth frame ({e.strerror or e})") from None
+    _check_png(path, head, size, tail, intrinsics)
+
+
+def _check_png(path: Path, head: bytes, size: int, tail: bytes, intrinsics) -> None:
+    """Signature, IHDR (16-bit grey, the camera's size) and IEND of a PNG, from its first 26 and last 8 bytes."""
+    if not head.startswith(PNG_SIGNATURE):
+        raise DataError(path, "not a PNG file (bad signature)")
+    if size < 45 or tail != PNG_IEND:
+        raise DataError(path, f"truncated PNG ({size} bytes, no IEND chunk at the end)")
+    width, height, bit_depth, colour = struct.unpack(">IIBB", head[16:26])
+    if bit_depth != 16 or colour != 0:
+        kind = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}.get(colour, f"colour type {colour}")
+        raise DataError(path, f"expected a 16-bit greyscale depth PNG, found {bit_depth}-bit {kind}")
+    if (width, height) != (intrinsics.width, intrinsics.height):
+        raise DataError(path, f"expected {intrinsics.width}x{intrinsics.height} pixels, found {width}x{height}")

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny hand-made FPHA tree (independent of the synthetic generator)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from handfuse.camera import FPHA_DEPTH
+from handfuse.fpha import SequenceRef, write_depth_png, write_skeleton_file, write_split_file, FPHA
+from handfuse.skeleton import ACTION_INDEX, NUM_JOINTS
+
+TINY_SEQUENCES = [
+    # (subject, action, rep, frames, side)
+    (1, "open_juice_bottle", "1", 4, "train"),
+    (1, "close_milk", "1", 3, "train"),
+    (2, "open_juice_bottle", "2", 5, "test"),
+    (3, "high_five", "2", 3, "test"),
+]
+
+
+def make_tiny_frame(joints: np.ndarray, table_mm: float = 800.0, radius_mm: float = 9.0) -> np.ndarray:
+    """A crude depth map: a flat table plus a disc of the joint's depth (minus its radius) at each joint."""
+    K = FPHA_DEPTH
+    depth = np.full((K.height, K.width), table_mm, dtype=np.float64)
+    vv, uu = np.mgrid[0:K.height, 0:K.width]
+    for xyz in joints:
+        u, v = K.project(xyz)
+        r_px = K.fx * radius_mm / xyz[2]
+        disc = (uu - u) ** 2 + (vv - v) ** 2 <= r_px**2
+        depth[disc] = np.minimum(depth[disc], xyz[2] - radius_mm)
+    return np.round(depth).astype(np.uint16)
+
+
+def make_tiny_fpha(root: Path, seed: int = 0) -> Path:
+    """Write TINY_SEQUENCES as an FPHA-shaped tree under ``root``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for subject, action, rep, frames, side in TINY_SEQUENCES:
+        ref = SequenceRef(subject, action, rep, ACTION_INDEX[action])
+        (train if side == "train" else test).append(ref)
+        centre = np.array([0.0, 40.0, 400.0]) + rng.normal(0, 20, 3)
+        offsets = rng.normal(0, 35, (NUM_JOINTS, 3))
+        joints = np.stack([centre + offsets + rng.normal(0, 2, (NUM_JOINTS, 3)) for _ in range(frames)])
+        pose_dir = root / "Hand_pose_annotation_v1" / ref.key
+        depth_dir = root / "Video_files" / ref.key / "depth"
+        pose_dir.mkdir(parents=True)
+        depth_dir.mkdir(parents=True)
+        write_skeleton_file(pose_dir / "skeleton.txt", joints)
+        for t in range(frames):
+            write_depth_png(depth_dir / f"depth_{t:04d}.png", make_tiny_frame(joints[t]))
+    write_split_file(root / "data_split_action_recognition.txt", train, test)
+    return root
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    """A fresh, valid tiny FPHA tree that a test may corrupt."""
+    return make_tiny_fpha(tmp_path / "fpha")
+
+
+@pytest.fixture
+def tiny_fpha(tiny_root: Path) -> FPHA:
+    return FPHA(tiny_root)
