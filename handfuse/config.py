@@ -65,7 +65,7 @@ class SynthConfig:
     # sensor model
     depth_noise: float = 1.0  # scales the distance-dependent depth jitter
     dropout: float = 1.0  # scales the invalid-pixel (zero) processes
-    png_compression: int = 3
+    png_compression: int = 1  # zlib level: 1 is 2x faster than 3 for ~10 % more disk
     render: bool = True  # False writes skeletons only (fast calibration runs); not FPHA-complete
 
     def __post_init__(self):
@@ -106,10 +106,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke",
-        SynthConfig(subjects=2, reps=2, fps=5.0, duration_s=2.0),
+        SynthConfig(subjects=2, reps=2, fps=3.0, duration_s=1.6),
         PreprocessConfig(crop=32),
     ),
-    "cpu": Preset("cpu", SynthConfig(), PreprocessConfig(crop=64)),
+    "cpu": Preset("cpu", SynthConfig(fps=7.5, duration_s=2.4), PreprocessConfig(crop=64)),
     "paper": Preset(
         "paper",
         SynthConfig(subjects=6, reps=5, fps=30.0, duration_s=2.8),

@@ -39,7 +39,9 @@ SPLIT_HEADERS = ("Training", "Test")
 DEPTH_NAME = re.compile(r"depth_(\d{4})\.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_IEND = b"IEND\xaeB`\x82"
-_KEY = re.compile(r"Subject_(\d+)/([A-Za-z_]+)/([^/\s]+)")
+_KEY = re.compile(r"Subject_([1-9][0-9]*)/([A-Za-z_]+)/([^/\s]+)")  # no leading zeros: one name per sequence
+_LABEL = re.compile(r"-?[0-9]+")  # int() alone would also take "1_1" or "+1"
+_NOT_TEXT = re.compile(rb"[^\t\n\v\f\r\x20-\x7e]")  # NUL, other control bytes, non-ASCII
 
 
 @dataclass(frozen=True, order=True)
@@ -90,12 +92,16 @@ def read_skeleton_file(path: str | Path) -> np.ndarray:
     Each line must be the frame index (0, 1, 2, ... in order) followed by 63 finite numbers."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="ascii")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not a text file (byte {e.start} is not ASCII)") from None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, "skeleton file not found") from None
     except OSError as e:
         raise DataError(path, f"cannot read skeleton file ({e.strerror or e})") from None
-    lines = text.splitlines()
+    binary = _NOT_TEXT.search(data)
+    if binary:
+        at = binary.start()
+        raise DataError(path, f"not an ASCII text file (byte {at} is {binary.group()!r})", data.count(b"\n", 0, at) + 1)
+    lines = _lines(data.decode("ascii"))
     while lines and not lines[-1].strip():  # tolerate trailing blank lines only
         lines.pop()
     if not lines:
@@ -134,6 +140,13 @@ def write_split_file(path: str | Path, train: list[SequenceRef], test: list[Sequ
     Path(path).write_text("\n".join(out) + "\n", encoding="ascii")
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as an editor numbers them: split on newlines only (str.splitlines also splits on
+    form feeds and other control characters, which would shift every later line number)."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def _is_float(tok: str) -> bool:
     try:
         float(tok)
@@ -144,32 +157,52 @@ def _is_float(tok: str) -> bool:
 
 def read_split_file(path: str | Path) -> dict[str, list[tuple[SequenceRef, int]]]:
     """Parse the action split: {"train": [(ref, line_no)], "test": [...]}.  Checks headers,
-    counts, labels (0..44, and agreeing with the action name) and duplicates."""
+    counts, labels (0..44, and agreeing with the action name) and duplicates.  Blank lines
+    are ignored; any other line out of place is an error."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "split file not found: is this an FPHA-shaped data root?")
-    lines = path.read_text(encoding="ascii", errors="replace").splitlines()
+    text = path.read_text(encoding="ascii", errors="replace")
+    rows = [(no, line) for no, line in enumerate(_lines(text), 1) if line.strip()]
     sides: dict[str, list[tuple[SequenceRef, int]]] = {"train": [], "test": []}
     seen: dict[str, int] = {}
     i = 0
+    previous = None  # (header, count, line) of the section just read
     for header, side in zip(SPLIT_HEADERS, sides):
-        while i < len(lines) and not lines[i].strip():
-            i += 1
-        if i >= len(lines):
+        if i >= len(rows):
             raise DataError(path, f"missing the {header!r} section header")
-        parts = lines[i].split()
+        no, line = rows[i]
+        parts = line.split()
         if len(parts) != 2 or parts[0] != header or not parts[1].isdigit():
-            raise DataError(path, f"expected a header '{header} <count>', found {lines[i]!r}", i + 1)
-        count, i = int(parts[1]), i + 1
-        for _ in range(count):
-            if i >= len(lines) or lines[i].split()[:1] in ([h] for h in SPLIT_HEADERS):
-                raise DataError(path, f"the {header!r} section announces {count} entries but has {len(sides[side])}", i + 1 if i < len(lines) else len(lines))
-            sides[side].append((_parse_split_entry(path, lines[i], i + 1, seen), i + 1))
-            i += 1
-    rest = [j for j in range(i, len(lines)) if lines[j].strip()]
-    if rest:
-        raise DataError(path, f"unexpected text after the 'Test' section: {lines[rest[0]]!r}", rest[0] + 1)
+            if previous and _is_split_entry(line):
+                raise _surplus_error(path, *previous, no)
+            raise DataError(path, f"expected a header '{header} <count>', found {line!r}", no)
+        count, header_no = int(parts[1]), no
+        for no, line in rows[i + 1 : i + 1 + count]:
+            if line.split()[0] in SPLIT_HEADERS:
+                break
+            sides[side].append((_parse_split_entry(path, line, no, seen), no))
+        if len(sides[side]) < count:
+            raise DataError(path, f"the {header!r} section announces {count} entries"
+                            f" but only {len(sides[side])} follow", header_no)
+        i += 1 + count
+        previous = (header, count, header_no)
+    if i < len(rows):
+        no, line = rows[i]
+        if _is_split_entry(line):
+            raise _surplus_error(path, *previous, no)
+        raise DataError(path, f"unexpected text after the 'Test' section: {line!r}", no)
     return sides
+
+
+def _is_split_entry(line: str) -> bool:
+    parts = line.split()
+    return len(parts) == 2 and _KEY.fullmatch(parts[0]) is not None
+
+
+def _surplus_error(path: Path, header: str, count: int, header_no: int, extra_no: int) -> DataError:
+    return DataError(path, f"the {header!r} section announces {count} entries but more follow"
+                     f" (line {extra_no} is one more)", header_no)
 
 
 def _parse_split_entry(path: Path, line: str, line_no: int, seen: dict[str, int]) -> SequenceRef:
@@ -182,10 +215,9 @@ def _parse_split_entry(path: Path, line: str, line_no: int, seen: dict[str, int]
     subject, action, rep = int(m[1]), m[2], m[3]
     if action not in ACTION_INDEX:
         raise DataError(path, f"unknown action {action!r}", line_no)
-    try:
-        label = int(parts[1])
-    except ValueError:
-        raise DataError(path, f"label {parts[1]!r} is not an integer", line_no) from None
+    if not _LABEL.fullmatch(parts[1]):
+        raise DataError(path, f"label {parts[1]!r} is not an integer (digits only)", line_no)
+    label = int(parts[1])
     if not 0 <= label < NUM_ACTIONS:
         raise DataError(path, f"label {label} is outside 0..{NUM_ACTIONS - 1}", line_no)
     if label != ACTION_INDEX[action]:
@@ -197,21 +229,29 @@ def _parse_split_entry(path: Path, line: str, line_no: int, seen: dict[str, int]
 
 
 def depth_frame_indices(depth_dir: Path) -> list[int]:
-    """Indices of ``depth_NNNN.png`` files in a folder; anything else there is refused."""
+    """Indices of the ``depth_NNNN.png`` files in a folder; any other ``.png`` there is refused."""
+    indices, misnamed = _scan_depth_dir(depth_dir)
+    if misnamed:
+        raise misnamed[0]
+    return indices
+
+
+def _scan_depth_dir(depth_dir: Path) -> tuple[list[int], list[DataError]]:
+    """(sorted frame indices, one DataError per misnamed ``.png``) of a depth folder."""
     try:
         names = sorted(p.name for p in depth_dir.iterdir())
     except FileNotFoundError:
         raise DataError(depth_dir, "depth folder not found") from None
     except OSError as e:
         raise DataError(depth_dir, f"cannot list depth folder ({e.strerror or e})") from None
-    indices = []
+    indices, misnamed = [], []
     for name in names:
         m = DEPTH_NAME.fullmatch(name)
         if m:
             indices.append(int(m[1]))
         elif name.endswith(".png"):
-            raise DataError(depth_dir / name, "unexpected file name: depth frames are named depth_NNNN.png")
-    return sorted(indices)
+            misnamed.append(DataError(depth_dir / name, "unexpected file name: depth frames are named depth_NNNN.png"))
+    return sorted(indices), misnamed
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -276,7 +316,7 @@ class FPHA:
     def read_skeleton(self, ref: SequenceRef) -> np.ndarray:
         """(T, 21, 3) float32 joints in mm, checked against the depth frames on disk."""
         joints = read_skeleton_file(self.skeleton_path(ref))
-        self._check_frames(ref, len(joints))
+        self._check_frames(ref, len(joints), depth_frame_indices(self.depth_dir(ref)))
         return joints
 
     def num_frames(self, ref: SequenceRef) -> int:
@@ -285,8 +325,8 @@ class FPHA:
     def read_depth(self, ref: SequenceRef, frame: int) -> np.ndarray:
         return read_depth_png(self.depth_path(ref, frame), self.intrinsics)
 
-    def _check_frames(self, ref: SequenceRef, n: int) -> None:
-        found = depth_frame_indices(self.depth_dir(ref))
+    def _check_frames(self, ref: SequenceRef, n: int, found: list[int]) -> None:
+        """Refuse a sequence whose depth frames on disk are not exactly 0..n-1."""
         expected = list(range(n))
         if found == expected:
             return
@@ -299,16 +339,24 @@ class FPHA:
                         f" (frames 0..{n - 1}), yet {len(extra)} more depth files exist")
 
     def check(self, decode: bool = False) -> list[DataError]:
-        """Every problem in the root, in one pass (empty list = healthy).  With ``decode`` every
-        PNG is fully decoded; otherwise only its header and end are read."""
+        """Every problem in the root, in one pass (empty list = healthy).  Each sequence's folder
+        names, skeleton, frame count and every depth PNG present are checked separately, so one
+        problem does not hide another.  With ``decode`` every PNG is fully decoded; otherwise
+        only its header and end are read."""
         problems: list[DataError] = []
         for ref in self.sequences:
             try:
-                n = len(self.read_skeleton(ref))
+                frames, misnamed = _scan_depth_dir(self.depth_dir(ref))
+            except DataError as e:  # the folder vanished after FPHA(root) saw it
+                frames, misnamed = None, [e]
+            problems += misnamed
+            try:
+                joints = read_skeleton_file(self.skeleton_path(ref))
+                if frames is not None:
+                    self._check_frames(ref, len(joints), frames)
             except DataError as e:
                 problems.append(e)
-                continue
-            for t in range(n):
+            for t in frames or []:
                 try:
                     if decode:
                         self.read_depth(ref, t)
@@ -339,6 +387,8 @@ def _check_png(path: Path, head: bytes, size: int, tail: bytes, intrinsics) -> N
         raise DataError(path, "not a PNG file (bad signature)")
     if size < 45 or tail != PNG_IEND:
         raise DataError(path, f"truncated PNG ({size} bytes, no IEND chunk at the end)")
+    if head[12:16] != b"IHDR":
+        raise DataError(path, "corrupt PNG: the first chunk is not the IHDR header")
     width, height, bit_depth, colour = struct.unpack(">IIBB", head[16:26])
     if bit_depth != 16 or colour != 0:
         kind = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}.get(colour, f"colour type {colour}")

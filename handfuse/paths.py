@@ -1,0 +1,56 @@
+"""Where data, caches and figures live, and the one call that provides a dataset.
+
+``HANDFUSE_DATA`` overrides the data folder (default: ``data/`` in the checkout,
+or ``~/.cache/handfuse`` for a non-editable install).  ``HANDFUSE_FIGURES``
+overrides the figures folder (default: ``figures/`` in the checkout); the test
+suite points it at a temporary folder so that smoke-preset figures never
+overwrite the real ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .config import get_preset
+
+REPO = Path(__file__).resolve().parents[1]
+_IN_CHECKOUT = (REPO / "pyproject.toml").is_file()
+
+
+def data_home() -> Path:
+    env = os.environ.get("HANDFUSE_DATA")
+    return Path(env) if env else (REPO / "data" if _IN_CHECKOUT else Path.home() / ".cache" / "handfuse")
+
+
+def figures_dir() -> Path:
+    env = os.environ.get("HANDFUSE_FIGURES")
+    path = Path(env) if env else (REPO / "figures" if _IN_CHECKOUT else Path.cwd() / "figures")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def synthetic_root(preset: str, seed: int | None = None) -> Path:
+    cfg = get_preset(preset).synth
+    return data_home() / "synth" / f"{preset}-seed{cfg.seed if seed is None else seed}"
+
+
+def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None = None) -> Path:
+    """The synthetic benchmark of a preset: generated on first use, then reused.  A folder whose
+    recorded parameters differ from the preset's (an older generator, say) is refused, not reused."""
+    from .synth import generate
+    from .synth.generate import GENERATOR_VERSION, INFO_FILE
+
+    cfg = get_preset(preset).synth
+    cfg = cfg if seed is None else replace(cfg, seed=seed)
+    root = synthetic_root(preset, cfg.seed)
+    info_path = root / INFO_FILE
+    if root.exists():
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        if info.get("config") != asdict(cfg) or info.get("version") != GENERATOR_VERSION:
+            raise FileExistsError(f"{root}: holds a synthetic dataset made with other parameters or generator version;"
+                                  " delete it to regenerate")
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return generate(root, cfg, workers=workers)

@@ -1,0 +1,5 @@
+"""The synthetic benchmark: FPHA's on-disk format, a kinematic hand, 45 structured actions,
+an egocentric scene and a depth-sensor model.  See ``generate`` for the layout."""
+from .generate import generate, read_visibility, sequence_refs
+
+__all__ = ["generate", "read_visibility", "sequence_refs"]

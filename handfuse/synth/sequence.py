@@ -1,0 +1,211 @@
+"""One synthetic sequence: an action program, randomised, turned into per-frame joints and a scene.
+
+Per sequence this randomises the speed (and so the length), idle lead-in and
+tail, a smooth time warp, the amplitudes and cycles of the motion, the phase of
+oscillations, the wrist placement and orientation, and a personal finger style.
+The camera is head-mounted and looks down at 55 degrees onto a table 680 mm
+below it, with FPHA's intrinsics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import SynthConfig
+from . import render as R
+from .actions import CHANNELS, OBJECTS, ORIENTS, POSTURES, WRIST_CHANNELS, Action, Part, program
+from .hand import PALM_HALF_THICKNESS, HandShape, clip_posture, forward_kinematics, frame_from_axes, rotation_from_euler
+
+PITCH_DEG = 55.0
+TABLE_BELOW_MM = 680.0
+_phi = np.radians(PITCH_DEG)
+# World (X right, Y forward, Z up) -> camera (x right, y down, z forward): rows are camera axes in the world.
+WORLD_TO_CAM = np.array([[1.0, 0.0, 0.0], [0.0, -np.sin(_phi), -np.cos(_phi)], [0.0, np.cos(_phi), -np.sin(_phi)]])
+TABLE_PLANE = (WORLD_TO_CAM @ np.array([0.0, 0.0, -1.0]), TABLE_BELOW_MM)  # n . p = d in camera coordinates
+WRIST_NOMINAL = np.array([10.0, 75.0, 370.0])  # camera frame, mm
+
+
+@dataclass
+class SequenceFrames:
+    """Everything needed to render and annotate one sequence, in camera coordinates (mm)."""
+
+    joints: np.ndarray  # (T, 21, 3) clean joints
+    hand_rot: np.ndarray  # (T, 3, 3) hand -> camera
+    wrist: np.ndarray  # (T, 3)
+    shape: HandShape
+    parts: list[tuple[Part, np.ndarray, np.ndarray]]  # (part, (T, 3, 3) rotations, (T, 3) centres)
+    clutter: R.Scene  # static table-top objects
+
+    def __len__(self) -> int:
+        return len(self.joints)
+
+
+def smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def _keyed(keys: list[tuple[float, np.ndarray]], s: np.ndarray) -> np.ndarray:
+    """Piecewise smoothstep interpolation of keyframe values at phases s: (T, ...)"""
+    out = np.broadcast_to(keys[0][1], s.shape + keys[0][1].shape).copy()
+    for (s0, v0), (s1, v1) in zip(keys[:-1], keys[1:]):
+        w = smoothstep((s - s0) / max(s1 - s0, 1e-6))
+        w = w.reshape(w.shape + (1,) * v0.ndim)
+        inside = (s >= s0)
+        out = np.where(inside.reshape(w.shape), v0 + (v1 - v0) * w, out)
+    return out
+
+
+def phases(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Phase s in [0, 1] per frame: idle lead-in and tail, and a smooth monotone time warp."""
+    lead, tail = rng.uniform(0.0, 0.12, 2)
+    u = np.linspace(0.0, 1.0, n)
+    s = np.clip((u - lead) / (1.0 - lead - tail), 0.0, 1.0)
+    warp = rng.uniform(-0.08, 0.08)
+    return np.clip(s + warp * np.sin(np.pi * s), 0.0, 1.0)
+
+
+def animate(spec: Action, s: np.ndarray, cfg: SynthConfig, rng: np.random.Generator):
+    """Wrist channels (T, 6) [X, Y, Z mm world; pitch, roll, yaw deg] and postures (T, 5, 4).
+
+    Wrist and finger randomness come from separate streams, so look-alike classes that
+    differ only in their finger channels share the very same wrist motion for a seed."""
+    wrist_rng, finger_rng = rng.spawn(2)
+    amp = wrist_rng.uniform(1 - cfg.amplitude_jitter, 1 + cfg.amplitude_jitter)
+    keys = [(0.0, np.zeros(6), POSTURES[spec.grip])]
+    for k in spec.keys:
+        keys.append((k.s, np.array(k.pos + k.rot, float) * amp, POSTURES[k.posture] if k.posture else keys[-1][2]))
+    wrist = _keyed([(k[0], k[1]) for k in keys], s)
+    posture = _keyed([(k[0], k[2]) for k in keys], s)
+    for o in spec.osc:
+        finger = o.channel in CHANNELS
+        r = finger_rng if finger else wrist_rng
+        a = o.amp * r.uniform(1 - cfg.amplitude_jitter, 1 + cfg.amplitude_jitter)
+        cycles = o.cycles * r.uniform(0.85, 1.15)
+        w = np.clip((s - o.start) / (o.end - o.start), 0.0, 1.0)
+        inside = (s >= o.start) & (s <= o.end)
+        wave = np.sin(2 * np.pi * (cycles * w + o.phase + r.uniform(-0.1, 0.1))) * inside
+        if finger:  # finger articulation: the only difference between look-alike classes
+            posture = posture + (cfg.articulation_gap * a * wave)[:, None, None] * CHANNELS[o.channel]
+        else:
+            wrist[:, WRIST_CHANNELS.index(o.channel)] += a * wave
+    for channel, deg in spec.art:
+        posture = posture + cfg.articulation_gap * deg * CHANNELS[channel]
+    style_rng = rng.spawn(1)[0]
+    style = style_rng.normal(0.0, cfg.style_deg, (5, 4)) * np.array([0.5, 1.0, 1.0, 1.0])  # abduction varies less
+    tremor = np.cumsum(style_rng.normal(0.0, 0.4, posture.shape), axis=0) * 0.5
+    return wrist, clip_posture(posture + style + tremor)
+
+
+def random_rotation(rng: np.random.Generator, deg: float) -> np.ndarray:
+    return rotation_from_euler(*rng.normal(0.0, deg, 3))
+
+
+def part_pose(part: Part, shape: HandShape, grip_joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A part's rotation (columns: its axis and two normals) and centre in the hand frame."""
+    axis = np.asarray(part.axis, float) / np.linalg.norm(part.axis)
+    helper = np.array([0.0, 0.0, 1.0]) if abs(axis[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    n1 = np.cross(axis, helper)
+    n1 /= np.linalg.norm(n1)
+    rot = np.stack([axis, n1, np.cross(axis, n1)], axis=-1) if part.kind != "box" else np.eye(3)  # boxes: hand-aligned
+    if part.anchor == "pinch":
+        base = (grip_joints[8] + grip_joints[11]) / 2
+    else:
+        mid = (shape.mcp[1] + shape.mcp[4]) / 2 * np.array([1.0, 0.6, 0.0])
+        base = mid + np.array([0.0, 0.0, PALM_HALF_THICKNESS])
+        if part.anchor == "palm":  # rest the part on the palm: push it out by its extent along +z
+            base = base + np.array([0.0, 0.0, _extent_z(part, rot)])
+    return rot, base + np.asarray(part.offset, float)
+
+
+def _extent_z(part: Part, rot: np.ndarray) -> float:
+    if part.kind == "box":
+        return part.dims[2]
+    radius, half = part.dims
+    return radius + half * abs(rot[2, 0])
+
+
+def make_sequence(action: str, shape: HandShape, cfg: SynthConfig, rng: np.random.Generator) -> SequenceFrames:
+    spec, reverse = program(action)
+    duration = cfg.duration_s * rng.uniform(1 - cfg.speed_jitter, 1 + cfg.speed_jitter)
+    n = max(4, int(round(duration * cfg.fps)))
+    s = phases(n, rng)
+    wrist_ch, posture = animate(spec, s, cfg, rng)
+
+    fingers, palm = ORIENTS[spec.orient]
+    base = frame_from_axes(np.array(fingers), np.array(palm)) @ random_rotation(rng, 10.0)
+    local = rotation_from_euler(wrist_ch[:, 3], wrist_ch[:, 4], wrist_ch[:, 5])
+    hand_rot = WORLD_TO_CAM @ base @ local  # (T, 3, 3)
+    place = WRIST_NOMINAL + rng.uniform([-40, -25, -40], [40, 25, 50])
+    wrist = place + wrist_ch[:, :3] @ WORLD_TO_CAM.T
+    joints = np.einsum("tij,tkj->tki", hand_rot, forward_kinematics(shape, posture)) + wrist[:, None, :]
+
+    parts = []
+    if spec.obj is not None:
+        grip_joints = forward_kinematics(shape, posture[0])
+        for part in OBJECTS[spec.obj]:
+            rot, centre = part_pose(part, shape, grip_joints)
+            rots = hand_rot @ rot
+            centres = np.einsum("tij,j->ti", hand_rot, centre) + wrist
+            if part.world:  # held by the other hand: stays where it was on the program's first frame
+                rots, centres = np.repeat(rots[:1], n, 0), np.repeat(centres[:1], n, 0)
+            parts.append((part, rots, centres))
+    frames = SequenceFrames(joints, hand_rot, wrist, shape, parts, table_clutter(rng))
+    return reverse_frames(frames) if reverse else frames
+
+
+def reverse_frames(f: SequenceFrames) -> SequenceFrames:
+    return SequenceFrames(f.joints[::-1].copy(), f.hand_rot[::-1].copy(), f.wrist[::-1].copy(), f.shape,
+                          [(p, r[::-1].copy(), c[::-1].copy()) for p, r, c in f.parts], f.clutter)
+
+
+def table_clutter(rng: np.random.Generator) -> R.Scene:
+    """Two to four boxes and cylinders standing on the table, away from the hand."""
+    scene = R.Scene(plane=TABLE_PLANE)
+    up = WORLD_TO_CAM @ np.array([0.0, 0.0, 1.0])
+    for _ in range(rng.integers(2, 5)):
+        ground = np.array([rng.uniform(-420, 420), rng.uniform(380, 900), -TABLE_BELOW_MM])
+        h, w = rng.uniform(40, 160), rng.uniform(25, 70)
+        centre = WORLD_TO_CAM @ (ground + np.array([0.0, 0.0, h / 2]))
+        if rng.random() < 0.5:
+            scene.cylinders.append((centre - up * h / 2, centre + up * h / 2, w, R.CLUTTER))
+        else:
+            yaw = rotation_from_euler(0.0, 0.0, rng.uniform(0, 90))
+            scene.boxes.append((centre, WORLD_TO_CAM @ yaw, np.array([w, rng.uniform(25, 70), h / 2]), R.CLUTTER))
+    return scene
+
+
+def frame_scene(f: SequenceFrames, t: int) -> R.Scene:
+    """The moving primitives of frame t: forearm, palm, bones and object parts."""
+    sh, rot, wrist, j = f.shape, f.hand_rot[t], f.wrist[t], f.joints[t]
+    scene = R.Scene()  # the moving part only: the static clutter is rendered once per sequence
+    y_axis = rot[:, 1]
+    scene.capsules.append((wrist - 5 * y_axis, wrist - 300 * y_axis, sh.forearm_radius, R.ARM))
+    palm_lo, palm_hi = np.array([sh.mcp[4, 0] - 4, 0.0]), np.array([sh.mcp[1, 0] + 6, sh.mcp[2, 1] - 4])
+    palm_c = np.array([*(palm_lo + palm_hi) / 2, 0.0])
+    scene.boxes.append((rot @ palm_c + wrist, rot, np.array([*(palm_hi - palm_lo) / 2, PALM_HALF_THICKNESS]), R.HAND))
+    scene.capsules.append((wrist, j[1], sh.radius[0, 0] + 3, R.HAND))  # thumb metacarpal
+    for finger in range(5):
+        chain = [1 + finger, 6 + 3 * finger, 7 + 3 * finger, 8 + 3 * finger]
+        for k in range(3):
+            scene.capsules.append((j[chain[k]], j[chain[k + 1]], sh.radius[finger, k], R.HAND))
+    for part, rots, centres in f.parts:
+        c, pr = centres[t], rots[t]
+        if part.kind == "cyl":
+            scene.cylinders.append((c - pr[:, 0] * part.dims[1], c + pr[:, 0] * part.dims[1], part.dims[0], R.OBJECT))
+        elif part.kind == "stick":
+            scene.capsules.append((c - pr[:, 0] * part.dims[1], c + pr[:, 0] * part.dims[1], part.dims[0], R.OBJECT))
+        else:
+            scene.boxes.append((c, pr, np.asarray(part.dims, float), R.OBJECT))
+    return scene
+
+
+def joint_radius(shape: HandShape) -> np.ndarray:
+    """The surface radius around each of the 21 joints (mm), for visibility tests."""
+    r = np.empty(21)
+    r[0] = 18.0
+    r[1:6] = [shape.radius[0, 0], *shape.radius[1:, 0]]
+    for finger in range(5):
+        r[6 + 3 * finger: 9 + 3 * finger] = [shape.radius[finger, 0], shape.radius[finger, 1], shape.radius[finger, 2]]
+    return r
