@@ -58,11 +58,15 @@ class BagProbe(nn.Module):
 
 
 def accuracy(model, data, noise_mm=0.0, seed=0):
-    """Test accuracy, optionally with i.i.d. Gaussian noise of noise_mm per joint coordinate (a stand-in for HPE error)."""
+    """Test accuracy, optionally with pose error of noise_mm mean per-joint size as a stand-in for an
+    HPE's: half a per-sequence offset of each joint (systematic), half a slow drift over frames."""
     x, y, l = data
     g = torch.Generator().manual_seed(seed)
+    sigma = noise_mm / 100.0 / 1.596  # the mean norm of an isotropic 3-D N(0, s^2) error is 1.596 s
+    offset = torch.randn(x.shape[0], 1, x.shape[2], generator=g)
+    drift = torch.randn(x.shape, generator=g).cumsum(1) / torch.arange(1, x.shape[1] + 1).sqrt()[None, :, None]
     with torch.inference_mode():
-        return (model(x + torch.randn(x.shape, generator=g) * noise_mm / 100.0, l).argmax(1) == y).float().mean().item()
+        return (model(x + sigma * (offset + drift) / np.sqrt(2), l).argmax(1) == y).float().mean().item()
 
 
 def train_probe(model, train, test, epochs, seed=0, lr=3e-3):

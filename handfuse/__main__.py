@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out = f"runs/{args.preset}"
     try:
         args.func(args)
-    except (ConfigError, DataError, FileExistsError) as e:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a failing notebook: already names the notebook and the cell
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -109,7 +109,7 @@ PRESETS: dict[str, Preset] = {
         SynthConfig(subjects=2, reps=2, fps=3.0, duration_s=1.6),
         PreprocessConfig(crop=32),
     ),
-    "cpu": Preset("cpu", SynthConfig(fps=7.5, duration_s=2.4), PreprocessConfig(crop=64)),
+    "cpu": Preset("cpu", SynthConfig(fps=6.0, duration_s=2.2), PreprocessConfig(crop=64)),
     "paper": Preset(
         "paper",
         SynthConfig(subjects=6, reps=5, fps=30.0, duration_s=2.8),

@@ -14,6 +14,9 @@ class DataError(ValueError):
         where = f"{self.path}:{line}" if line is not None else f"{self.path}"
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # so that it crosses process-pool boundaries intact
+        return (type(self), (self.path, self.problem, self.line))
+
 
 class ConfigError(ValueError):
     """A parameter has an impossible value.  The message names the parameter and what is allowed."""

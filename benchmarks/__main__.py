@@ -1,0 +1,142 @@
+"""Data-layer benchmarks: ``python -m benchmarks`` (or ``make bench``).
+
+Prints a table and writes ``benchmarks/results.json`` (machine, torch version,
+threads, date).  Each figure is the median of ``--repeats`` runs with the
+spread (min-max); ratios are measured within this one process.
+
+Stages: synthetic generation (frames/s, single process), PNG -> normalised crop
+(frames/s), crop cache -> batch (frames/s) and their ratio, disk size per
+preset, and the estimated generation time of each preset on this machine's
+cores (frames / measured rate / workers), with the measured wall time of the
+smoke preset.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from handfuse.cache import get_cache
+from handfuse.config import PRESETS, SynthConfig, get_preset
+from handfuse.datasets import FrameDataset
+from handfuse.fpha import FPHA
+from handfuse.preprocess import centre_from_joints, crop
+from handfuse.synth import generate
+from handfuse.synth.generate import sequence_refs, write_sequence
+
+
+def timed(fn, repeats: int) -> tuple[float, float, float]:
+    """(median, min, max) seconds of fn() over repeats."""
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), min(ts), max(ts)
+
+
+def rate(n: int, t: tuple[float, float, float]) -> dict:
+    return {"per_s": n / t[0], "spread": [n / t[2], n / t[1]]}
+
+
+def disk_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    args = ap.parse_args()
+    results: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                 "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                 "date": datetime.datetime.now().isoformat(timespec="seconds")}}
+    tmp = Path(tempfile.mkdtemp(prefix="handfuse-bench-"))
+    try:
+        # 1. synthetic generation, one process, cpu-preset frame rate and resolution
+        cfg = replace(get_preset("cpu").synth, subjects=1, reps=2)
+        refs = sequence_refs(cfg)[0][:6]
+        counter = iter(range(10**6))
+
+        def gen():
+            d = tmp / f"g{next(counter)}"
+            return sum(write_sequence(d, cfg, r) for r in refs)
+
+        n_gen = gen()
+        t = timed(gen, args.repeats)
+        results["synth_frames_per_s_1proc"] = rate(n_gen, t)
+
+        # 2. a smoke tree for the decode / cache stages, timed end to end
+        t0 = time.perf_counter()
+        root = generate(tmp / "smoke", get_preset("smoke").synth, progress=False)
+        results["smoke_generation_s"] = time.perf_counter() - t0
+        fpha = FPHA(root)
+        pre = get_preset("cpu").preprocess
+        frames = [(r, t_) for r in fpha.train[:20] for t_ in range(fpha.num_frames(r))]
+        joints = {r.key: fpha.read_skeleton(r) for r, _ in frames}
+
+        def decode_and_crop():
+            for r, t_ in frames:
+                crop(fpha.read_depth(r, t_), centre_from_joints(joints[r.key][t_]), cube_mm=pre.cube_mm, size=pre.crop)
+
+        t = timed(decode_and_crop, args.repeats)
+        results["png_to_crop_frames_per_s"] = rate(len(frames), t)
+
+        cache = get_cache(fpha, pre, cache_dir=tmp / "cache", progress=False)
+        ds = FrameDataset(cache)
+        rng = np.random.default_rng(0)
+        batches = [rng.permutation(len(ds))[:64] for _ in range(50)]
+        t = timed(lambda: [ds.batch(b) for b in batches], args.repeats)
+        results["cache_to_batch_frames_per_s"] = rate(64 * len(batches), t)
+        results["cache_vs_decode_ratio"] = results["cache_to_batch_frames_per_s"]["per_s"] / results["png_to_crop_frames_per_s"]["per_s"]
+
+        # 3. disk and time per preset
+        smoke_frames = sum(fpha.num_frames(r) for r in fpha.sequences)
+        bytes_per_frame = disk_size(root) / smoke_frames
+        per_frame_s = 1.0 / results["synth_frames_per_s_1proc"]["per_s"]
+        workers = min(4, os.cpu_count() or 1)
+        presets = {}
+        for name, preset in PRESETS.items():
+            n = expected_frames(preset.synth)
+            presets[name] = {"frames": n, "disk_gb_est": n * bytes_per_frame / 1e9,
+                             "generation_min_est": n * per_frame_s / workers / 60}
+        presets["smoke"]["generation_min_measured"] = results["smoke_generation_s"] / 60
+        presets["smoke"]["disk_gb_measured"] = disk_size(root) / 1e9
+        results["presets"] = presets
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    report(results)
+
+
+def expected_frames(cfg: SynthConfig) -> int:
+    """Mean frames per sequence (uniform speed jitter keeps the mean duration) x sequences."""
+    return int(round(max(4, cfg.duration_s * cfg.fps) * cfg.subjects * 45 * cfg.reps))
+
+
+def report(r: dict) -> None:
+    m = r["machine"]
+    print(f"handfuse data benchmarks - {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, {m['date']}")
+    for key in ("synth_frames_per_s_1proc", "png_to_crop_frames_per_s", "cache_to_batch_frames_per_s"):
+        v = r[key]
+        print(f"  {key:30s} {v['per_s']:10.1f}   (spread {v['spread'][0]:.1f}-{v['spread'][1]:.1f})")
+    print(f"  {'cache vs decode ratio':30s} {r['cache_vs_decode_ratio']:10.1f}x  (target >= 20x)")
+    print("  preset   frames   disk GB (est)   generation min (est, all cores)")
+    for name, p in r["presets"].items():
+        extra = f"  measured {p['generation_min_measured']:.2f} min, {p['disk_gb_measured']:.3f} GB" if "generation_min_measured" in p else ""
+        print(f"  {name:7s} {p['frames']:7d}   {p['disk_gb_est']:8.2f}        {p['generation_min_est']:6.1f}{extra}")
+
+
+if __name__ == "__main__":
+    main()

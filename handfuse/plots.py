@@ -1,0 +1,104 @@
+"""Plots for the notebooks, and the one helper that saves figures.
+
+Every figure made on the synthetic benchmark says so in its title: pass the
+``source`` label from :func:`data_source`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .camera import FPHA_DEPTH
+from .paths import figures_dir
+from .skeleton import ACTIONS, BONES, FINGER_CHAINS, JOINTS
+
+FINGER_COLOURS = {"thumb": "tab:red", "index": "tab:orange", "middle": "tab:green", "ring": "tab:blue", "pinky": "tab:purple"}
+
+
+def data_source(root: str | Path) -> str:
+    """'synthetic' for a handfuse.synth tree, 'FPHA' otherwise: goes into every title."""
+    info = Path(root) / "synth_info.json"
+    return "synthetic" if info.is_file() and json.loads(info.read_text()).get("synthetic") else "FPHA"
+
+
+def savefig(fig, name: str, formats=("png", "pdf")) -> list[Path]:
+    """Save a figure under a stable name into figures/ (or $HANDFUSE_FIGURES) as PNG and PDF."""
+    out = []
+    for fmt in formats:
+        path = figures_dir() / f"{name}.{fmt}"
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        out.append(path)
+    return out
+
+
+def bone_colour(child: int) -> str:
+    for finger, chain in FINGER_CHAINS.items():
+        if child in chain:
+            return FINGER_COLOURS[finger]
+    return "k"
+
+
+def draw_skeleton_2d(ax, uv: np.ndarray, style: str = "-", alpha: float = 1.0, label: str | None = None) -> None:
+    """Draw (21, 2) pixel coordinates as coloured bones."""
+    for k, (a, b) in enumerate(BONES):
+        ax.plot(uv[[a, b], 0], uv[[a, b], 1], style, color=bone_colour(b), lw=1.5, alpha=alpha,
+                label=label if k == 0 else None)
+    ax.scatter(uv[:, 0], uv[:, 1], s=6, c="w", edgecolors="k", linewidths=0.4, zorder=3, alpha=alpha)
+
+
+def show_depth(ax, depth: np.ndarray, vmax: float = 1200.0, title: str | None = None) -> None:
+    """A depth map in mm with invalid (zero) pixels in black."""
+    shown = np.ma.masked_equal(depth, 0)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="black")
+    ax.imshow(shown, cmap=cmap, vmin=150, vmax=vmax)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def depth_frame_figure(depth: np.ndarray, joints: np.ndarray, title: str):
+    """A full 640x480 frame with the projected skeleton and a colour bar in mm."""
+    fig, ax = plt.subplots(figsize=(7, 5.4))
+    shown = np.ma.masked_equal(depth, 0)
+    im = ax.imshow(shown, cmap=plt.get_cmap("viridis").with_extremes(bad="black"), vmin=150, vmax=1200)
+    draw_skeleton_2d(ax, FPHA_DEPTH.project(joints))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.035, label="depth (mm); black = no measurement")
+    return fig
+
+
+def occlusion_heatmap(rates: np.ndarray, actions: list[str], title: str):
+    """(A, 21) fraction of frames in which the held object hides each joint, per action."""
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(actions) + 1.5))
+    im = ax.imshow(rates, aspect="auto", cmap="magma", vmin=0, vmax=max(0.05, float(rates.max())))
+    ax.set_xticks(range(len(JOINTS)), JOINTS, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(actions)), actions, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="fraction of frames hidden by the object")
+    return fig
+
+
+def trajectory_figure(series: dict[str, np.ndarray], ylabel: str, title: str):
+    """Curves over normalised time (0..1), one per label."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, y in series.items():
+        ax.plot(np.linspace(0, 1, len(y)), y, marker=".", label=label)
+    ax.set_xlabel("normalised time")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def class_counts_figure(labels: list[int], title: str):
+    fig, ax = plt.subplots(figsize=(10, 2.6))
+    counts = np.bincount(labels, minlength=len(ACTIONS))
+    ax.bar(range(len(ACTIONS)), counts, color="tab:blue")
+    ax.set_xticks(range(len(ACTIONS)), ACTIONS, rotation=90, fontsize=6)
+    ax.set_ylabel("sequences")
+    ax.set_title(title, fontsize=10)
+    return fig

@@ -1,0 +1,48 @@
+"""The main job: run the numbered notebooks headless with papermill, in order.
+
+``python -m handfuse reproduce --preset cpu`` generates the synthetic benchmark
+when no FPHA root is given, then executes ``notebooks/NN_*.ipynb`` with the
+parameters injected, writing the executed copies to ``--out`` (never over the
+sources).  It stops at the first failing notebook and names it and the cell.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import get_preset
+from .paths import REPO, ensure_synthetic
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0) -> list[Path]:
+    import papermill
+
+    get_preset(preset)
+    if data_root is None:
+        ensure_synthetic(preset, seed)  # once, with its own progress bar, before any notebook runs
+    elif not Path(data_root).is_dir():
+        raise FileNotFoundError(f"--data-root {data_root}: no such folder")
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed}
+    done = []
+    for nb in tqdm(notebooks(), desc=f"reproduce ({preset})", unit="notebook"):
+        target = out / nb.name
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(nb.parent), progress_bar=False)
+        except papermill.PapermillExecutionError as e:
+            raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue});"
+                                 f" the executed copy with the traceback is {target}") from None
+        tqdm.write(f"  {nb.name}: {time.perf_counter() - start:.0f} s -> {target}")
+        done.append(target)
+    return done
