@@ -19,16 +19,22 @@ TINY_SEQUENCES = [
 ]
 
 
-def make_tiny_frame(joints: np.ndarray, table_mm: float = 800.0, radius_mm: float = 9.0) -> np.ndarray:
-    """A crude depth map: a flat table plus a disc of the joint's depth (minus its radius) at each joint."""
+def splat_discs(depth: np.ndarray, points: np.ndarray, radius_mm: float) -> None:
+    """Draw spheres of ``radius_mm`` at (N, 3) points into a float depth map, as discs at their
+    front depth, z-buffered."""
     K = FPHA_DEPTH
-    depth = np.full((K.height, K.width), table_mm, dtype=np.float64)
     vv, uu = np.mgrid[0:K.height, 0:K.width]
-    for xyz in joints:
+    for xyz in points:
         u, v = K.project(xyz)
         r_px = K.fx * radius_mm / xyz[2]
         disc = (uu - u) ** 2 + (vv - v) ** 2 <= r_px**2
         depth[disc] = np.minimum(depth[disc], xyz[2] - radius_mm)
+
+
+def make_tiny_frame(joints: np.ndarray, table_mm: float = 800.0, radius_mm: float = 9.0) -> np.ndarray:
+    """A crude depth map: a flat table plus a disc of the joint's depth (minus its radius) at each joint."""
+    depth = np.full((FPHA_DEPTH.height, FPHA_DEPTH.width), table_mm, dtype=np.float64)
+    splat_discs(depth, joints, radius_mm)
     return np.round(depth).astype(np.uint16)
 
 

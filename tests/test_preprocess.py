@@ -18,17 +18,9 @@ from handfuse.preprocess import (
 )
 from handfuse.skeleton import JOINT_INDEX
 
+from conftest import splat_discs
+
 K = FPHA_DEPTH
-
-
-def _splat(depth: np.ndarray, centres: np.ndarray, radius: float) -> None:
-    """Draw spheres (as discs at their front depth) of ``radius`` mm at (N, 3) points, z-buffered."""
-    vv, uu = np.mgrid[0:K.height, 0:K.width]
-    for p in centres:
-        u, v = K.project(p)
-        r_px = K.fx * radius / p[2]
-        disc = (uu - u) ** 2 + (vv - v) ** 2 <= r_px**2
-        depth[disc] = np.minimum(depth[disc], p[2] - radius)
 
 
 def egocentric_frame(hand: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -38,9 +30,9 @@ def egocentric_frame(hand: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     entry = np.array([hand[0] + 30, 230.0, 170.0])  # below the image, near the camera
     wrist = hand + 70 * (entry - hand) / np.linalg.norm(entry - hand)
     arm = entry + np.linspace(0, 1, 60)[:, None] * (wrist - entry)  # (60, 3)
-    _splat(depth, arm, 35.0)
+    splat_discs(depth, arm, 35.0)
     fist = hand + rng.uniform(-1, 1, (40, 3)) * np.array([40.0, 35.0, 15.0])
-    _splat(depth, fist, 14.0)
+    splat_discs(depth, fist, 14.0)
     depth += rng.normal(0, 1.5, depth.shape)
     depth[rng.random(depth.shape) < 0.3] = 0
     return np.round(depth).astype(np.uint16)
@@ -154,7 +146,7 @@ def test_centre_from_depth_finds_the_hand_not_the_nearer_arm(seed):
 def test_centre_from_depth_without_an_arm_is_the_blob_centre():
     depth = np.full((K.height, K.width), 900.0)
     hand = np.array([-40.0, 20.0, 400.0])
-    _splat(depth, hand[None], 50.0)
+    splat_discs(depth, hand[None], 50.0)
     centre = centre_from_depth(depth.astype(np.uint16), K, 250.0)
     front = K.backproject(K.project(hand), np.array(hand[2] - 50))  # the disc's centre, on its front face
     np.testing.assert_allclose(centre, front + [0, 0, SURFACE_TO_JOINT_MM], atol=2.0)
