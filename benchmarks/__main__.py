@@ -32,6 +32,7 @@ from handfuse.config import PRESETS, SynthConfig, get_preset
 from handfuse.datasets import FrameDataset
 from handfuse.fpha import FPHA
 from handfuse.preprocess import centre_from_joints, crop
+from handfuse.skeleton import NUM_ACTIONS
 from handfuse.synth import generate
 from handfuse.synth.generate import sequence_refs, write_sequence
 
@@ -122,7 +123,7 @@ def main() -> None:
 
 def expected_frames(cfg: SynthConfig) -> int:
     """Mean frames per sequence (uniform speed jitter keeps the mean duration) x sequences."""
-    return int(round(max(4, cfg.duration_s * cfg.fps) * cfg.subjects * 45 * cfg.reps))
+    return int(round(max(4, cfg.duration_s * cfg.fps) * cfg.subjects * NUM_ACTIONS * cfg.reps))
 
 
 def report(r: dict) -> None:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from .camera import Intrinsics
 from .config import PreprocessConfig
 from .errors import DataError
-from .fpha import FPHA, SequenceRef, read_depth_png
+from .fpha import FPHA, SPLIT_FILE, SequenceRef, read_depth_png
 from .preprocess import centre_from_depth, centre_from_joints, crop
 from .skeleton import NUM_JOINTS
 
@@ -61,7 +61,7 @@ _TMP_PREFIX = ".tmp-"
 def fingerprint(fpha: FPHA, sequences: list[SequenceRef]) -> str:
     """Hash of the data the cache depends on, from file stats only (no PNG is read)."""
     h = hashlib.sha256()
-    h.update(hashlib.sha256((fpha.root / "data_split_action_recognition.txt").read_bytes()).digest())
+    h.update(hashlib.sha256((fpha.root / SPLIT_FILE).read_bytes()).digest())
     for ref in sequences:
         h.update(f"{ref.key} {ref.label}\n".encode())
         st = fpha.skeleton_path(ref).stat()
@@ -235,14 +235,9 @@ def _write_arrays(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef
 
 def _crop_sequence(paths: list[str], joints: np.ndarray, cfg: PreprocessConfig, intrinsics: Intrinsics):
     """Worker: crop one sequence's frames -> ((T, S, S) float16, (T, 3) float32 centres, fallbacks).
-
-    A DataError is re-raised in the parent as :class:`_WorkerDataError` (DataError does not
-    survive pickling), keeping the file name and line."""
-    try:
-        depths = [read_depth_png(p, intrinsics) for p in paths]  # [(H, W) uint16]
-        centres, fallbacks = _sequence_centres(depths, joints, cfg, intrinsics, Path(paths[0]).parent)
-    except DataError as e:
-        raise _WorkerDataError(str(e.path), e.problem, e.line) from None
+    A DataError reaches the parent intact (it pickles with its path and line)."""
+    depths = [read_depth_png(p, intrinsics) for p in paths]  # [(H, W) uint16]
+    centres, fallbacks = _sequence_centres(depths, joints, cfg, intrinsics, Path(paths[0]).parent)
     out = np.stack([crop(d, c, intrinsics, cfg.cube_mm, cfg.crop) for d, c in zip(depths, centres)])
     return out.astype(np.float16), centres, fallbacks
 
@@ -266,25 +261,18 @@ def _sequence_centres(depths: list[np.ndarray], joints: np.ndarray, cfg: Preproc
     return np.stack(fill).astype(np.float32), len(found) - len(ok)
 
 
-class _WorkerDataError(Exception):
-    """A picklable carrier of a worker's DataError; turned back into DataError by :func:`_map`."""
-
-    def __init__(self, path: str, problem: str, line: int | None):
-        super().__init__(path, problem, line)
-
-
 def _map(fn, tasks: list[tuple], workers: int | None):
     """``fn(*task)`` for each task, in order, in ``workers`` processes (in-process if <= 1).
     At most ``2 * workers`` tasks are in flight, so finished crops never pile up in memory."""
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     if workers <= 1 or len(tasks) <= 1:
-        yield from _unwrap_errors(fn(*task) for task in tasks)
+        yield from (fn(*task) for task in tasks)
         return
     ctx = get_context("forkserver")  # never fork a threaded parent (torch, OpenCV pools)
     ctx.set_forkserver_preload([__name__])
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         try:
-            yield from _unwrap_errors(_bounded(pool, fn, tasks, 2 * workers))
+            yield from _bounded(pool, fn, tasks, 2 * workers)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -300,13 +288,6 @@ def _bounded(pool: ProcessPoolExecutor, fn, tasks: list[tuple], window: int):
         for task in islice(todo, 1):
             pending.append(pool.submit(fn, *task))
         yield result
-
-
-def _unwrap_errors(results):
-    try:
-        yield from results
-    except _WorkerDataError as e:
-        raise DataError(*e.args) from None
 
 
 # ----------------------------------------------------------------------------- atomic files
