@@ -60,6 +60,7 @@ class SynthConfig:
     style_deg: float = 9.0  # per-sequence random finger-angle offsets (std, degrees)
     amplitude_jitter: float = 0.3  # relative jitter of motion amplitudes
     speed_jitter: float = 0.3  # relative jitter of the motion speed (and so of the length)
+    orient_jitter_deg: float = 10.0  # per-sequence wrist orientation jitter (std per axis, degrees)
     articulation_gap: float = 1.0  # scales the finger-only differences between look-alike classes
     pose_noise_mm: float = 1.5  # per-frame annotation jitter of the written skeleton (magnetic sensors)
     # sensor model
@@ -73,7 +74,7 @@ class SynthConfig:
         _check(self.reps >= 2, "synth.reps", self.reps, "an integer >= 2 (half train, half test)")
         _check(self.fps > 0, "synth.fps", self.fps, "a positive number of frames per second")
         _check(self.duration_s > 0, "synth.duration_s", self.duration_s, "a positive duration in seconds")
-        for name in ("style_deg", "amplitude_jitter", "articulation_gap", "pose_noise_mm", "depth_noise", "dropout"):
+        for name in ("style_deg", "orient_jitter_deg", "amplitude_jitter", "articulation_gap", "pose_noise_mm", "depth_noise", "dropout"):
             _check(getattr(self, name) >= 0, f"synth.{name}", getattr(self, name), "a number >= 0")
         _check(0 <= self.speed_jitter < 0.9, "synth.speed_jitter", self.speed_jitter, "a number in [0, 0.9)")
         _check(0 <= self.png_compression <= 9, "synth.png_compression", self.png_compression, "an integer in 0..9")

@@ -181,7 +181,7 @@ def _twist_then_lift(obj, grip, amp, cycles, lift, end=0.65, orient="down"):
 
 
 _FORWARD = (Key(0.65, (0, 120, 20)), Key(0.85, (0, 130, 25)), Key(1.0, (0, 130, 25), None))
-_SPONGE_RUB = (Osc("Y", 20, 5), Osc("X", 6, 2.5))
+_SPONGE_RUB = (Osc("Y", 20, 3), Osc("X", 6, 1.5))
 
 ACTION_SPECS: dict[str, Action] = {
     "open_juice_bottle": _twist_then_lift("juice_cap", "pinch", 35, 3, (0, 20, 90)),
@@ -192,7 +192,7 @@ ACTION_SPECS: dict[str, Action] = {
     "open_peanut_butter": _twist_then_lift("jar_lid", "spherical", 45, 2, (0, 10, 80)),
     "close_peanut_butter": Action("spherical", "down", "jar_lid", reverse_of="open_peanut_butter"),
     "prick": Action("power_small", "down", "fork", osc=(Osc("Z", 35, 3), Osc("pitch", 12, 3, phase=0.25))),
-    "sprinkle": Action("pinch", "side", "shaker", osc=(Osc("pitch", 20, 4), Osc("rub", 28, 6))),
+    "sprinkle": Action("pinch", "side", "shaker", osc=(Osc("pitch", 20, 3), Osc("rub", 28, 2))),
     "scoop_spoon": Action("lateral", "side", "spoon",
                           keys=(Key(0.4, (0, 40, -50), (40, 0, 0)), Key(0.8, (0, 10, 30), (-20, 0, 0)), Key(1.0, (0, 0, 30), (-20, 0, 0)))),
     "put_sugar": Action("lateral", "side", "spoon",
@@ -207,7 +207,7 @@ ACTION_SPECS: dict[str, Action] = {
                         keys=(Key(0.5, (0, -120, 120), (-20, -40, 0)), Key(0.75, (0, -120, 120), (-25, -45, 0)), Key(1.0))),
     "put_tea_bag": Action("pinch", "down", "tea_bag",
                           keys=(Key(0.5, (0, 20, -80)), Key(1.0, (0, 20, -60))), osc=(Osc("Z", 15, 3, 0.5, 0.9),)),
-    "put_salt": Action("pinch", "side", "shaker", osc=(Osc("pitch", 20, 4),)),
+    "put_salt": Action("pinch", "side", "shaker", osc=(Osc("pitch", 20, 3),)),
     "open_liquid_soap": _twist_then_lift("soap_pump", "tripod", 30, 2, (0, 20, 70)),
     "close_liquid_soap": Action("tripod", "down", "soap_pump", reverse_of="open_liquid_soap"),
     "pour_liquid_soap": Action("power_big", "side", "soap_bottle",
@@ -216,8 +216,8 @@ ACTION_SPECS: dict[str, Action] = {
     "wash_sponge": Action("power_big", "down", "sponge", osc=(Osc("X", 40, 3), Osc("Y", 40, 3, phase=0.25))),
     "flip_sponge": Action("spherical", "down", "sponge",
                           keys=(Key(0.3, (0, 0, 40)), Key(0.6, (0, 0, 40), (0, 170, 0)), Key(1.0, (0, 0, 20), (0, 170, 0)))),
-    "scratch_sponge": Action("power_big", "down", "sponge", osc=_SPONGE_RUB + (Osc("tips", 18, 5),)),
-    "squeeze_sponge": Action("power_big", "down", "sponge", osc=_SPONGE_RUB + (Osc("grip", 13, 5),)),
+    "scratch_sponge": Action("power_big", "down", "sponge", osc=_SPONGE_RUB + (Osc("tips", 18, 2),)),
+    "squeeze_sponge": Action("power_big", "down", "sponge", osc=_SPONGE_RUB + (Osc("grip", 13, 2),)),
     "open_soda_can": Action("point", "down", "can",
                             keys=(Key(0.3, posture="point"), Key(0.6, (0, -10, 10), posture="hook_index"), Key(1.0, (0, -20, 20), posture="hook_index"))),
     "use_flash": Action("power_small", "side", "flashlight", keys=(Key(0.3, (30, 40, 20)), Key(1.0, (30, 40, 20))),
@@ -232,7 +232,7 @@ ACTION_SPECS: dict[str, Action] = {
     "flip_pages": Action("flat", "down", "book", osc=(Osc("roll", 60, 3), Osc("thumb", 20, 3, phase=0.5))),
     "use_calculator": Action("point", "down", "calculator", osc=(Osc("Z", 12, 6), Osc("X", 20, 2), Osc("index", 10, 6, phase=0.5))),
     "light_candle": Action("power_small", "side", "lighter", keys=(Key(0.3, (30, 40, 20)), Key(1.0, (30, 40, 20))),
-                           osc=(Osc("thumb", 12, 3, 0.3, 0.9),)),
+                           osc=(Osc("thumb", 12, 1.5, 0.3, 0.9),)),
     "charge_cell_phone": Action("lateral", "side", "phone", keys=(Key(0.6, (0, 80, -30)), Key(1.0, (0, 85, -30))), osc=(Osc("Y", 8, 2, 0.6, 1.0),)),
     "unfold_glasses": Action("pinch", "side", "glasses", keys=(Key(0.6, (0, 0, 10), (0, 0, 60)), Key(1.0, (0, 0, 10), (0, 0, 65)))),
     "clean_glasses": Action("pinch", "side", "glasses", osc=(Osc("rub", 15, 5), Osc("X", 10, 5))),

@@ -37,7 +37,7 @@ from . import render as R
 from .hand import HandShape
 from .sequence import frame_scene, joint_radius, make_sequence
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: look-alike oscillations slowed to be resolvable at 6 fps
 EXTRAS_DIR = "Synthetic_extras"
 INFO_FILE = "synth_info.json"
 VIS_CODES = {R.NOTHING: "t", R.TABLE: "t", R.CLUTTER: "t", R.OBJECT: "o", R.HAND: "h", R.ARM: "a"}

@@ -134,7 +134,7 @@ def make_sequence(action: str, shape: HandShape, cfg: SynthConfig, rng: np.rando
     wrist_ch, posture = animate(spec, s, cfg, rng)
 
     fingers, palm = ORIENTS[spec.orient]
-    base = frame_from_axes(np.array(fingers), np.array(palm)) @ random_rotation(rng, 10.0)
+    base = frame_from_axes(np.array(fingers), np.array(palm)) @ random_rotation(rng, cfg.orient_jitter_deg)
     local = rotation_from_euler(wrist_ch[:, 3], wrist_ch[:, 4], wrist_ch[:, 5])
     hand_rot = WORLD_TO_CAM @ base @ local  # (T, 3, 3)
     place = WRIST_NOMINAL + rng.uniform([-40, -25, -40], [40, 25, 50])
