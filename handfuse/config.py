@@ -15,14 +15,14 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from .augment import AugmentConfig
 from .errors import ConfigError
+from .errors import check as _check
+from .models.har import HARConfig
+from .models.hpe import HPEConfig
+from .train import TrainConfig
 
 T = TypeVar("T")
-
-
-def _check(cond: bool, name: str, value: object, allowed: str) -> None:
-    if not cond:
-        raise ConfigError(name, value, allowed)
 
 
 def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
@@ -99,22 +99,50 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class Preset:
+    """Everything a named size fixes: data, crops, both models, augmentation and training."""
+
     name: str
     synth: SynthConfig = field(default_factory=SynthConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    hpe: HPEConfig = field(default_factory=HPEConfig)
+    har: HARConfig = field(default_factory=HARConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train_hpe: TrainConfig = field(default_factory=TrainConfig)
+    train_har: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check(self.hpe.crop == self.preprocess.crop, "hpe.crop", self.hpe.crop,
+               f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")
 
 
+_HAR_TRAIN = dict(batch_size=20, lr=3e-3)  # the original's HAR optimiser settings (Adam)
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke",
         SynthConfig(subjects=2, reps=2, fps=3.0, duration_s=1.6),
         PreprocessConfig(crop=32),
+        HPEConfig(crop=32, stem_channels=8, widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), pool=2, fc=64),
+        HARConfig(hidden=32),
+        train_hpe=TrainConfig(epochs=2, batch_size=32, max_batches=4, patience=2),
+        train_har=TrainConfig(epochs=3, patience=3, **_HAR_TRAIN),
     ),
-    "cpu": Preset("cpu", SynthConfig(fps=6.0, duration_s=2.2), PreprocessConfig(crop=64)),
+    "cpu": Preset(
+        "cpu",
+        SynthConfig(fps=6.0, duration_s=2.2),
+        PreprocessConfig(crop=64),
+        HPEConfig(crop=64, blocks=(1, 1, 1, 1)),  # the original's widths, one block per group
+        HARConfig(),
+        train_hpe=TrainConfig(epochs=16, batch_size=64, patience=4),
+        train_har=TrainConfig(epochs=80, patience=15, **_HAR_TRAIN),
+    ),
     "paper": Preset(
         "paper",
         SynthConfig(subjects=6, reps=5, fps=30.0, duration_s=2.8),
         PreprocessConfig(crop=128),
+        HPEConfig(crop=128),  # the original's network: 5 bottleneck blocks per group
+        HARConfig(),
+        train_hpe=TrainConfig(epochs=60, batch_size=128, patience=8),
+        train_har=TrainConfig(epochs=150, patience=25, **_HAR_TRAIN),
     ),
 }
 

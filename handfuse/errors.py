@@ -24,3 +24,14 @@ class ConfigError(ValueError):
     def __init__(self, name: str, value: object, allowed: str):
         self.name = name
         super().__init__(f"parameter {name!r} = {value!r} is not allowed: {allowed}")
+
+
+def check(cond: bool, name: str, value: object, allowed: str) -> None:
+    """Raise a ConfigError for parameter ``name`` unless ``cond`` holds."""
+    if not cond:
+        raise ConfigError(name, value, allowed)
+
+
+def is_int(value: object) -> bool:
+    """An integer that is not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -2,9 +2,10 @@
 
 ``HANDFUSE_DATA`` overrides the data folder (default: ``data/`` in the checkout,
 or ``~/.cache/handfuse`` for a non-editable install).  ``HANDFUSE_FIGURES``
-overrides the figures folder (default: ``figures/`` in the checkout); the test
-suite points it at a temporary folder so that smoke-preset figures never
-overwrite the real ones.
+overrides the figures folder (default: ``figures/`` in the checkout) and
+``HANDFUSE_RUNS`` the folder of trained models and results files (default:
+``runs/``); the test suite points both at temporary folders so that smoke-preset
+runs never mix with real ones.
 """
 from __future__ import annotations
 
@@ -28,6 +29,25 @@ def figures_dir() -> Path:
     env = os.environ.get("HANDFUSE_FIGURES")
     path = Path(env) if env else (REPO / "figures" if _IN_CHECKOUT else Path.cwd() / "figures")
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    env = os.environ.get("HANDFUSE_RUNS")
+    return Path(env) if env else (REPO / "runs" if _IN_CHECKOUT else Path.cwd() / "runs")
+
+
+def write_results(preset: str, name: str, payload: dict) -> Path:
+    """Write ``runs/<preset>/results/<name>.json`` atomically; the payload should say whether
+    the data was synthetic.  Returns the path."""
+    import json
+
+    folder = runs_dir() / preset / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    os.replace(tmp, path)
     return path
 
 

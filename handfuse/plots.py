@@ -102,3 +102,76 @@ def class_counts_figure(labels: list[int], title: str):
     ax.set_ylabel("sequences")
     ax.set_title(title, fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------- training and models
+
+
+def learning_curves(histories: dict[str, list[dict]], metric: str, ylabel: str, title: str):
+    """Train loss (left) and a validation metric (right) per epoch, one line per run."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for label, hist in histories.items():
+        epochs = [h["epoch"] for h in hist]
+        a.plot(epochs, [h["train_loss"] for h in hist], marker=".", label=label)
+        b.plot(epochs, [h[f"val_{metric}"] for h in hist], marker=".", label=label)
+    a.set_xlabel("epoch"), a.set_ylabel("training loss"), a.set_yscale("log")
+    b.set_xlabel("epoch"), b.set_ylabel(ylabel)
+    b.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def per_joint_bars(errors: dict[str, list[float]], title: str):
+    """Mean error per joint (mm), grouped bars per model."""
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    width = 0.8 / len(errors)
+    for k, (label, err) in enumerate(errors.items()):
+        ax.bar(np.arange(len(JOINTS)) + k * width, err, width, label=label)
+    ax.set_xticks(np.arange(len(JOINTS)) + 0.4 - width / 2, JOINTS, rotation=90, fontsize=7)
+    ax.set_ylabel("mean error (mm)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def success_curves(curves: dict[str, tuple[list[float], list[float]]], title: str):
+    """Fraction of frames with every joint within d mm, against d (the standard hand pose curve)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, (d, frac) in curves.items():
+        ax.plot(d, np.asarray(frac) * 100, label=label)
+    ax.set_xlabel("max joint error threshold d (mm)")
+    ax.set_ylabel("frames within d (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, title: str):
+    """Row-normalised confusion matrix over the 45 actions (rows: true)."""
+    conf = np.asarray(confusion, float)
+    conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8.5, 8))
+    im = ax.imshow(conf, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(ACTIONS)), ACTIONS, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(ACTIONS)), ACTIONS, fontsize=5)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="fraction of the true class")
+    return fig
+
+
+def attention_heatmap(weights: list[np.ndarray], rows: list[str], title: str):
+    """Temporal attention over the frames of a few sequences, one row each (padded with blanks)."""
+    T = max(len(w) for w in weights)
+    grid = np.full((len(weights), T), np.nan)
+    for i, w in enumerate(weights):
+        grid[i, : len(w)] = w
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel("frame")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="attention weight")
+    return fig

@@ -1,0 +1,292 @@
+"""DeepPrior++-style hand pose estimator on a depth crop, optionally FiLM-conditioned on an action.
+
+Oberweger & Lepetit 2017, "DeepPrior++: Improving Fast and Accurate 3D Hand Pose
+Estimation" (ICCV Workshops): a residual CNN regresses the coefficients of a
+linear pose prior (a PCA of the training poses), which a fixed linear decoder
+turns into joints.
+
+    depth (B, 1, S, S) in [-1, 1]
+      -> stem: conv 5x5 (stem_channels), BN, ReLU, max-pool 2
+      -> groups of pre-activation bottleneck blocks (He et al. 2016, "Identity
+         Mappings in Deep Residual Networks"), widths 64/128/256/256, strides 2/2/2/1
+      -> BN, ReLU, adaptive average pool to pool x pool, flatten      = trunk, (B, F)
+      -> FC fc, ReLU, dropout, FC fc, ReLU, dropout, FC pca_dim       = head
+      -> PCA decoder pca_dim -> 63 -> joints (B, 21, 3), in the dataset's units
+         (centred on the crop centre, divided by the cube's half-size)
+
+Pooling.  DeepPrior++ flattens the last feature map, which ties the first FC to
+one crop size.  Here the map is average-pooled to a fixed ``pool x pool`` grid
+(default 4) and flattened: any crop works with the same head (crop 64 ends in a
+4x4 map, so this *is* DeepPrior++'s flatten there; crop 128 averages 2x2 cells),
+and the coarse layout survives, which plain global pooling (``pool=1``) throws away
+although where a finger is *is* the answer.
+
+PCA.  :meth:`HPE.init_pca` fits the prior to (N, 21, 3) training poses: the mean
+and the top ``pca_dim`` principal directions are kept as buffers (``pca_mean``,
+``pca_basis``; they project targets) and copied into ``decoder``, an ordinary
+Linear, frozen by default as in pre-training (:meth:`HPE.freeze_pca`).  The
+coefficients are not whitened, so a squared error in PCA space is a squared error
+in joint space.
+
+Loss (nanoGPT style, as ``PoseLSTM``): ``forward(depth, action, target)`` returns
+the outputs and, given target joints, ``loss``; :meth:`HPE.loss` computes it from
+the outputs.  ``cfg.loss="pca"`` (DeepPrior++): MSE between the predicted
+coefficients and the target's projection ``(target - mean) @ basis.T``.  With an
+orthonormal, frozen decoder this is the joint-space MSE up to a constant and a
+scale of 63/pca_dim, i.e. the same gradients.  ``"joints"``: MSE of the decoded
+joints, the right one once the decoder is unfrozen.  Evaluation reads ``joints``.
+
+FiLM (:mod:`handfuse.models.film`), ``cfg.film``: ``"blocks"`` modulates the input
+of every residual block, ``"fc"`` the output of both hidden FC layers (before their
+ReLU, as FiLM's own ResBlock does), ``"both"`` both.  An absent action is w_eq =
+1/45.  The FiLM layers start at zero, so a conditioned HPE is then *exactly* the
+plain HPE with the same weights, whatever the action; and while it is only ever
+fed w_eq (pre-training), every FiLM is a constant per-channel affine, so it stays a
+plain HPE.  A plain HPE's state_dict loads into a conditioned one with
+``strict=False``: only the ``film`` keys are missing.
+
+Speed path.  ``forward = head(trunk(depth, action), action)``.  With film
+``"none"`` or ``"fc"`` the trunk (nearly all the FLOPs) ignores the action, so a
+whole sequence's frames go through it in one batch and the per-step action
+feedback only re-runs the cheap head.  With ``"blocks"`` the trunk needs the
+action.  On CPU ``model.to(memory_format=torch.channels_last)`` (or
+:meth:`HPE.to_channels_last`) is markedly faster; inputs are converted to match.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import check, is_int
+from ..skeleton import NUM_ACTIONS, NUM_JOINTS
+from .film import FiLM, uniform_action
+
+POSE_DIM = NUM_JOINTS * 3  # 63
+FILM_PLACEMENTS = ("none", "blocks", "fc", "both")
+LOSSES = ("pca", "joints")
+
+
+@dataclass(frozen=True)
+class HPEConfig:
+    """The pose estimator.  Defaults are the original's network on the cpu preset's 64-pixel crop."""
+
+    crop: int = 64  # S, input is (B, 1, S, S); the original used 128
+    stem_channels: int = 32
+    widths: tuple[int, ...] = (64, 128, 256, 256)  # output channels of each residual group
+    strides: tuple[int, ...] = (2, 2, 2, 1)  # stride of each group's first block
+    blocks: tuple[int, ...] = (5, 5, 5, 5)  # bottleneck blocks per group (the original: 5)
+    pool: int = 4  # the last map is average-pooled to pool x pool before the head (1: global)
+    fc: int = 1024  # width of the two hidden FC layers
+    dropout: float = 0.3
+    pca_dim: int = 30  # coefficients of the linear pose prior
+    film: str = "none"  # where an action vector modulates the network: one of FILM_PLACEMENTS
+    loss: str = "pca"  # "pca": MSE of the coefficients (DeepPrior++); "joints": MSE of the joints
+
+    def __post_init__(self):
+        for name in ("widths", "strides", "blocks"):  # lists (from JSON) become tuples: hashable, comparable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        check(is_int(self.crop) and self.crop >= 16, "hpe.crop", self.crop, "an integer >= 16 (pixels)")
+        check(is_int(self.stem_channels) and self.stem_channels >= 1, "hpe.stem_channels", self.stem_channels,
+               "an integer >= 1")
+        check(len(self.widths) >= 1 and all(is_int(w) and w >= 1 for w in self.widths), "hpe.widths",
+               self.widths, "one or more integers >= 1 (channels per residual group)")
+        check(len(self.strides) == len(self.widths) and all(s in (1, 2) for s in self.strides), "hpe.strides",
+               self.strides, f"{len(self.widths)} strides (one per group), each 1 or 2")
+        check(len(self.blocks) == len(self.widths) and all(is_int(b) and b >= 1 for b in self.blocks),
+               "hpe.blocks", self.blocks, f"{len(self.widths)} integers >= 1 (blocks per group)")
+        check(is_int(self.pool) and self.pool >= 1, "hpe.pool", self.pool, "an integer >= 1 (grid side)")
+        check(is_int(self.fc) and self.fc >= 1, "hpe.fc", self.fc, "an integer >= 1")
+        check(0.0 <= self.dropout < 1.0, "hpe.dropout", self.dropout, "a probability in [0, 1)")
+        check(is_int(self.pca_dim) and 1 <= self.pca_dim <= POSE_DIM, "hpe.pca_dim", self.pca_dim,
+               f"an integer in 1..{POSE_DIM}")
+        check(self.film in FILM_PLACEMENTS, "hpe.film", self.film, f"one of {FILM_PLACEMENTS}")
+        check(self.loss in LOSSES, "hpe.loss", self.loss, f"one of {LOSSES}")
+
+    @property
+    def film_blocks(self) -> bool:
+        return self.film in ("blocks", "both")
+
+    @property
+    def film_fc(self) -> bool:
+        return self.film in ("fc", "both")
+
+
+class Bottleneck(nn.Module):
+    """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1, plus the
+    input, or a strided 1x1 projection of the pre-activated input when the shape changes.  An optional
+    FiLM modulates the block's input (both paths see the modulated features)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, cond_dim: int = 0):
+        super().__init__()
+        mid = max(c_out // 4, 1)
+        self.film = FiLM(cond_dim, c_in) if cond_dim else None
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, mid, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(mid), nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
+        self.bn3, self.conv3 = nn.BatchNorm2d(mid), nn.Conv2d(mid, c_out, 1, bias=False)
+        self.project = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        if self.film is not None:
+            x = self.film(x, action)  # (B, C_in, H, W)
+        # in-place ReLUs are safe here: BatchNorm's backward needs its input, not its output
+        pre = F.relu(self.bn1(x), inplace=True)
+        skip = x if self.project is None else self.project(pre)  # (B, C_out, H/s, W/s)
+        h = self.conv1(pre)  # (B, mid, H, W)
+        h = self.conv2(F.relu(self.bn2(h), inplace=True))  # (B, mid, H/s, W/s)
+        h = self.conv3(F.relu(self.bn3(h), inplace=True))  # (B, C_out, H/s, W/s)
+        return h + skip
+
+
+class HPE(nn.Module):
+    """DeepPrior++-style pose estimator; see the module docstring."""
+
+    def __init__(self, cfg: HPEConfig = HPEConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, cfg.stem_channels, 5, padding=2, bias=False),
+            nn.BatchNorm2d(cfg.stem_channels),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        cond = NUM_ACTIONS if cfg.film_blocks else 0
+        blocks, c_in = [], cfg.stem_channels
+        for width, stride, n in zip(cfg.widths, cfg.strides, cfg.blocks):
+            for i in range(n):
+                blocks.append(Bottleneck(c_in, width, stride if i == 0 else 1, cond))
+                c_in = width
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.BatchNorm2d(c_in)  # pre-activation nets end with BN-ReLU
+        self.pool = nn.AdaptiveAvgPool2d(cfg.pool)
+        self.feature_dim = c_in * cfg.pool**2
+
+        self.fc1, self.fc2 = nn.Linear(self.feature_dim, cfg.fc), nn.Linear(cfg.fc, cfg.fc)
+        self.film1 = FiLM(NUM_ACTIONS, cfg.fc) if cfg.film_fc else None
+        self.film2 = FiLM(NUM_ACTIONS, cfg.fc) if cfg.film_fc else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc3 = nn.Linear(cfg.fc, cfg.pca_dim)
+
+        self.decoder = nn.Linear(cfg.pca_dim, POSE_DIM)  # coefficients -> 63, set by init_pca
+        self.register_buffer("pca_mean", torch.zeros(POSE_DIM))  # (63,)
+        self.register_buffer("pca_basis", torch.eye(cfg.pca_dim, POSE_DIM))  # (pca_dim, 63), orthonormal rows
+        self.register_buffer("pca_ready", torch.tensor(False))
+        self._set_decoder()
+        self.freeze_pca(True)
+
+    # ------------------------------------------------------------------ the pose prior
+
+    @torch.no_grad()
+    def init_pca(self, poses: torch.Tensor) -> float:
+        """Fit the prior to (N, 21, 3) normalised training poses (N >= pca_dim) and load it into the
+        decoder.  Returns the fraction of the poses' variance that the kept components explain."""
+        x = torch.as_tensor(poses).reshape(len(poses), POSE_DIM).double()  # (N, 63)
+        if len(x) < self.cfg.pca_dim:
+            raise ValueError(f"init_pca needs at least pca_dim = {self.cfg.pca_dim} poses, got {len(x)}")
+        mean = x.mean(0)  # (63,)
+        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)  # vh: (min(N, 63), 63)
+        self.pca_mean.copy_(mean)
+        self.pca_basis.copy_(vh[: self.cfg.pca_dim])
+        self.pca_ready.fill_(True)
+        self._set_decoder()
+        variance = s.square()
+        return float(variance[: self.cfg.pca_dim].sum() / variance.sum().clamp_min(1e-30))
+
+    def freeze_pca(self, frozen: bool = True) -> None:
+        """Freeze (the default, as DeepPrior++'s pre-training) or unfreeze the decoder."""
+        self.decoder.requires_grad_(not frozen)
+
+    @torch.no_grad()
+    def _set_decoder(self) -> None:
+        self.decoder.weight.copy_(self.pca_basis.T)  # (63, pca_dim)
+        self.decoder.bias.copy_(self.pca_mean)
+
+    def project(self, joints: torch.Tensor) -> torch.Tensor:
+        """Joints (B, 21, 3) -> their prior coefficients (B, pca_dim) (the fitted PCA, not the decoder)."""
+        return (joints.reshape(len(joints), POSE_DIM) - self.pca_mean) @ self.pca_basis.T
+
+    def decode(self, pca: torch.Tensor) -> torch.Tensor:
+        """Coefficients (B, pca_dim) -> joints (B, 21, 3) through the decoder."""
+        return self.decoder(pca).view(len(pca), NUM_JOINTS, 3)
+
+    # ------------------------------------------------------------------ the network
+
+    def to_channels_last(self) -> HPE:
+        """Convert the conv weights to channels_last (faster on CPU); inputs follow automatically."""
+        return self.to(memory_format=torch.channels_last)
+
+    def _action(self, action: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
+        if action is None:
+            return uniform_action(batch, like.device, like.dtype)
+        if action.shape != (batch, NUM_ACTIONS):
+            raise ValueError(f"action must be ({batch}, {NUM_ACTIONS}), got {tuple(action.shape)}")
+        return action
+
+    def trunk(self, depth: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        """Depth crops (B, 1, S, S) -> features (B, feature_dim).  ``action`` (B, 45) is only read
+        with block FiLM (``film`` "blocks" or "both"; None: w_eq)."""
+        if depth.dim() != 4 or depth.shape[1:] != (1, self.cfg.crop, self.cfg.crop):
+            raise ValueError(f"depth must be (B, 1, {self.cfg.crop}, {self.cfg.crop}), got {tuple(depth.shape)}")
+        if self.blocks[0].conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            depth = depth.contiguous(memory_format=torch.channels_last)
+        if self.cfg.film_blocks:
+            action = self._action(action, len(depth), depth)
+        x = self.stem(depth)  # (B, stem, S/2, S/2)
+        for block in self.blocks:
+            x = block(x, action)  # (B, C_g, ., .)
+        x = self.pool(F.relu(self.norm(x), inplace=True))  # (B, C, pool, pool)
+        return x.flatten(1)  # (B, feature_dim)
+
+    def head(self, features: torch.Tensor, action: torch.Tensor | None = None,
+             target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Features (B, feature_dim) -> ``pca`` (B, pca_dim), ``joints`` (B, 21, 3) and, given target
+        joints (B, 21, 3), ``loss``.  ``action`` (B, 45) is only read with FC FiLM (None: w_eq)."""
+        h = self.fc1(features)  # (B, fc)
+        if self.cfg.film_fc:
+            action = self._action(action, len(features), features)
+            h = self.film1(h, action)
+        h = self.fc2(self.drop(F.relu(h)))  # (B, fc)
+        if self.cfg.film_fc:
+            h = self.film2(h, action)
+        pca = self.fc3(self.drop(F.relu(h)))  # (B, pca_dim)
+        out = {"pca": pca, "joints": self.decode(pca)}
+        if target is not None:
+            out["loss"] = self.loss(out, target)
+        return out
+
+    def forward(self, depth: torch.Tensor, action: torch.Tensor | None = None,
+                target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Depth crops (B, 1, S, S), optional action (B, 45) (None: w_eq) and target joints (B, 21, 3)
+        -> ``pca`` (B, pca_dim), ``joints`` (B, 21, 3) and, given a target, ``loss``."""
+        return self.head(self.trunk(depth, action), action, target)
+
+    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """MSE in PCA space (``cfg.loss="pca"``) or of the joints (``"joints"``) against (B, 21, 3)."""
+        if self.cfg.loss == "joints":
+            return F.mse_loss(out["joints"], target.to(out["joints"].dtype))
+        if not bool(self.pca_ready):
+            raise RuntimeError("the PCA loss needs the prior: call init_pca(training poses) first")
+        return F.mse_loss(out["pca"], self.project(target.to(out["pca"].dtype)))
+
+
+def count_flops(model: HPE) -> int:
+    """Forward FLOPs per frame (a multiply-add counts 2; convolutions and matrix products only,
+    as ``torch.utils.flop_counter`` counts), measured on one frame in eval mode."""
+    p = next(model.parameters())
+    x = torch.zeros(1, 1, model.cfg.crop, model.cfg.crop, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def hpe_flops(cfg: HPEConfig) -> int:
+    """Forward FLOPs per frame of an HPE built from ``cfg`` (see :func:`count_flops`)."""
+    return count_flops(HPE(cfg))

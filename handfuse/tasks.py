@@ -1,0 +1,134 @@
+"""Training tasks for ``handfuse.train.fit``: how to batch, compute the loss and evaluate.
+
+* :class:`HPETask`: frames of the crop cache -> 21 joints (DeepPrior++ loss in PCA
+  space), evaluated as mean per-joint 3-D error in mm.
+* :class:`HARTask`: pose sequences -> one of 45 actions, evaluated as accuracy.
+
+Both hold three splits: ``train`` and ``val`` come from the training side of the
+action split (:func:`split_train_val` holds out whole sequences, per class), and
+``test`` is the test side, which ``fit`` evaluates once at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cache import CropCache
+from .datasets import FrameDataset, PoseSequenceDataset, collate_sequences
+from .fpha import SequenceRef
+from .metrics import accuracy, confusion_matrix, mean_joint_error, per_class_accuracy, per_joint_error, success_curve
+from .skeleton import NUM_ACTIONS
+from .train import epoch_generator
+
+
+def split_train_val(refs: list[SequenceRef], fraction: float, seed: int) -> tuple[list[SequenceRef], list[SequenceRef]]:
+    """Hold out about ``fraction`` of each class's sequences (at least one where a class has two
+    or more) for validation: (train, val), deterministic in ``seed``."""
+    rng = np.random.default_rng([seed, 7919])
+    train, val = [], []
+    for label in sorted({r.label for r in refs}):
+        group = [r for r in refs if r.label == label]
+        order = rng.permutation(len(group))
+        n_val = min(len(group) - 1, max(1, int(round(fraction * len(group))))) if len(group) > 1 else 0
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return sorted(train), sorted(val)
+
+
+@dataclass
+class HPETask:
+    """Frame-wise pose estimation from the crop cache.  ``augment`` (an ``AugmentConfig`` or None)
+    is applied to training batches only.  A FiLM-conditioned model is fed w_eq = 1/45 (pre-training)."""
+
+    cache: CropCache
+    splits: dict[str, list[SequenceRef]]
+    augment: object | None = None
+    metric: str = "error_mm"
+    higher_is_better: bool = False
+    eval_batch: int = 256
+
+    def __post_init__(self):
+        self.data = {name: FrameDataset(self.cache, refs) for name, refs in self.splits.items()}
+        self.half_cube = self.cache.cfg.cube_mm / 2
+
+    def batches(self, split, epoch, cfg):
+        ds = self.data[split]
+        gen = epoch_generator(cfg.seed, epoch)
+        order = torch.randperm(len(ds), generator=gen).numpy()
+        n = len(order) // cfg.batch_size if len(order) >= cfg.batch_size else 1
+        for b in range(min(n, cfg.max_batches or n)):
+            batch = ds.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+            if self.augment is not None:
+                from .augment import augment_batch
+
+                batch["depth"], batch["joints"] = augment_batch(batch["depth"], batch["joints"], self.augment,
+                                                                self.half_cube, generator=gen)
+            yield batch
+
+    def loss(self, model, batch):
+        out = model(batch["depth"])
+        return model.loss(out, batch["joints"])
+
+    def predict(self, model, split: str, action: torch.Tensor | None = None) -> np.ndarray:
+        """(N, 21, 3) predicted joints in mm for every frame of a split, in dataset order."""
+        ds, device = self.data[split], next(model.parameters()).device
+        model.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(ds), self.eval_batch):
+                batch = ds.batch(np.arange(start, min(start + self.eval_batch, len(ds))))
+                pred = model(batch["depth"].to(device), action)["joints"].float().cpu()
+                out.append(pred * self.half_cube + batch["centre"][:, None])
+        return torch.cat(out).numpy()
+
+    def evaluate(self, model, split, cfg):
+        pred = self.predict(model, split)
+        true = self.cache.joints[self.data[split].rows]
+        thresholds, curve = success_curve(pred, true, np.arange(0, 81, 5))
+        return {"error_mm": float(mean_joint_error(pred, true)), "per_joint_mm": per_joint_error(pred, true).tolist(),
+                "success_thresholds_mm": list(map(float, thresholds)), "success": list(map(float, curve))}
+
+
+@dataclass
+class HARTask:
+    """Action recognition from pose sequences (ground truth, or any poses via PoseSequenceDataset.from_joints)."""
+
+    data: dict[str, PoseSequenceDataset]
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+
+    def batches(self, split, epoch, cfg):
+        ds = self.data[split]
+        order = torch.randperm(len(ds), generator=epoch_generator(cfg.seed, epoch, 1)).tolist()
+        chunks = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        for idx in chunks[: cfg.max_batches or len(chunks)]:
+            yield collate_sequences([ds[i] for i in idx])
+
+    def loss(self, model, batch):
+        return model.loss(model(batch["joints"], batch["mask"]), batch["label"], batch["mask"])
+
+    def outputs(self, model, split: str, batch_size: int = 64) -> dict[str, list]:
+        """Per sequence: logits (45,), per-step logits (T, 45), attention (T,) or None."""
+        ds, device = self.data[split], next(model.parameters()).device
+        model.eval()
+        logits, steps, attention = [], [], []
+        with torch.inference_mode():
+            for start in range(0, len(ds), batch_size):
+                batch = collate_sequences([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+                out = model(batch["joints"].to(device), batch["mask"].to(device))
+                for b, n in enumerate(batch["length"].tolist()):
+                    logits.append(out["logits"][b].float().cpu().numpy())
+                    steps.append(out["step_logits"][b, :n].float().cpu().numpy())
+                    att = out.get("attention")
+                    attention.append(None if att is None else att[b, :n].float().cpu().numpy())
+        return {"logits": logits, "step_logits": steps, "attention": attention}
+
+    def evaluate(self, model, split, cfg):
+        ds = self.data[split]
+        pred = np.array([lg.argmax() for lg in self.outputs(model, split)["logits"]])
+        labels = np.asarray(ds.labels)
+        return {"accuracy": float(accuracy(pred, labels)),
+                "per_class": per_class_accuracy(pred, labels, NUM_ACTIONS).tolist(),
+                "confusion": confusion_matrix(pred, labels, NUM_ACTIONS).tolist()}

@@ -1,0 +1,217 @@
+"""The one training loop: ``fit(model, task, cfg, run_dir)``.
+
+The notebooks, the CLI and the tests all call this function.  It is plain on
+purpose: a task (``handfuse.tasks``) says how to draw batches, compute a loss
+and evaluate; the loop does the rest:
+
+* a validation split held out from the training split drives early stopping
+  and model selection; the test split is evaluated once, at the end, with the
+  selected weights;
+* seeded per epoch (shuffling, augmentation and dropout draw from
+  ``seed, epoch``), so the same seed gives the same metrics on CPU and a run
+  resumed from its last epoch checkpoint lands on the same result;
+* device-agnostic: CPU by default, ``cuda`` with bf16 autocast;
+* checkpoints written atomically (temporary file, fsync, rename) and loaded
+  with ``torch.load(weights_only=True)``; each holds the resolved config;
+* ``tqdm.auto`` progress, and a per-epoch history returned for plotting.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .errors import check as _check
+
+CHECKPOINT = "last.pt"
+BEST = "best.pt"
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 8  # epochs without validation improvement before stopping
+    val_fraction: float = 0.15  # of the training sequences, per class, held out for validation
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast, on CUDA only (never on CPU: see docs/perf.md)
+    max_batches: int | None = None  # cap per epoch (tests, smoke runs)
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "a positive learning rate")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.patience >= 1, "train.patience", self.patience, "an integer >= 1")
+        _check(0 < self.val_fraction < 1, "train.val_fraction", self.val_fraction, "a fraction in (0, 1)")
+        _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "train.device", self.device,
+               "'cpu', 'cuda' or 'cuda:N'")
+        _check(self.max_batches is None or self.max_batches >= 1, "train.max_batches", self.max_batches, "None or >= 1")
+
+
+class Task(Protocol):
+    """What the loop needs from a task (see ``handfuse.tasks`` for the HPE and HAR ones)."""
+
+    metric: str  # name of the selection metric, e.g. "error_mm" or "accuracy"
+    higher_is_better: bool
+
+    def batches(self, split: str, epoch: int, cfg: TrainConfig) -> Iterable[dict]: ...
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor: ...
+    def evaluate(self, model: torch.nn.Module, split: str, cfg: TrainConfig) -> dict[str, Any]: ...
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # per epoch: train_loss, val metrics, seconds
+    best_epoch: int = -1
+    val: dict = field(default_factory=dict)  # validation metrics of the selected weights
+    test: dict = field(default_factory=dict)  # test metrics of the selected weights, computed once
+    config: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device", name, "'cpu': CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, epoch: int = 0) -> None:
+    """Seed python, numpy and torch from (seed, epoch): each epoch is reproducible on its own."""
+    s = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """A torch.Generator for one epoch's shuffling and augmentation, from (seed, epoch, salt)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, salt]).generate_state(1)[0]))
+
+
+def autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError and friends: say which file and why
+        raise ValueError(f"{path}: not a handfuse checkpoint that loads safely ({type(e).__name__}: {e})") from None
+
+
+def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path | None = None,
+        config: dict | None = None, progress: bool = True) -> FitResult:
+    """Train ``model`` on ``task``; resume from ``run_dir/last.pt`` if it exists.
+
+    ``config`` is the resolved configuration of the whole run (model, data, training);
+    it is stored in every checkpoint and in ``result.json``.  A finished run found in
+    ``run_dir`` is not trained again: its result is loaded and returned."""
+    device = resolve_device(cfg.device)
+    config = {**(config or {}), "train": asdict(cfg)}
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None and (run_dir / RESULT).is_file() and (run_dir / BEST).is_file():
+        done = json.loads((run_dir / RESULT).read_text())
+        if done.get("config") == _jsonable(config):
+            model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
+            return FitResult(**done)
+    model.to(device)
+    opt = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result, start_epoch, best_state, stale = FitResult(config=_jsonable(config)), 0, None, 0
+    best = -math.inf
+    if run_dir is not None and (run_dir / CHECKPOINT).is_file():
+        ck = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+        if ck["config"] != json.dumps(result.config, sort_keys=True):
+            raise ValueError(f"{run_dir / CHECKPOINT}: was written with another configuration; use another run folder")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, best, stale = ck["epoch"] + 1, ck["best"], ck["stale"]
+        result.history, result.best_epoch = json.loads(ck["history"]), ck["best_epoch"]
+        best_state = ck["best_model"]
+    sign = 1.0 if task.higher_is_better else -1.0
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=type(model).__name__, unit="epoch", disable=not progress,
+               initial=start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        if stale >= cfg.patience:
+            break
+        seed_everything(cfg.seed, epoch)
+        model.train()
+        losses, e0 = [], time.perf_counter()
+        for batch in task.batches("train", epoch, cfg):
+            with autocast(device, cfg.amp):
+                loss = task.loss(model, _to(batch, device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        val = task.evaluate(model, "val", cfg)
+        score = sign * val[task.metric]
+        improved = score > best
+        if improved:
+            best, stale, result.best_epoch = score, 0, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        result.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                               **{f"val_{k}": v for k, v in val.items() if np.isscalar(v)},
+                               "seconds": time.perf_counter() - e0})
+        bar.set_postfix(loss=f"{result.history[-1]['train_loss']:.4f}", **{task.metric: f"{val[task.metric]:.3f}"})
+        if run_dir is not None:
+            save_checkpoint(run_dir / CHECKPOINT, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
+                "stale": stale, "best_epoch": result.best_epoch, "best_model": best_state,
+                "history": json.dumps(result.history), "config": json.dumps(result.config, sort_keys=True)})
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.val = task.evaluate(model, "val", cfg)
+    result.test = task.evaluate(model, "test", cfg)  # once, with the selected weights
+    result.seconds = sum(h["seconds"] for h in result.history)  # training time over all epochs, resumes included
+    if run_dir is not None:
+        save_checkpoint(run_dir / BEST, {"model": model.state_dict(), "config": json.dumps(result.config, sort_keys=True)})
+        _write_json(run_dir / RESULT, asdict(result))
+    return result
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _jsonable(obj):
+    """Round-trip through JSON so that a stored config compares equal to a fresh one."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=1))
+    os.replace(tmp, path)

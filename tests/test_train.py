@@ -1,0 +1,156 @@
+"""The training loop: determinism, resume after interruption, atomic and safe checkpoints, selection."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from handfuse.errors import ConfigError
+from handfuse.train import BEST, CHECKPOINT, TrainConfig, epoch_generator, fit, load_checkpoint, save_checkpoint
+
+
+class Toy(nn.Module):
+    """A small regressor with dropout, so that the global RNG matters."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ToyTask:
+    """y = x . w + noise; validation metric = MSE.  Counts evaluations and can crash on demand."""
+
+    metric = "mse"
+    higher_is_better = False
+
+    def __init__(self, crash_at: tuple[int, int] | None = None, drift: bool = False):
+        g = torch.Generator().manual_seed(0)
+        self.x = {s: torch.randn(n, 4, generator=g) for s, n in (("train", 256), ("val", 64), ("test", 64))}
+        w = torch.tensor([1.0, -2.0, 0.5, 3.0])
+        self.y = {s: x @ w + 0.1 * torch.randn(len(x), generator=g) for s, x in self.x.items()}
+        self.crash_at, self.drift, self.evals = crash_at, drift, {"val": 0, "test": 0}
+
+    def batches(self, split, epoch, cfg):
+        order = torch.randperm(len(self.x[split]), generator=epoch_generator(cfg.seed, epoch))
+        for b, i in enumerate(range(0, len(order), cfg.batch_size)):
+            if self.crash_at == (epoch, b):
+                raise KeyboardInterrupt("simulated kill")
+            idx = order[i:i + cfg.batch_size]
+            yield {"x": self.x[split][idx], "y": self.y[split][idx]}
+
+    def loss(self, model, batch):
+        return nn.functional.mse_loss(model(batch["x"])[:, 0], batch["y"])
+
+    def evaluate(self, model, split, cfg):
+        self.evals[split] += 1
+        model.eval()
+        with torch.inference_mode():
+            mse = nn.functional.mse_loss(model(self.x[split])[:, 0], self.y[split]).item()
+        if self.drift and split == "val":  # validation gets worse after the second evaluation
+            mse += 10.0 * max(0, self.evals["val"] - 2)
+        return {"mse": mse}
+
+
+CFG = TrainConfig(epochs=6, batch_size=32, lr=1e-2, patience=3, seed=3)
+
+
+def _run(tmp=None, cfg=CFG, task=None):
+    torch.manual_seed(123)  # the same initial weights
+    model = Toy()
+    return model, fit(model, task or ToyTask(), cfg, tmp, config={"model": "toy"}, progress=False)
+
+
+def test_same_seed_same_metrics_and_another_seed_differs():
+    _, a = _run()
+    _, b = _run()
+    _, c = _run(cfg=TrainConfig(**{**CFG.__dict__, "seed": 4}))
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert a.test == b.test
+    assert a.test != c.test
+
+
+def test_learns_and_evaluates_test_once():
+    task = ToyTask()
+    _, r = _run(task=task)
+    assert r.history[-1]["train_loss"] < 0.5 * r.history[0]["train_loss"]
+    assert task.evals["test"] == 1
+    assert r.test["mse"] < 0.2 * task.y["test"].var().item()  # far better than predicting the mean
+
+
+def test_resume_after_a_kill_mid_epoch_lands_on_the_same_result(tmp_path):
+    _, straight = _run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", task=ToyTask(crash_at=(3, 2)))
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["epoch"] == 2  # the last complete epoch
+    assert not (tmp_path / "b" / BEST).exists()  # nothing looks finished
+    model, resumed = _run(tmp_path / "b")
+    assert resumed.test == straight.test
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+
+
+def test_a_finished_run_is_loaded_not_retrained(tmp_path):
+    _, first = _run(tmp_path)
+    task = ToyTask()
+    _, again = _run(tmp_path, task=task)
+    assert again.test == first.test and task.evals["test"] == 0
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, task=ToyTask(crash_at=(2, 0)))
+    with pytest.raises(ValueError, match="another configuration"):
+        _run(tmp_path, cfg=TrainConfig(**{**CFG.__dict__, "lr": 5e-3}))
+
+
+def test_early_stopping_selects_the_best_epoch():
+    _, r = _run(cfg=TrainConfig(**{**CFG.__dict__, "epochs": 20}), task=ToyTask(drift=True))
+    assert r.best_epoch == 1  # validation got worse from the third evaluation on
+    assert len(r.history) == 1 + 1 + CFG.patience
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+
+    def torn(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))  # the old one is intact
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_foreign_pickles_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(ValueError, match=str(path.name)):
+        load_checkpoint(path)
+    torch.save({"model": Evil()}, tmp_path / "evil2.pt")
+    with pytest.raises(ValueError, match="evil2.pt"):
+        load_checkpoint(tmp_path / "evil2.pt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ConfigError, match="train.device"):
+        _run(cfg=TrainConfig(**{**CFG.__dict__, "device": "cuda"}))
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"val_fraction": 1.0}, {"device": "tpu"}])
+def test_impossible_training_parameters_are_refused(bad):
+    with pytest.raises(ConfigError, match="train." + next(iter(bad))):
+        TrainConfig(**bad)
