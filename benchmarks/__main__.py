@@ -1,4 +1,4 @@
-"""Data-layer benchmarks: ``python -m benchmarks`` (or ``make bench``).
+"""Benchmarks: ``python -m benchmarks [--stages data hpe]`` (or ``make bench``).
 
 Prints a table and writes ``benchmarks/results.json`` (machine, torch version,
 threads, date).  Each figure is the median of ``--repeats`` runs with the
@@ -59,10 +59,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    ap.add_argument("--stages", nargs="+", default=["data", "hpe"], choices=["data", "hpe"])
     args = ap.parse_args()
-    results: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                 "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                 "date": datetime.datetime.now().isoformat(timespec="seconds")}}
+    out = Path(args.out)
+    results: dict = json.loads(out.read_text()) if out.is_file() else {}  # keep stages not re-run
+    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    if "data" in args.stages:
+        results["data"] = data_stages(args.repeats)
+        report(results["data"], results["machine"])
+    if "hpe" in args.stages:
+        from .hpe_speed import report as hpe_report
+        from .hpe_speed import run as hpe_run
+
+        results["hpe"] = hpe_run(args.repeats)
+        hpe_report(results["hpe"])
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def data_stages(repeats: int) -> dict:
+    results: dict = {}
     tmp = Path(tempfile.mkdtemp(prefix="handfuse-bench-"))
     try:
         # 1. synthetic generation, one process, cpu-preset frame rate and resolution
@@ -75,7 +92,7 @@ def main() -> None:
             return sum(write_sequence(d, cfg, r) for r in refs)
 
         n_gen = gen()
-        t = timed(gen, args.repeats)
+        t = timed(gen, repeats)
         results["synth_frames_per_s_1proc"] = rate(n_gen, t)
 
         # 2. a smoke tree for the decode / cache stages, timed end to end
@@ -91,14 +108,14 @@ def main() -> None:
             for r, t_ in frames:
                 crop(fpha.read_depth(r, t_), centre_from_joints(joints[r.key][t_]), cube_mm=pre.cube_mm, size=pre.crop)
 
-        t = timed(decode_and_crop, args.repeats)
+        t = timed(decode_and_crop, repeats)
         results["png_to_crop_frames_per_s"] = rate(len(frames), t)
 
         cache = get_cache(fpha, pre, cache_dir=tmp / "cache", progress=False)
         ds = FrameDataset(cache)
         rng = np.random.default_rng(0)
         batches = [rng.permutation(len(ds))[:64] for _ in range(50)]
-        t = timed(lambda: [ds.batch(b) for b in batches], args.repeats)
+        t = timed(lambda: [ds.batch(b) for b in batches], repeats)
         results["cache_to_batch_frames_per_s"] = rate(64 * len(batches), t)
         results["cache_vs_decode_ratio"] = results["cache_to_batch_frames_per_s"]["per_s"] / results["png_to_crop_frames_per_s"]["per_s"]
 
@@ -117,8 +134,7 @@ def main() -> None:
         results["presets"] = presets
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    report(results)
+    return results
 
 
 def expected_frames(cfg: SynthConfig) -> int:
@@ -126,8 +142,7 @@ def expected_frames(cfg: SynthConfig) -> int:
     return int(round(max(4, cfg.duration_s * cfg.fps) * cfg.subjects * NUM_ACTIONS * cfg.reps))
 
 
-def report(r: dict) -> None:
-    m = r["machine"]
+def report(r: dict, m: dict) -> None:
     print(f"handfuse data benchmarks - {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, {m['date']}")
     for key in ("synth_frames_per_s_1proc", "png_to_crop_frames_per_s", "cache_to_batch_frames_per_s"):
         v = r[key]

@@ -22,7 +22,7 @@ def _synth(args) -> None:
 def _reproduce(args) -> None:
     from .reproduce import reproduce
 
-    reproduce(preset=args.preset, out=Path(args.out), data_root=args.data_root, seed=args.seed)
+    reproduce(preset=args.preset, out=Path(args.out), data_root=args.data_root, seed=args.seed, device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default runs/PRESET)")
     p.add_argument("--data-root", default=None, help="an FPHA root; default: the synthetic benchmark")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (bf16 autocast)")
     p.set_defaults(func=_reproduce)
     args = parser.parse_args(argv)
     if getattr(args, "out", "") is None:

@@ -24,7 +24,7 @@ def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0) -> list[Path]:
+def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu") -> list[Path]:
     import papermill
 
     get_preset(preset)
@@ -33,16 +33,29 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
     elif not Path(data_root).is_dir():
         raise FileNotFoundError(f"--data-root {data_root}: no such folder")
     out.mkdir(parents=True, exist_ok=True)
-    params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed}
+    from .train import resolve_device
+
+    resolve_device(device)  # refuse --device cuda without CUDA before any work starts
+    params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed,
+              "device": device}
     done = []
     for nb in tqdm(notebooks(), desc=f"reproduce ({preset})", unit="notebook"):
         target = out / nb.name
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(nb.parent), progress_bar=False)
+            papermill.execute_notebook(str(nb), str(target), parameters=_known(nb, params), cwd=str(nb.parent),
+                                       progress_bar=False)
         except papermill.PapermillExecutionError as e:
             raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue});"
                                  f" the executed copy with the traceback is {target}") from None
         tqdm.write(f"  {nb.name}: {time.perf_counter() - start:.0f} s -> {target}")
         done.append(target)
     return done
+
+
+def _known(nb: Path, params: dict) -> dict:
+    """The parameters a notebook declares in its ``parameters`` cell (papermill warns about others)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(nb))
+    return {k: v for k, v in params.items() if k in declared}

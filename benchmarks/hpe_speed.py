@@ -1,0 +1,114 @@
+"""HPE speed against the machine: frames/s and achieved GFLOP/s as a fraction of a large fp32 matmul
+measured in the same process (timings here are noisy, so only ratios within one run are compared).
+
+Sizes: the ``cpu`` preset's HPE (64-px crops, one bottleneck block per group) and the ``paper`` one
+(128-px crops, five blocks per group, the original's network).  Memory formats: contiguous and
+channels_last; ``--compile`` adds torch.compile (off by default: docs/perf.md found it no faster).
+Training counts 3x the forward FLOPs (forward + backward).
+
+    python -m benchmarks.hpe_speed [--repeats 5] [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from handfuse.config import get_preset
+from handfuse.models.hpe import HPE, count_flops
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> tuple[float, float, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), min(ts), max(ts)
+
+
+def matmul_gflops(repeats: int, n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t, _, _ = median_time(lambda: a @ b, repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, batch: int = 64) -> dict:
+    torch.manual_seed(0)
+    model = HPE(get_preset(preset).hpe)
+    model.init_pca(torch.randn(256, 21, 3) * 0.3)
+    flops = count_flops(model)
+    if channels_last:
+        model.to_channels_last()
+    run = torch.compile(model) if compile_ else model
+    x = torch.randn(batch, 1, model.cfg.crop, model.cfg.crop).clamp(-1, 1)
+    target = torch.randn(batch, 21, 3) * 0.3
+    model.eval()
+
+    def infer():
+        with torch.inference_mode():
+            run(x)
+
+    t_inf = median_time(infer, repeats)
+    big = torch.randn(4 * batch, 1, model.cfg.crop, model.cfg.crop).clamp(-1, 1)
+
+    def infer_big():
+        with torch.inference_mode():
+            run(big)
+
+    t_big = median_time(infer_big, repeats)
+    model.train()
+    opt = torch.optim.Adam(p for p in model.parameters() if p.requires_grad)
+
+    def train():
+        loss = model.loss(run(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t_train = median_time(train, repeats)
+    return {"gflop_per_frame": flops / 1e9,
+            "infer_fps": batch / t_inf[0], "infer_fps_spread": [batch / t_inf[2], batch / t_inf[1]],
+            "infer_fps_batch256": 4 * batch / t_big[0],
+            "train_fps": batch / t_train[0], "train_fps_spread": [batch / t_train[2], batch / t_train[1]],
+            "infer_gflops": flops * batch / t_inf[0] / 1e9, "train_gflops": 3 * flops * batch / t_train[0] / 1e9}
+
+
+def run(repeats: int = 5, compile_: bool = False) -> dict:
+    peak = matmul_gflops(repeats)
+    out = {"matmul_gflops": peak, "threads": torch.get_num_threads(), "rows": []}
+    for preset in ("cpu", "paper"):
+        for cl in (False, True):
+            for comp in ((False, True) if compile_ else (False,)):
+                r = hpe_rates(preset, cl, comp, repeats)
+                r.update(preset=preset, channels_last=cl, compiled=comp,
+                         infer_ratio=r["infer_gflops"] / peak, train_ratio=r["train_gflops"] / peak)
+                out["rows"].append(r)
+    return out
+
+
+def report(r: dict) -> None:
+    print(f"HPE speed - fp32 matmul {r['matmul_gflops']:.0f} GFLOP/s on {r['threads']} threads (same run)")
+    print("  preset  layout          compile  GFLOP/fr  infer fr/s (b64, b256)  train fr/s  infer/matmul  train/matmul")
+    for x in r["rows"]:
+        layout = "channels_last" if x["channels_last"] else "contiguous"
+        print(f"  {x['preset']:6s}  {layout:14s}  {str(x['compiled']):7s}  {x['gflop_per_frame']:8.3f}  {x['infer_fps']:10.0f}"
+              f" {x['infer_fps_batch256']:6.0f}"
+              f"  {x['train_fps']:10.0f}  {x['infer_ratio']:12.2f}  {x['train_ratio']:12.2f}")
+    print("  targets: inference >= 0.50, training >= 0.30 of the matmul rate")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+    report(run(args.repeats, args.compile))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The two halves learn on the smoke benchmark, through the same code the notebooks use."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from handfuse.cache import get_cache
+from handfuse.config import get_preset
+from handfuse.datasets import FrameDataset, PoseSequenceDataset, collate_sequences
+from handfuse.fpha import FPHA
+from handfuse.models.har import PoseLSTM
+from handfuse.models.hpe import HPE
+from handfuse.paths import ensure_synthetic
+from handfuse.standalone import pretrain_har
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return FPHA(ensure_synthetic("smoke")), get_preset("smoke")
+
+
+def _descend(model, loss_fn, steps: int, lr: float) -> tuple[float, float]:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    return first, loss_fn().item()
+
+
+def test_a_tiny_hpe_learns_on_smoke_crops(smoke, tmp_path):
+    fpha, preset = smoke
+    cache = get_cache(fpha, preset.preprocess, cache_dir=tmp_path, workers=1, progress=False)
+    ds = FrameDataset(cache, fpha.train)
+    batch = ds.batch(np.random.default_rng(0).permutation(len(ds))[:32])
+    torch.manual_seed(0)
+    model = HPE(preset.hpe)
+    model.init_pca(batch["joints"])
+    model.eval()  # no dropout: a fixed batch must be fitted
+    first, last = _descend(model, lambda: model.loss(model(batch["depth"]), batch["joints"]), 100, 3e-3)
+    assert last < 0.5 * first, (first, last)
+
+
+def test_a_tiny_har_learns_on_smoke_poses(smoke):
+    fpha, preset = smoke
+    ds = PoseSequenceDataset(fpha, fpha.train[:24])
+    batch = collate_sequences([ds[i] for i in range(len(ds))])
+    torch.manual_seed(0)
+    model = PoseLSTM(preset.har)
+    first, last = _descend(model, lambda: model.loss(model(batch["joints"], batch["mask"]), batch["label"]), 80, 1e-2)
+    assert last < 0.5 * first, (first, last)
+
+
+def test_pretraining_writes_a_run_that_reloads_identically(smoke, tmp_path):
+    fpha, preset = smoke
+    model, first = pretrain_har(fpha, preset, attention=True, root=tmp_path, progress=False)
+    assert (tmp_path / "har-att-seed0" / "best.pt").is_file()
+    again, second = pretrain_har(fpha, preset, attention=True, root=tmp_path, progress=False)
+    assert second.test == first.test and second.history == first.history
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
