@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -36,15 +35,7 @@ from handfuse.skeleton import NUM_ACTIONS
 from handfuse.synth import generate
 from handfuse.synth.generate import sequence_refs, write_sequence
 
-
-def timed(fn, repeats: int) -> tuple[float, float, float]:
-    """(median, min, max) seconds of fn() over repeats."""
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), min(ts), max(ts)
+from .timing import timed
 
 
 def rate(n: int, t: tuple[float, float, float]) -> dict:

@@ -11,29 +11,18 @@ Training counts 3x the forward FLOPs (forward + backward).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from handfuse.config import get_preset
 from handfuse.models.hpe import HPE, count_flops
 
-
-def median_time(fn, repeats: int, warmup: int = 2) -> tuple[float, float, float]:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), min(ts), max(ts)
+from .timing import timed
 
 
 def matmul_gflops(repeats: int, n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    t, _, _ = median_time(lambda: a @ b, repeats)
+    t, _, _ = timed(lambda: a @ b, repeats, warmup=2)
     return 2 * n**3 / t / 1e9
 
 
@@ -53,14 +42,14 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
         with torch.inference_mode():
             run(x)
 
-    t_inf = median_time(infer, repeats)
+    t_inf = timed(infer, repeats, warmup=2)
     big = torch.randn(4 * batch, 1, model.cfg.crop, model.cfg.crop).clamp(-1, 1)
 
     def infer_big():
         with torch.inference_mode():
             run(big)
 
-    t_big = median_time(infer_big, repeats)
+    t_big = timed(infer_big, repeats, warmup=2)
     model.train()
     opt = torch.optim.Adam(p for p in model.parameters() if p.requires_grad)
 
@@ -70,7 +59,7 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
         loss.backward()
         opt.step()
 
-    t_train = median_time(train, repeats)
+    t_train = timed(train, repeats, warmup=2)
     return {"gflop_per_frame": flops / 1e9,
             "infer_fps": batch / t_inf[0], "infer_fps_spread": [batch / t_inf[2], batch / t_inf[1]],
             "infer_fps_batch256": 4 * batch / t_big[0],

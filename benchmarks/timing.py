@@ -1,0 +1,17 @@
+"""The one timing helper of the benchmarks: median and spread of repeated wall-clock runs."""
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def timed(fn, repeats: int, warmup: int = 0) -> tuple[float, float, float]:
+    """(median, min, max) seconds of ``fn()`` over ``repeats`` runs, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), min(ts), max(ts)
