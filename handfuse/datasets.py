@@ -140,21 +140,23 @@ class SequenceDataset(Dataset):
         return item
 
 
-def pose_features(joints_mm: np.ndarray, centring: Centring = "sequence") -> np.ndarray:
-    """Action-recogniser input from (T, 21, 3) joints in mm -> (T, 21, 3) float32 in 100 mm units.
+def pose_features(joints_mm, centring: Centring = "sequence"):
+    """Action-recogniser input from (..., T, 21, 3) joints in mm -> the same shape in 100 mm units.
+    Works on numpy arrays (returned as float32) and on torch tensors (differentiably, for fine-tuning).
 
     ``"sequence"`` (default): every frame minus the *first* frame's middle MCP, so the hand's
     trajectory (pouring, toasting, flipping) survives and the transform is causal.
     ``"frame"``: each frame minus its own middle MCP: the hand's shape and orientation only.
     Apply the same function to predicted poses so that the recogniser sees one distribution."""
-    joints_mm = np.asarray(joints_mm, dtype=np.float32)
+    if not torch.is_tensor(joints_mm):
+        joints_mm = np.asarray(joints_mm, dtype=np.float32)
     if centring == "sequence":
-        centre = centre_from_joints(joints_mm[:1])  # (1, 3)
+        centre = centre_from_joints(joints_mm[..., :1, :, :])  # (..., 1, 3)
     elif centring == "frame":
-        centre = centre_from_joints(joints_mm)  # (T, 3)
+        centre = centre_from_joints(joints_mm)  # (..., T, 3)
     else:
         raise ValueError(f"centring must be 'sequence' or 'frame', got {centring!r}")
-    return (joints_mm - centre[:, None]) / POSE_SCALE_MM
+    return (joints_mm - centre[..., None, :]) / POSE_SCALE_MM
 
 
 class PoseSequenceDataset(Dataset):
