@@ -109,6 +109,7 @@ class Preset:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train_hpe: TrainConfig = field(default_factory=TrainConfig)
     train_har: TrainConfig = field(default_factory=TrainConfig)
+    train_fuse: TrainConfig = field(default_factory=TrainConfig)  # fine-tuning a fusion method end to end
 
     def __post_init__(self):
         _check(self.hpe.crop == self.preprocess.crop, "hpe.crop", self.hpe.crop,
@@ -116,6 +117,7 @@ class Preset:
 
 
 _HAR_TRAIN = dict(batch_size=20, lr=3e-3)  # the original's HAR optimiser settings (Adam)
+_FUSE_TRAIN = dict(batch_size=4, lr=3e-5, weight_decay=1e-5)  # the original's fine-tuning (Adam)
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke",
@@ -125,6 +127,7 @@ PRESETS: dict[str, Preset] = {
         HARConfig(hidden=32),
         train_hpe=TrainConfig(epochs=2, batch_size=32, max_batches=4, patience=2),
         train_har=TrainConfig(epochs=3, patience=3, **_HAR_TRAIN),
+        train_fuse=TrainConfig(epochs=2, patience=2, max_batches=3, **_FUSE_TRAIN),
     ),
     "cpu": Preset(
         "cpu",
@@ -134,6 +137,7 @@ PRESETS: dict[str, Preset] = {
         HARConfig(),
         train_hpe=TrainConfig(epochs=16, batch_size=64, patience=8),  # validation error is noisy epoch to epoch
         train_har=TrainConfig(epochs=80, patience=15, **_HAR_TRAIN),
+        train_fuse=TrainConfig(epochs=6, patience=3, **_FUSE_TRAIN),
     ),
     "paper": Preset(
         "paper",
@@ -143,6 +147,7 @@ PRESETS: dict[str, Preset] = {
         HARConfig(),
         train_hpe=TrainConfig(epochs=60, batch_size=128, patience=8),
         train_har=TrainConfig(epochs=150, patience=25, **_HAR_TRAIN),
+        train_fuse=TrainConfig(epochs=20, patience=5, **_FUSE_TRAIN),
     ),
 }
 

@@ -186,7 +186,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         result.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                                **{f"val_{k}": v for k, v in val.items() if np.isscalar(v)},
                                "seconds": time.perf_counter() - e0})
-        bar.set_postfix(loss=f"{result.history[-1]['train_loss']:.4f}", **{task.metric: f"{val[task.metric]:.3f}"})
+        bar.set_postfix(train_loss=f"{result.history[-1]['train_loss']:.4f}", **{task.metric: f"{val[task.metric]:.3f}"})
         if run_dir is not None:
             save_checkpoint(run_dir / CHECKPOINT, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,

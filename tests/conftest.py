@@ -5,10 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from handfuse.camera import FPHA_DEPTH
 from handfuse.fpha import SequenceRef, write_depth_png, write_skeleton_file, write_split_file, FPHA
 from handfuse.skeleton import ACTION_INDEX, NUM_JOINTS
+
+# The test models are tiny: one thread is as fast as two, and it does not collapse (100x, measured)
+# when another process shares the two cores, as a background run on a developer machine does.
+torch.set_num_threads(1)
 
 TINY_SEQUENCES = [
     # (subject, action, rep, frames, side)

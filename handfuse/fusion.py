@@ -1,0 +1,153 @@
+"""Running the fusion methods: pre-trained starting points, fine-tuning through ``fit``, honest evaluation.
+
+What the notebooks 02-04 call.  For one method, one configuration and one seed:
+
+1. :func:`pretrained` loads (or trains, through :mod:`handfuse.standalone`) the plain
+   HPE, the FiLM-conditioned HPE and the HAR of that seed;
+2. :func:`finetune` builds the method (:func:`handfuse.methods.build`) and fine-tunes it
+   with ``handfuse.train.fit`` on the training side of the action split, selecting the
+   epoch on the validation split's joint loss; the run folder is keyed by the method's
+   resolved configuration, so a finished run is loaded, not trained again;
+3. :func:`evaluate` scores it on the test split once per crop centre: ``"gt"`` (the
+   ground-truth middle MCP, as the original) and ``"depth"`` (found from depth alone).
+
+:func:`run` does all three and returns a JSON-ready record; :func:`aggregate` turns
+the records of several seeds into means and 95 % intervals.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import CropCache, get_cache
+from .config import Preset
+from .datasets import SequenceDataset, collate_sequences
+from .fpha import FPHA
+from .methods import FusionConfig, build, evaluate_sequences, method_config
+from .metrics import mean_ci95
+from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
+from .train import FitResult, epoch_generator, fit
+
+CENTRES = ("gt", "depth")
+
+
+@dataclass
+class Pretrained:
+    """The starting points of one seed: plain HPE, FiLM-conditioned HPE, HAR, and their fit results."""
+
+    hpe: nn.Module
+    hpe_film: nn.Module
+    har: nn.Module
+    results: dict[str, FitResult]
+
+
+def pretrained(fpha: FPHA, preset: Preset, seed: int, attention: bool = False, film: str = "both",
+               device: str = "cpu", cache: CropCache | None = None, progress: bool = True) -> Pretrained:
+    hpe, r_hpe = pretrain_hpe(fpha, preset, "none", seed, device, cache, progress=progress)
+    hpe_film, r_film = pretrain_hpe(fpha, preset, film, seed, device, cache, progress=progress)
+    har, r_har = pretrain_har(fpha, preset, attention, seed, device, progress=progress)
+    return Pretrained(hpe, hpe_film, har, {"hpe": r_hpe, "hpe_film": r_film, "har": r_har})
+
+
+@dataclass
+class FusionTask:
+    """A ``fit`` task over whole sequences of the crop cache: the method's joint loss; selection
+    on the validation split's joint loss (the training objective), also reporting error and accuracy."""
+
+    data: dict[str, SequenceDataset]
+    metric: str = "loss"
+    higher_is_better: bool = False
+    eval_batch: int = 16
+
+    def batches(self, split, epoch, cfg):
+        ds = self.data[split]
+        order = torch.randperm(len(ds), generator=epoch_generator(cfg.seed, epoch, 2)).tolist()
+        chunks = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        for idx in chunks[: cfg.max_batches or len(chunks)]:
+            yield collate_sequences([ds[i] for i in idx])
+
+    def loss(self, model, batch):
+        return model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
+
+    def evaluate(self, model, split, cfg):
+        r = evaluate_sequences(model, self.data[split], self.eval_batch)
+        return {k: r[k] for k in ("loss", "error_mm", "accuracy")}
+
+
+def run_name(name: str, cfg: FusionConfig, seed: int) -> str:
+    """``fuse-<method>-<8 hex of the resolved config>-seed<seed>``: one folder per configuration."""
+    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return f"fuse-{name}-{digest}-seed{seed}"
+
+
+def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: FusionConfig, seed: int,
+             device: str = "cpu", cache: CropCache | None = None, root: str | Path | None = None,
+             progress: bool = True) -> tuple[nn.Module, FitResult]:
+    """Method ``name`` built from ``models`` and fine-tuned end to end (``preset.train_fuse``)."""
+    cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
+    model = build(name, models, preset.preprocess.cube_mm / 2, cfg)
+    data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, seed).items()}
+    train_cfg = replace(preset.train_fuse, seed=seed, device=device)
+    config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
+              "pretrained": {k: r.config for k, r in models.results.items()}}
+    result = fit(model, FusionTask(data), train_cfg, models_dir(preset, root) / run_name(name, cfg, seed), config,
+                 progress=progress)
+    return model, result
+
+
+def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progress: bool = True
+              ) -> dict[str, SequenceDataset]:
+    """The test split cropped around each kind of centre: ``gt`` and ``depth`` (built once, cached)."""
+    cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
+    depth = get_cache(fpha, replace(preset.preprocess, centre="depth"), sequences=fpha.test, progress=progress)
+    return {"gt": SequenceDataset(cache, fpha.test), "depth": SequenceDataset(depth, fpha.test)}
+
+
+def evaluate(model: nn.Module, tests: dict[str, SequenceDataset]) -> dict[str, dict]:
+    """Test error (mm), accuracy and per-sequence details of ``model`` for each crop centre."""
+    return {centre: evaluate_sequences(model, data) for centre, data in tests.items()}
+
+
+def scalars(scores: dict[str, dict]) -> dict[str, dict[str, float]]:
+    return {c: {k: float(v[k]) for k in ("error_mm", "accuracy")} for c, v in scores.items()}
+
+
+def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, SequenceDataset], trained: bool = True,
+        device: str = "cpu", cache: CropCache | None = None, progress: bool = True, **options) -> dict:
+    """One method, one seed: pre-trained models, fine-tuned (``trained``) or chained as they are,
+    scored on ``tests``.  ``options`` are FusionConfig fields.  Returns a JSON-ready record
+    (``model`` holds the method itself, to drop before writing)."""
+    cfg = method_config(name, **options)
+    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress)
+    if trained:
+        model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress)
+    else:
+        model, fitted = build(name, models, preset.preprocess.cube_mm / 2, cfg).to(device), None
+    scores = evaluate(model, tests)
+    return {"method": name, "seed": seed, "trained": trained, "config": asdict(cfg), "test": scalars(scores),
+            "history": fitted.history if fitted else [], "val": fitted.val if fitted else {},
+            "train_seconds": fitted.seconds if fitted else 0.0,
+            "epoch_seconds": float(np.median([h["seconds"] for h in fitted.history])) if fitted and fitted.history else None,
+            "frame_error_mm": {c: [e.tolist() for e in s["frame_error_mm"]] for c, s in scores.items()},
+            "model": model}
+
+
+def aggregate(records: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per centre and metric: [mean, 95 % half-width] over the records' seeds (NaN width for one seed),
+    error in mm and accuracy in %."""
+    out = {}
+    for centre in records[0]["test"]:
+        out[centre] = {"error_mm": list(mean_ci95([r["test"][centre]["error_mm"] for r in records])),
+                       "accuracy": list(mean_ci95([100 * r["test"][centre]["accuracy"] for r in records]))}
+    return out
+
+
+def jsonable(record: dict) -> dict:
+    """A run record without the live model."""
+    return {k: v for k, v in record.items() if k != "model"}

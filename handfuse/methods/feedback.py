@@ -1,0 +1,107 @@
+"""Method #2, sequential action feedback: the action after frame t conditions the pose of frame t+1.
+
+The 2019 study's second method.  A FiLM-conditioned HPE (Perez et al. 2018, see
+:mod:`handfuse.models.film`) estimates frame t+1's pose given the HAR's action
+distribution after frame t; frame 0 is fed ``w_eq = 1/45``.  The HPE was
+pre-trained on ``w_eq`` only, so it starts as a plain HPE.
+
+Fine-tuning (``self.training``): each step feeds ``w_eq`` with probability
+``p_eq`` (``coin="step"``: one draw per step for the whole batch, the original;
+``"item"``: one per sequence and step), else the prediction, perturbed by the
+``noise`` of :mod:`handfuse.methods.noise` when one is set (noisy feedback).
+``feedback_grad`` says whether gradients flow back through the fed action.
+
+Evaluation is deterministic, never a coin: ``eval_feed="prediction"`` (the
+method) feeds every step the clean prediction, ``"w_eq"`` feeds ``w_eq`` everywhere
+(the conditioned HPE as a plain one: this *is* p_eq = 1), and ``"mix"`` feeds
+``eval_mix * w_eq + (1 - eval_mix) * prediction``, the coin's expectation, which
+the untrained p_eq sweep uses.
+
+Speed.  Frames fed ``w_eq`` do not depend on the HAR, so they all go through the
+HPE in one batch first; only the frames fed a prediction run step by step, each
+step batched across the sequences.  With FiLM in the FC layers only (``film="fc"``)
+the conv trunk ignores the action: it runs once for every frame in one batch and
+the steps only re-run the FC head.  With frozen batch norm (the default) each
+frame's pose is independent of its batch mates, so none of this changes a number.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..datasets import pose_features
+from ..errors import ConfigError
+from ..models.film import uniform_action
+from .common import FusionConfig, FusionMethod, frame_index, scatter_frames, w_eq_mask
+from .noise import perturb
+
+
+class ActionFeedback(FusionMethod):
+    def __init__(self, hpe: nn.Module, har: nn.Module, half_cube_mm: float, cfg: FusionConfig = FusionConfig()):
+        super().__init__(cfg, half_cube_mm)
+        if getattr(hpe.cfg, "film", "none") == "none":
+            raise ConfigError("hpe.film", "none", "a FiLM placement ('blocks', 'fc' or 'both'): feedback conditions the HPE")
+        self.hpe, self.har = hpe, har
+        self.set_trainable(self.hpe, cfg.train_hpe)
+        self.set_trainable(self.har, cfg.train_har)
+
+    @classmethod
+    def from_pretrained(cls, models, half_cube_mm: float, cfg: FusionConfig) -> ActionFeedback:
+        return cls(copy.deepcopy(models.hpe_film), copy.deepcopy(models.har), half_cube_mm, cfg)
+
+    def _pose_runner(self, depth: torch.Tensor, mask: torch.Tensor):
+        """A function (frames (B, T) bool, actions (n, 45)) -> normalised joints (n, 21, 3) of those frames."""
+        if not self.hpe.cfg.film_blocks:  # the trunk ignores the action: once, for every frame
+            features, index = self.hpe.trunk(depth[mask]), frame_index(mask)  # (N, F), (B, T)
+            return lambda frames, action: self.hpe.head(features[index[frames]], action)["joints"]
+        return lambda frames, action: self.hpe(depth[frames], action)["joints"]
+
+    def _fed_action(self, step_logits: torch.Tensor) -> torch.Tensor:
+        """The distribution (B, 45) fed to the next frame, from this frame's step logits (B, 45)."""
+        p = torch.softmax(step_logits.float(), dim=-1)
+        if not self.cfg.feedback_grad:
+            p = p.detach()
+        if self.training:
+            return perturb(p, self.cfg.noise, self.cfg.noise_level)
+        if self.cfg.eval_feed == "mix":
+            return self.cfg.eval_mix * uniform_action(len(p), p.device, p.dtype) + (1 - self.cfg.eval_mix) * p
+        return p
+
+    def forward(self, depth: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor) -> dict:
+        """``depth`` (B, T, 1, S, S), ``centre`` (B, T, 3) mm, ``mask`` (B, T) -> ``joints_mm``
+        (B, T, 21, 3), ``logits`` (B, 45), ``step_logits`` (B, T, 45), ``attention`` (B, T) or None,
+        ``hidden`` (B, T, H) and ``fed_w_eq`` (B, T): which frames were fed w_eq."""
+        B, T = mask.shape
+        run = self._pose_runner(depth, mask)
+        fed_w_eq = w_eq_mask(mask, self.cfg, self.training)  # (B, T), always True at t = 0
+        batched = mask & fed_w_eq  # these frames do not wait for the HAR
+        n = int(batched.sum())
+        joints_w_eq = scatter_frames(self.to_mm(run(batched, uniform_action(n, depth.device)), centre[batched]), batched)
+
+        state, action = self.har.init_state(B), None
+        joints, step_logits, hidden = [], [], []
+        for t in range(T):
+            j_t = joints_w_eq[:, t]  # (B, 21, 3)
+            live = mask[:, t] & ~fed_w_eq[:, t]  # (B,) frames fed the previous step's prediction
+            if bool(live.any()):
+                frames = torch.zeros_like(mask)
+                frames[:, t] = live
+                rows = live.nonzero()[:, 0]
+                fresh = self.to_mm(run(frames, action[rows]), centre[rows, t])  # (n, 21, 3)
+                j_t = j_t.index_put((rows,), fresh)
+            joints.append(j_t)
+            # the HAR's input for this frame: the same transform as the baseline (relative to frame 0)
+            x_t = pose_features(torch.stack([joints[0], j_t], 1))[:, 1]  # (B, 21, 3)
+            logits_t, state = self.har.step(x_t, state)  # (B, 45)
+            step_logits.append(logits_t)
+            hidden.append(state[0][-1])  # (B, H)
+            action = self._fed_action(logits_t)
+        valid = mask[..., None]
+        joints = torch.where(mask[..., None, None], torch.stack(joints, 1), 0.0)  # (B, T, 21, 3)
+        step_logits = torch.where(valid, torch.stack(step_logits, 1), 0.0)  # (B, T, 45)
+        hidden = torch.where(valid, torch.stack(hidden, 1), 0.0)  # (B, T, H)
+        logits, attention = self.har.readout(step_logits, hidden, mask)
+        return {"joints_mm": joints, "logits": logits, "step_logits": step_logits, "attention": attention,
+                "hidden": hidden, "fed_w_eq": fed_w_eq & mask}

@@ -1,0 +1,256 @@
+"""The fusion methods, over the registry: shapes, gradients, the identities the study relies on,
+deterministic evaluation and refused parameters.
+
+The models are random (no training needed) but their FiLM layers are given random
+weights, so that the fed action really changes the pose: a test of "feedback feeds
+the prediction" could not pass by accident with identity FiLMs.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from handfuse.cache import get_cache
+from handfuse.config import get_preset
+from handfuse.datasets import SequenceDataset, collate_sequences
+from handfuse.errors import ConfigError
+from handfuse.fpha import FPHA
+from handfuse.fusion import FusionTask, Pretrained, aggregate, finetune, run_name
+from handfuse.methods import METHODS, build, evaluate_sequences, method_config
+from handfuse.methods.baseline import SequentialBaseline
+from handfuse.methods.noise import perturb
+from handfuse.models.film import FiLM
+from handfuse.models.har import PoseLSTM
+from handfuse.models.hpe import HPE
+from handfuse.paths import ensure_synthetic
+from handfuse.tasks import HPETask
+from handfuse.train import FitResult
+
+PRESET = get_preset("smoke")
+HALF = PRESET.preprocess.cube_mm / 2
+
+
+def _models(seed: int, attention: bool, film: str = "both") -> Pretrained:
+    torch.manual_seed(seed)
+    poses = torch.randn(64, 21, 3) * 0.3
+    hpe, hpe_film = HPE(PRESET.hpe), HPE(replace(PRESET.hpe, film=film))
+    for m in (hpe, hpe_film):
+        m.init_pca(poses)
+        m.eval()  # random running stats would otherwise be updated by the first forward
+    for m in hpe_film.modules():
+        if isinstance(m, FiLM):
+            torch.nn.init.normal_(m.linear.weight, std=2.0)
+    har = PoseLSTM(replace(PRESET.har, attention=attention))
+    return Pretrained(hpe, hpe_film, har, {})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    fpha = FPHA(ensure_synthetic("smoke"))
+    cache = get_cache(fpha, PRESET.preprocess, cache_dir=tmp_path_factory.mktemp("cache"), workers=1, progress=False)
+    seqs = SequenceDataset(cache, fpha.test[:6])
+    batch = collate_sequences([seqs[i] for i in range(len(seqs))])
+    assert not bool(batch["mask"].all()), "the test batch must contain padding"
+    return fpha, cache, seqs, batch
+
+
+def _forward(model, batch):
+    return model(batch["depth"], batch["centre"], batch["mask"])
+
+
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_forward_backward_over_the_registry(name, attention, data):
+    _, _, _, batch = data
+    model = build(name, _models(0, attention), HALF, method_config(name, attention=attention, p_eq=0.5))
+    model.train()
+    out = _forward(model, batch)
+    B, T = batch["mask"].shape
+    assert out["joints_mm"].shape == (B, T, 21, 3) and out["logits"].shape == (B, 45)
+    assert bool(torch.isfinite(out["joints_mm"]).all()) and bool(torch.isfinite(out["logits"]).all())
+    assert bool((out["joints_mm"][~batch["mask"]] == 0).all()), "padding frames must stay zero"
+    assert (out["attention"] is not None) == attention
+    loss = model.loss(out, batch)
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and any(float(p.grad.abs().sum()) > 0 for p in trainable if p.grad is not None)
+    assert model.har.classifier.weight.grad.abs().sum() > 0
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert all(p.grad is None for p in frozen)
+
+
+def test_untrained_baseline_reproduces_the_standalone_hpe_error(data):
+    fpha, cache, seqs, _ = data
+    models = _models(1, False)
+    refs = fpha.test[:6]
+    chained = evaluate_sequences(build("baseline", models, HALF), seqs, batch_size=4)
+    alone = HPETask(cache, {"test": refs}).evaluate(models.hpe, "test", None)
+    assert chained["error_mm"] == pytest.approx(alone["error_mm"], rel=1e-6)
+
+
+@pytest.mark.parametrize("film", ["both", "fc", "blocks"])
+def test_feedback_with_p_eq_1_is_the_w_eq_conditioned_hpe(film, data):
+    _, _, _, batch = data
+    models = _models(2, True, film)
+    reference = _forward(SequentialBaseline(models.hpe_film, models.har, HALF).eval(), batch)  # fed w_eq (None)
+    for training, cfg in ((True, method_config("feedback", p_eq=1.0, film=film)),
+                          (False, method_config("feedback", eval_feed="w_eq", film=film))):
+        model = build("feedback", models, HALF, cfg).train(training)
+        with torch.no_grad():
+            out = _forward(model, batch)
+        torch.testing.assert_close(out["joints_mm"], reference["joints_mm"], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(out["logits"], reference["logits"], atol=1e-4, rtol=1e-5)
+        assert bool(out["fed_w_eq"][batch["mask"]].all())
+
+
+@pytest.mark.parametrize("film", ["both", "fc", "blocks"])
+def test_feedback_feeds_frame_t_the_action_after_frame_t_minus_1(film, data):
+    """Every frame's pose, recomputed one at a time from the previous step's logits (the naive
+    unroll), equals what the batched implementation returned: the fast paths change no number."""
+    _, _, _, batch = data
+    models = _models(3, False, film)
+    model = build("feedback", models, HALF, method_config("feedback", film=film)).eval()
+    with torch.no_grad():
+        out = _forward(model, batch)
+        hpe = model.hpe
+        for b in range(len(batch["mask"])):
+            n = int(batch["length"][b])
+            actions = torch.cat([torch.full((1, 45), 1 / 45), torch.softmax(out["step_logits"][b, : n - 1], -1)])
+            naive = hpe(batch["depth"][b, :n], actions)["joints"] * HALF + batch["centre"][b, :n, None]
+            torch.testing.assert_close(out["joints_mm"][b, :n], naive, atol=1e-4, rtol=1e-5)
+        w_eq = _forward(build("feedback", models, HALF, method_config("feedback", eval_feed="w_eq", film=film)).eval(),
+                        batch)
+    moved = (out["joints_mm"] - w_eq["joints_mm"]).norm(dim=-1)[batch["mask"]]
+    assert float(moved[batch["mask"][batch["mask"]]].max()) > 1.0, "feeding predictions changed no pose"
+
+
+def test_ensemble_with_eta_zeta_0_is_its_first_pass(data):
+    _, _, _, batch = data
+    models = _models(4, True)
+    first = _forward(SequentialBaseline(models.hpe, models.har, HALF).eval(), batch)
+    model = build("ensemble", models, HALF, method_config("ensemble", eta=0.0, zeta=0.0, attention=True)).eval()
+    with torch.no_grad():
+        out = _forward(model, batch)
+    torch.testing.assert_close(out["joints_mm"], first["joints_mm"])
+    torch.testing.assert_close(out["logits"], torch.log_softmax(first["logits"], -1), atol=1e-5, rtol=1e-5)
+    # and the second pass is HPE2 fed the first pass's sequence action on every frame
+    mask = batch["mask"]
+    fed = torch.softmax(first["logits"], -1)[:, None].expand(*mask.shape, 45)[mask]
+    with torch.no_grad():
+        second = model.hpe2(batch["depth"][mask], fed)["joints"] * HALF + batch["centre"][mask][:, None]
+    torch.testing.assert_close(out["second"]["joints_mm"][mask], second, atol=1e-4, rtol=1e-5)
+    assert float((second - first["joints_mm"][mask].detach()).norm(dim=-1).max()) > 1.0
+
+
+def test_ensemble_mixes_the_two_passes(data):
+    _, _, _, batch = data
+    model = build("ensemble", _models(5, False), HALF, method_config("ensemble", eta=0.3, zeta=0.7)).eval()
+    with torch.no_grad():
+        out = _forward(model, batch)
+    a, b = out["first"], out["second"]
+    torch.testing.assert_close(out["joints_mm"], 0.3 * b["joints_mm"] + 0.7 * a["joints_mm"])
+    expected = 0.7 * torch.log_softmax(b["logits"], -1) + 0.3 * torch.log_softmax(a["logits"], -1)
+    torch.testing.assert_close(out["logits"], expected)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_evaluation_is_deterministic_and_never_draws_a_coin(name, data):
+    _, _, seqs, _ = data
+    model = build(name, _models(6, False), HALF, method_config(name, p_eq=0.5))
+    state = torch.get_rng_state()
+    first = evaluate_sequences(model, seqs, batch_size=4)
+    assert torch.equal(state, torch.get_rng_state()), "evaluation drew random numbers"
+    torch.manual_seed(123)
+    second = evaluate_sequences(model, seqs, batch_size=3)  # other batches, other padding
+    np.testing.assert_allclose(first["logits"], second["logits"], atol=1e-4)
+    assert first["error_mm"] == pytest.approx(second["error_mm"], rel=1e-6)
+
+
+def test_training_coin_feeds_predictions_at_rate_1_minus_p_eq(data):
+    _, _, _, batch = data
+    model = build("feedback", _models(7, False), HALF, method_config("feedback", p_eq=0.25, coin="item")).train()
+    torch.manual_seed(0)
+    fed = []
+    with torch.no_grad():
+        for _ in range(20):
+            out = _forward(model, batch)
+            fed.append(out["fed_w_eq"][:, 1:][batch["mask"][:, 1:]].float().mean())
+    assert 0.15 < float(torch.stack(fed).mean()) < 0.35
+
+
+def test_frozen_norm_keeps_running_statistics(data):
+    _, _, _, batch = data
+    model = build("baseline", _models(8, False), HALF).train()
+    before = model.hpe.stem[1].running_mean.clone()
+    _forward(model, batch)
+    assert torch.equal(before, model.hpe.stem[1].running_mean)
+    free = build("baseline", _models(8, False), HALF, method_config("baseline", freeze_norm=False)).train()
+    _forward(free, batch)
+    assert not torch.equal(before, free.hpe.stem[1].running_mean)
+
+
+@pytest.mark.parametrize("kind", ["smooth", "dirichlet", "temperature"])
+def test_noise_stays_on_the_simplex_and_keeps_gradients(kind):
+    torch.manual_seed(0)
+    logits = torch.randn(64, 45, requires_grad=True)
+    p = torch.softmax(logits, -1)
+    noisy = perturb(p, kind, 0.5)
+    assert noisy.shape == p.shape and bool((noisy >= 0).all())
+    torch.testing.assert_close(noisy.sum(-1), torch.ones(64))
+    assert float((noisy - p).detach().abs().max()) > 1e-3
+    noisy.pow(2).sum().backward()
+    assert float(logits.grad.abs().sum()) > 0
+    assert perturb(p, "none", 0.5) is p
+
+
+@pytest.mark.parametrize("options, parameter", [
+    ({"p_eq": 1.5}, "fusion.p_eq"), ({"p_eq": -0.1}, "fusion.p_eq"), ({"eta": 2}, "fusion.eta"),
+    ({"zeta": -1}, "fusion.zeta"), ({"noise": "pink"}, "fusion.noise"), ({"noise_level": 0}, "fusion.noise_level"),
+    ({"eval_feed": "coin"}, "fusion.eval_feed"), ({"coin": "batch"}, "fusion.coin"), ({"film": "none"}, "fusion.film"),
+    ({"w_nll": 0, "w_pose": 0}, "fusion.w_nll"), ({"attention": 1}, "fusion.attention"),
+])
+def test_bad_options_are_refused_by_name(options, parameter):
+    with pytest.raises(ConfigError, match=parameter):
+        method_config("feedback", **options)
+
+
+def test_unknown_methods_and_unconditioned_feedback_are_refused():
+    with pytest.raises(ConfigError, match="'method'.*one of"):
+        method_config("boosting")
+    models = _models(9, False)
+    with pytest.raises(ConfigError, match="hpe.film"):
+        build("feedback", Pretrained(models.hpe, models.hpe, models.har, {}), HALF)
+
+
+def test_finetuning_runs_through_fit_and_is_deterministic(data, tmp_path):
+    fpha, cache, _, _ = data
+    cfg = method_config("feedback", p_eq=0.5)
+    results = []
+    for folder in ("a", "b"):
+        models = _models(10, False)
+        models.results = {"hpe": FitResult(), "hpe_film": FitResult(), "har": FitResult()}
+        model, result = finetune("feedback", models, fpha, PRESET, cfg, 0, cache=cache, root=tmp_path / folder,
+                                 progress=False)
+        results.append(result)
+        assert (tmp_path / folder / run_name("feedback", cfg, 0) / "best.pt").is_file()
+    assert results[0].test == results[1].test and np.isfinite(results[0].test["loss"])
+    assert [h["train_loss"] for h in results[0].history] == [h["train_loss"] for h in results[1].history]
+    assert run_name("feedback", cfg, 0) != run_name("feedback", replace(cfg, p_eq=0.6), 0)
+
+
+def test_fusion_task_batches_cover_the_split(data):
+    fpha, cache, _, _ = data
+    task = FusionTask({"train": SequenceDataset(cache, fpha.train)})
+    cfg = replace(PRESET.train_fuse, max_batches=None, batch_size=3)
+    seen = torch.cat([b["seq"] for b in task.batches("train", 0, cfg)])
+    assert sorted(seen.tolist()) == sorted(SequenceDataset(cache, fpha.train).seq_indices.tolist())
+
+
+def test_aggregate_gives_means_and_intervals():
+    records = [{"test": {"gt": {"error_mm": e, "accuracy": a}}} for e, a in ((10.0, 0.5), (12.0, 0.7), (11.0, 0.6))]
+    agg = aggregate(records)["gt"]
+    assert agg["error_mm"][0] == pytest.approx(11.0) and agg["accuracy"][0] == pytest.approx(60.0)
+    assert agg["error_mm"][1] == pytest.approx(4.302652730 * 1.0 / np.sqrt(3))
