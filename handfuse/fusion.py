@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .cache import CropCache, get_cache
 from .config import Preset
@@ -91,6 +93,7 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
              progress: bool = True) -> tuple[nn.Module, FitResult]:
     """Method ``name`` built from ``models`` and fine-tuned end to end (``preset.train_fuse``)."""
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
+    torch.manual_seed(seed)  # cfg.film_response draws
     model = build(name, models, preset.preprocess.cube_mm / 2, cfg)
     data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, seed).items()}
     train_cfg = replace(preset.train_fuse, seed=seed, device=device)
@@ -114,6 +117,17 @@ def evaluate(model: nn.Module, tests: dict[str, SequenceDataset]) -> dict[str, d
     return {centre: evaluate_sequences(model, data) for centre, data in tests.items()}
 
 
+@contextmanager
+def feeding(model: nn.Module, feed: str, mix: float = 0.0):
+    """Evaluate the same weights with another ``eval_feed`` (and ``eval_mix``) inside the block."""
+    old = model.cfg
+    model.cfg = replace(old, eval_feed=feed, eval_mix=mix)
+    try:
+        yield model
+    finally:
+        model.cfg = old
+
+
 def scalars(scores: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {c: {k: float(v[k]) for k in ("error_mm", "accuracy")} for c, v in scores.items()}
 
@@ -128,14 +142,31 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     if trained:
         model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress)
     else:
+        torch.manual_seed(seed)  # cfg.film_response draws
         model, fitted = build(name, models, preset.preprocess.cube_mm / 2, cfg).to(device), None
     scores = evaluate(model, tests)
+    standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
+                  "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
+                  "har_accuracy": models.results["har"].test["accuracy"]}
     return {"method": name, "seed": seed, "trained": trained, "config": asdict(cfg), "test": scalars(scores),
+            "pretrained": standalone,
             "history": fitted.history if fitted else [], "val": fitted.val if fitted else {},
             "train_seconds": fitted.seconds if fitted else 0.0,
             "epoch_seconds": float(np.median([h["seconds"] for h in fitted.history])) if fitted and fitted.history else None,
             "frame_error_mm": {c: [e.tolist() for e in s["frame_error_mm"]] for c, s in scores.items()},
             "model": model}
+
+
+def run_seeds(name: str, fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
+              trained: bool = True, device: str = "cpu", cache: CropCache | None = None, progress: bool = True,
+              keep_model: bool = False, **options) -> list[dict]:
+    """:func:`run` for each seed, with a progress bar; the live models are dropped unless ``keep_model``."""
+    label = f"{name}{'' if trained else ' (untrained)'}"
+    records = []
+    for seed in tqdm(seeds, desc=label, unit="seed", disable=not progress):
+        record = run(name, fpha, preset, seed, tests, trained, device, cache, progress, **options)
+        records.append(record if keep_model else jsonable(record))
+    return records
 
 
 def aggregate(records: list[dict]) -> dict[str, dict[str, list[float]]]:
@@ -151,3 +182,68 @@ def aggregate(records: list[dict]) -> dict[str, dict[str, list[float]]]:
 def jsonable(record: dict) -> dict:
     """A run record without the live model."""
     return {k: v for k, v in record.items() if k != "model"}
+
+
+def standalone_rows(untrained: list[dict], attention: bool = False) -> dict[str, dict]:
+    """The table's standalone rows from the untrained baseline's records (one per seed): the HPE's
+    test error (its depth-centre error is the untrained chain's, the same HPE on the same frames)
+    and the HAR's accuracy on ground-truth poses."""
+    hpe = mean_ci95([r["pretrained"]["hpe_error_mm"] for r in untrained])
+    har = mean_ci95([100 * r["pretrained"]["har_accuracy"] for r in untrained])
+    return {"hpe": {"gt": {"error_mm": list(hpe)}, "depth": {"error_mm": aggregate(untrained)["depth"]["error_mm"]}},
+            "har_gt_att" if attention else "har_gt": {"gt": {"accuracy": list(har)}}}
+
+
+# ----------------------------------------------------------------------------- the ensemble's two passes
+
+
+def _ensemble_outputs(model: nn.Module, data: SequenceDataset, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Both passes of a two-HPE ensemble on ``data``, evaluated once: the valid frames' joints of
+    each pass (N, 21, 3) and the truth, each pass's sequence log-probabilities (n, 45), the labels."""
+    device = next(model.parameters()).device
+    model.eval()
+    parts = {k: [] for k in ("j1", "j2", "true", "l1", "l2", "label")}
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            batch = collate_sequences([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            mask = batch["mask"]
+            out = model(batch["depth"].to(device), batch["centre"].to(device), mask.to(device))
+            for key, p in (("1", out["first"]), ("2", out["second"])):
+                parts["j" + key].append(p["joints_mm"][mask.to(device)].double().cpu().numpy())
+                parts["l" + key].append(torch.log_softmax(p["logits"].double(), -1).cpu().numpy())
+            parts["true"].append(batch["joints_mm"][mask].double().numpy())
+            parts["label"].append(batch["label"].numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _mixed_scores(o: dict[str, np.ndarray], eta: float, zeta: float) -> dict[str, float]:
+    joints = eta * o["j2"] + (1 - eta) * o["j1"]
+    logp = zeta * o["l2"] + (1 - zeta) * o["l1"]
+    return {"error_mm": float(np.linalg.norm(joints - o["true"], axis=-1).mean()),
+            "accuracy": float((logp.argmax(1) == o["label"]).mean())}
+
+
+def ensemble_passes(model: nn.Module, data: SequenceDataset) -> dict[str, dict[str, float]]:
+    """Error (mm) and accuracy of the first pass, the second pass and the mix at the model's eta, zeta."""
+    o = _ensemble_outputs(model, data)
+    return {"first pass": _mixed_scores(o, 0.0, 0.0), "second pass": _mixed_scores(o, 1.0, 1.0),
+            "mixed": _mixed_scores(o, model.cfg.eta, model.cfg.zeta)}
+
+
+def mix_grid(model: nn.Module, data: SequenceDataset, values: list[float]) -> dict[str, np.ndarray]:
+    """Error and accuracy (len(values), len(values)) of the ensemble's output at every eta (rows) and
+    zeta (columns) in ``values``.  The passes do not depend on eta and zeta, so they run once."""
+    o = _ensemble_outputs(model, data)
+    scores = [[_mixed_scores(o, eta, zeta) for zeta in values] for eta in values]
+    return {k: np.array([[s[k] for s in row] for row in scores]) for k in ("error_mm", "accuracy")}
+
+
+@contextmanager
+def mixing(model: nn.Module, eta: float, zeta: float):
+    """Evaluate an ensemble's same weights with other mixing weights inside the block."""
+    old = model.cfg
+    model.cfg = replace(old, eta=eta, zeta=zeta)
+    try:
+        yield model
+    finally:
+        model.cfg = old

@@ -175,3 +175,61 @@ def attention_heatmap(weights: list[np.ndarray], rows: list[str], title: str):
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03, label="attention weight")
     return fig
+
+
+# ----------------------------------------------------------------------------- fusion methods
+
+
+def frame_error_figure(series: dict[str, np.ndarray], title: str):
+    """Mean 3D joint error (mm) of every frame of one sequence, one line per model."""
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    for label, err in series.items():
+        ax.plot(np.arange(len(err)), err, marker=".", label=label)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("mean joint error (mm)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def sweep_figure(x: list[float], curves: dict[str, dict[str, list]], xlabel: str, title: str,
+                 original: dict[float, tuple[float, float]] | None = None):
+    """Accuracy (left) and pose error (right) against a swept parameter.  ``curves[label]`` has
+    ``accuracy`` and ``error_mm`` lists of [mean, half-width]; ``original`` maps x to the original's
+    (accuracy, error) on FPHA, drawn apart and labelled as such."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for label, c in curves.items():
+        for ax, key in ((a, "accuracy"), (b, "error_mm")):
+            mean = np.array([v[0] for v in c[key]])
+            hw = np.nan_to_num(np.array([v[1] for v in c[key]], dtype=float))
+            ax.errorbar(x, mean, yerr=hw, marker="o", capsize=3, label=label)
+    if original:
+        xs = sorted(original)
+        a.plot(xs, [original[v][0] for v in xs], "s--", color="grey", label="original, FPHA (2019)")
+        b.plot(xs, [original[v][1] for v in xs], "s--", color="grey", label="original, FPHA (2019)")
+    a.set_ylabel("action accuracy (%)"), b.set_ylabel("pose error (mm)")
+    for ax in (a, b):
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(values: list[float], error_mm: np.ndarray, accuracy: np.ndarray, title: str):
+    """Pose error and accuracy over an eta (rows) x zeta (columns) grid, as annotated contour maps."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, z, label, cmap in ((axes[0], error_mm, "pose error (mm)", "viridis_r"),
+                               (axes[1], accuracy, "accuracy (%)", "viridis")):
+        z = np.asarray(z, float)
+        filled = ax.contourf(values, values, z, levels=12, cmap=cmap)
+        for i, eta in enumerate(values):
+            for j, zeta in enumerate(values):
+                ax.annotate(f"{z[i, j]:.1f}", (zeta, eta), ha="center", va="center", fontsize=8, color="white")
+        ax.set_xlabel("zeta (action mix)"), ax.set_ylabel("eta (pose mix)")
+        fig.colorbar(filled, ax=ax, label=label)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -29,7 +29,7 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
 
     get_preset(preset)
     if data_root is None:
-        ensure_synthetic(preset, seed)  # once, with its own progress bar, before any notebook runs
+        ensure_synthetic(preset)  # once, with its own progress bar, before any notebook runs (seed seeds models)
     elif not Path(data_root).is_dir():
         raise FileNotFoundError(f"--data-root {data_root}: no such folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -254,3 +254,25 @@ def test_aggregate_gives_means_and_intervals():
     agg = aggregate(records)["gt"]
     assert agg["error_mm"][0] == pytest.approx(11.0) and agg["accuracy"][0] == pytest.approx(60.0)
     assert agg["error_mm"][1] == pytest.approx(4.302652730 * 1.0 / np.sqrt(3))
+
+
+def test_film_trained_on_w_eq_alone_ignores_the_action_until_given_a_response():
+    """Zero-initialised FiLM layers that only ever saw w_eq answer every action distribution alike
+    (identical weight columns); add_random_response changes that and keeps the w_eq output."""
+    torch.manual_seed(0)
+    film = FiLM(45, 8)
+    opt = torch.optim.Adam(film.parameters(), lr=0.05)
+    x, w_eq = torch.randn(16, 8), torch.full((16, 45), 1 / 45)
+    for _ in range(20):  # train on w_eq only
+        loss = (film(x, w_eq) - 2 * x - 1).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    other = torch.softmax(torch.randn(16, 45) * 3, -1)
+    with torch.no_grad():
+        assert float((film(x, w_eq) - x).abs().max()) > 0.1, "the FiLM did not train"
+        torch.testing.assert_close(film(x, other), film(x, w_eq))
+        before = film(x, w_eq)
+        film.add_random_response(1.0)
+        torch.testing.assert_close(film(x, w_eq), before)
+        assert float((film(x, other) - before).abs().max()) > 1e-2

@@ -23,6 +23,7 @@ are fed ``w_eq`` and run only the others step by step.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,7 @@ class FusionConfig:
     feedback_grad: bool = True  # gradients flow through the fed-back action (the original let them)
     eval_feed: str = "prediction"  # evaluation feeds the prediction, w_eq, or "mix": eval_mix*w_eq + (1-eval_mix)*pred
     eval_mix: float = 0.0  # the weight of w_eq in the deterministic "mix" feed
+    film_response: float = 0.0  # diagnostics: a random FiLM response to actions, w_eq unchanged (FiLM.add_random_response)
     # noisy feedback (beyond the original): noise injected into the fed action while training
     noise: str = "none"  # one of NOISES; see handfuse.methods.noise
     noise_level: float = 0.5  # in (0, 1]: how far the noise may move the fed vector
@@ -87,6 +89,8 @@ class FusionConfig:
         check(self.coin in COINS, "fusion.coin", self.coin, f"one of {COINS}")
         check(self.eval_feed in FEEDS, "fusion.eval_feed", self.eval_feed, f"one of {FEEDS}")
         check(self.noise in NOISES, "fusion.noise", self.noise, f"one of {NOISES}")
+        check(isinstance(self.film_response, (int, float)) and self.film_response >= 0, "fusion.film_response",
+              self.film_response, "a scale >= 0 (0: the pre-trained FiLM as it is)")
         check(isinstance(self.noise_level, (int, float)) and 0.0 < self.noise_level <= 1.0, "fusion.noise_level",
               self.noise_level, "a number in (0, 1]")
 
@@ -155,6 +159,18 @@ class FusionMethod(nn.Module):
         module.requires_grad_(trainable)
         if hasattr(module, "freeze_pca"):
             module.freeze_pca(True)  # the pose prior stays fixed, as in pre-training
+
+
+def conditioned_copy(hpe: nn.Module, cfg: FusionConfig) -> nn.Module:
+    """A copy of a FiLM-conditioned HPE, with ``cfg.film_response`` added to every FiLM."""
+    from ..models.film import FiLM
+
+    hpe = copy.deepcopy(hpe)
+    if cfg.film_response > 0:
+        for m in hpe.modules():
+            if isinstance(m, FiLM):
+                m.add_random_response(cfg.film_response)
+    return hpe
 
 
 def sequence_action(logits: torch.Tensor) -> torch.Tensor:

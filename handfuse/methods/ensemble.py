@@ -35,7 +35,7 @@ from torch import nn
 from ..datasets import pose_features
 from ..errors import ConfigError
 from ..models.film import uniform_action
-from .common import FusionConfig, FusionMethod, scatter_frames, w_eq_mask
+from .common import FusionConfig, FusionMethod, conditioned_copy, scatter_frames, w_eq_mask
 from .noise import perturb
 
 
@@ -52,7 +52,7 @@ class TwoHPEEnsemble(FusionMethod):
 
     @classmethod
     def from_pretrained(cls, models, half_cube_mm: float, cfg: FusionConfig) -> TwoHPEEnsemble:
-        return cls(copy.deepcopy(models.hpe), copy.deepcopy(models.hpe_film), copy.deepcopy(models.har),
+        return cls(copy.deepcopy(models.hpe), conditioned_copy(models.hpe_film, cfg), copy.deepcopy(models.har),
                    half_cube_mm, cfg)
 
     def _pass(self, hpe: nn.Module, depth, centre, mask, action=None) -> tuple[torch.Tensor, dict]:

@@ -34,7 +34,7 @@ from torch import nn
 from ..datasets import pose_features
 from ..errors import ConfigError
 from ..models.film import uniform_action
-from .common import FusionConfig, FusionMethod, frame_index, scatter_frames, w_eq_mask
+from .common import FusionConfig, FusionMethod, conditioned_copy, frame_index, scatter_frames, w_eq_mask
 from .noise import perturb
 
 
@@ -49,7 +49,7 @@ class ActionFeedback(FusionMethod):
 
     @classmethod
     def from_pretrained(cls, models, half_cube_mm: float, cfg: FusionConfig) -> ActionFeedback:
-        return cls(copy.deepcopy(models.hpe_film), copy.deepcopy(models.har), half_cube_mm, cfg)
+        return cls(conditioned_copy(models.hpe_film, cfg), copy.deepcopy(models.har), half_cube_mm, cfg)
 
     def _pose_runner(self, depth: torch.Tensor, mask: torch.Tensor):
         """A function (frames (B, T) bool, actions (n, 45)) -> normalised joints (n, 21, 3) of those frames."""

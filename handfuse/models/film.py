@@ -47,5 +47,20 @@ class FiLM(nn.Module):
         shape = (x.shape[0], self.channels) + (1,) * (x.dim() - 2)  # (B, C, 1, ..., 1)
         return x * (1 + gamma.view(shape)) + beta.view(shape)
 
+    @torch.no_grad()
+    def add_random_response(self, scale: float = 1.0) -> None:
+        """Add a random response to the condition that leaves ``w_eq`` (and any constant input's
+        output) unchanged: ``W += scale * (R - R w_eq 1^T)``, R drawn like a fresh Linear's weight
+        (torch's global generator).  On the simplex this adds ``scale * R (w - w_eq)``.
+
+        Why: trained on w_eq only, a zero-initialised FiLM keeps identical weight columns, so it
+        answers every action distribution exactly as it answers w_eq (the untrained feedback chain
+        ignores what it is fed).  A randomly initialised FiLM (as the original's, presumably)
+        keeps its random column differences, which this restores for the untrained p_eq sweep."""
+        w = self.linear.weight  # (2C, cond)
+        bound = 1.0 / w.shape[1] ** 0.5
+        r = torch.empty_like(w).uniform_(-bound, bound)
+        w += scale * (r - r.mean(1, keepdim=True))
+
     def extra_repr(self) -> str:
         return f"cond_dim={self.linear.in_features}, channels={self.channels}"
