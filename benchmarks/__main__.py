@@ -8,7 +8,9 @@ Stages: synthetic generation (frames/s, single process), PNG -> normalised crop
 (frames/s), crop cache -> batch (frames/s) and their ratio, disk size per
 preset, and the estimated generation time of each preset on this machine's
 cores (frames / measured rate / workers), with the measured wall time of the
-smoke preset.
+smoke preset.  ``hpe``: HPE inference and training against a matmul
+(:mod:`benchmarks.hpe_speed`).  ``fusion``: fine-tuning throughput of every
+fusion method against the baseline (:mod:`benchmarks.fusion_speed`).
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
-    ap.add_argument("--stages", nargs="+", default=["data", "hpe"], choices=["data", "hpe"])
+    ap.add_argument("--stages", nargs="+", default=["data", "hpe", "fusion"], choices=["data", "hpe", "fusion"])
     args = ap.parse_args()
     out = Path(args.out)
     results: dict = json.loads(out.read_text()) if out.is_file() else {}  # keep stages not re-run
@@ -66,6 +68,12 @@ def main() -> None:
 
         results["hpe"] = hpe_run(args.repeats)
         hpe_report(results["hpe"])
+    if "fusion" in args.stages:
+        from .fusion_speed import report as fusion_report
+        from .fusion_speed import run as fusion_run
+
+        results["fusion"] = fusion_run("cpu", repeats=args.repeats)
+        fusion_report(results["fusion"])
     out.write_text(json.dumps(results, indent=2) + "\n")
 
 

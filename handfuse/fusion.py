@@ -65,7 +65,7 @@ class FusionTask:
     data: dict[str, SequenceDataset]
     metric: str = "loss"
     higher_is_better: bool = False
-    eval_batch: int = 16
+    eval_batch: int = 64  # sequences per evaluation batch: feedback's steps batch across them
 
     def batches(self, split, epoch, cfg):
         ds = self.data[split]
@@ -114,7 +114,7 @@ def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progre
 
 def evaluate(model: nn.Module, tests: dict[str, SequenceDataset]) -> dict[str, dict]:
     """Test error (mm), accuracy and per-sequence details of ``model`` for each crop centre."""
-    return {centre: evaluate_sequences(model, data) for centre, data in tests.items()}
+    return {centre: evaluate_sequences(model, data, batch_size=64) for centre, data in tests.items()}
 
 
 @contextmanager
@@ -197,7 +197,7 @@ def standalone_rows(untrained: list[dict], attention: bool = False) -> dict[str,
 # ----------------------------------------------------------------------------- the ensemble's two passes
 
 
-def _ensemble_outputs(model: nn.Module, data: SequenceDataset, batch_size: int = 16) -> dict[str, np.ndarray]:
+def _ensemble_outputs(model: nn.Module, data: SequenceDataset, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Both passes of a two-HPE ensemble on ``data``, evaluated once: the valid frames' joints of
     each pass (N, 21, 3) and the truth, each pass's sequence log-probabilities (n, 45), the labels."""
     device = next(model.parameters()).device

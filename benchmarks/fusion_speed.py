@@ -1,0 +1,128 @@
+"""Fine-tuning throughput of every fusion method, against the batched baseline, in one process.
+
+``python -m benchmarks.fusion_speed [--preset cpu] [--batches 12] [--repeats 3]``
+(also the ``fusion`` stage of ``python -m benchmarks``).
+
+Same sequences, same batch size (the preset's ``train_fuse.batch_size``) for
+every method: a fixed list of training batches of the preset's synthetic data
+is run forward, backward and through an Adam step.  Speed does not depend on
+the weights, so the models are freshly initialised (no pre-training needed).
+Reported: sequences/s (median of ``--repeats``, with the min-max spread), the
+ratio to the baseline measured in the same run, and the evaluation rate
+(sequences/s, the deterministic forward under ``inference_mode``).
+
+Rows: baseline; feedback with FiLM in the residual blocks, the FC layers or
+both, at p_eq = 0.95 (the original's training coin) and p_eq = 0 (every step fed
+a prediction: the full step-by-step unroll); noisy feedback; the ensemble.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+import torch
+
+from handfuse.cache import get_cache
+from handfuse.config import get_preset
+from handfuse.datasets import SequenceDataset, collate_sequences
+from handfuse.fpha import FPHA
+from handfuse.fusion import Pretrained
+from handfuse.methods import build, method_config
+from handfuse.models.har import PoseLSTM
+from handfuse.models.hpe import HPE
+from handfuse.paths import ensure_synthetic
+
+from .timing import timed
+
+VARIANTS = [  # (label, method, FusionConfig options)
+    ("baseline", "baseline", {}),
+    ("feedback, FiLM fc, p_eq 0.95", "feedback", {"film": "fc", "p_eq": 0.95}),
+    ("feedback, FiLM fc, p_eq 0", "feedback", {"film": "fc", "p_eq": 0.0}),
+    ("feedback, FiLM both, p_eq 0.95", "feedback", {"film": "both", "p_eq": 0.95}),
+    ("feedback, FiLM both, p_eq 0", "feedback", {"film": "both", "p_eq": 0.0}),
+    ("feedback, FiLM blocks, p_eq 0", "feedback", {"film": "blocks", "p_eq": 0.0}),
+    ("noisy feedback, FiLM both", "noisy_feedback", {"film": "both"}),
+    ("noisy feedback, FiLM fc", "noisy_feedback", {"film": "fc"}),
+    ("ensemble, FiLM both", "ensemble", {"film": "both"}),
+]
+
+
+def _models(preset, film: str) -> Pretrained:
+    torch.manual_seed(0)
+    hpe, hpe_film = HPE(preset.hpe), HPE(replace(preset.hpe, film=film))
+    for m in (hpe, hpe_film):
+        m.init_pca(torch.randn(256, 21, 3) * 0.3)
+        m.to_channels_last()
+    return Pretrained(hpe, hpe_film, PoseLSTM(preset.har), {})
+
+
+def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
+    preset = get_preset(preset_name)
+    fpha = FPHA(ensure_synthetic(preset_name))
+    cache = get_cache(fpha, preset.preprocess)
+    data = SequenceDataset(cache, fpha.train)
+    B = preset.train_fuse.batch_size
+    fixed = [collate_sequences([data[i] for i in range(b * B, (b + 1) * B)]) for b in range(batches)]
+    evaluation = [collate_sequences([data[i] for i in range(b * 64, (b + 1) * 64)]) for b in range(2)]
+    n_train, n_eval = batches * B, 2 * 64
+    half = preset.preprocess.cube_mm / 2
+    rows = {}
+    for label, name, options in VARIANTS:
+        model = build(name, _models(preset, options.get("film", "both")), half, method_config(name, **options))
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def train_epoch():
+            model.train()
+            for batch in fixed:
+                loss = model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        def evaluate():
+            model.eval()
+            with torch.inference_mode():
+                for batch in evaluation:
+                    model(batch["depth"], batch["centre"], batch["mask"])
+
+        torch.manual_seed(0)
+        t = timed(train_epoch, repeats, warmup=1)
+        e = timed(evaluate, repeats, warmup=1)
+        rows[label] = {"train_seq_per_s": n_train / t[0], "train_spread": [n_train / t[2], n_train / t[1]],
+                       "eval_seq_per_s": n_eval / e[0], "eval_spread": [n_eval / e[2], n_eval / e[1]]}
+    base = rows["baseline"]
+    for r in rows.values():
+        r["train_vs_baseline"] = r["train_seq_per_s"] / base["train_seq_per_s"]
+        r["eval_vs_baseline"] = r["eval_seq_per_s"] / base["eval_seq_per_s"]
+    frames = sum(int(b["mask"].sum()) for b in fixed)
+    return {"preset": preset_name, "batch_size": B, "train_sequences": n_train, "train_frames": frames,
+            "eval_sequences": n_eval, "repeats": repeats, "rows": rows}
+
+
+def report(r: dict) -> None:
+    print(f"fusion fine-tuning throughput, preset {r['preset']}, batch {r['batch_size']} sequences, "
+          f"{r['train_sequences']} sequences ({r['train_frames']} frames) per timed run, median of {r['repeats']}")
+    print(f"  {'method':34s} {'train seq/s':>12s} {'x baseline':>10s} {'eval seq/s':>11s} {'x baseline':>10s}")
+    for label, v in r["rows"].items():
+        print(f"  {label:34s} {v['train_seq_per_s']:12.1f} {v['train_vs_baseline']:10.2f} "
+              f"{v['eval_seq_per_s']:11.1f} {v['eval_vs_baseline']:10.2f}")
+    print("  targets (issue 7): feedback with FiLM fc >= 0.7 x baseline; ensemble <= 2.2 x baseline time (>= 0.45 x rate)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None, help="also write the result here")
+    args = ap.parse_args()
+    r = run(args.preset, args.batches, args.repeats)
+    report(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
