@@ -276,3 +276,32 @@ def test_film_trained_on_w_eq_alone_ignores_the_action_until_given_a_response():
         film.add_random_response(1.0)
         torch.testing.assert_close(film(x, w_eq), before)
         assert float((film(x, other) - before).abs().max()) > 1e-2
+
+
+def test_mix_grid_and_passes_agree_with_evaluating_each_mix(data):
+    from handfuse.fusion import ensemble_passes, mix_grid, mixing
+
+    _, _, seqs, _ = data
+    model = build("ensemble", _models(11, False), HALF, method_config("ensemble", eta=0.5, zeta=0.5))
+    grid = mix_grid(model, seqs, [0.0, 0.7])
+    for i, eta in enumerate([0.0, 0.7]):
+        for j, zeta in enumerate([0.0, 0.7]):
+            with mixing(model, eta, zeta):
+                direct = evaluate_sequences(model, seqs, batch_size=4)
+            assert grid["error_mm"][i, j] == pytest.approx(direct["error_mm"], rel=1e-5)
+            assert grid["accuracy"][i, j] == pytest.approx(direct["accuracy"])
+    assert model.cfg.eta == 0.5, "mixing() must restore the model's weights"
+    passes = ensemble_passes(model, seqs)
+    assert passes["first pass"]["error_mm"] == pytest.approx(grid["error_mm"][0, 0], rel=1e-6)
+    assert passes["mixed"]["error_mm"] <= max(passes["first pass"]["error_mm"], passes["second pass"]["error_mm"])
+
+
+def test_depth_centred_test_set_differs_from_the_ground_truth_one(data):
+    from handfuse.fusion import test_sets
+
+    fpha, cache, _, _ = data
+    sets = test_sets(fpha, PRESET, cache, progress=False)
+    gt, depth = sets["gt"][0], sets["depth"][0]
+    assert gt["label"] == depth["label"] and torch.equal(gt["joints_mm"], depth["joints_mm"])
+    assert float((gt["centre"] - depth["centre"]).norm(dim=-1).mean()) > 1.0
+    assert len(sets["gt"]) == len(sets["depth"]) == len(fpha.test)
