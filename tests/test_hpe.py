@@ -285,3 +285,17 @@ def test_a_tiny_hpe_learns_where_the_blob_is():
         opt.step()
     after = eval_error()
     assert after < 0.25 * before, (before, after)
+
+
+@pytest.mark.parametrize("film", ["none", "fc", "blocks", "both"])
+def test_before_and_after_action_compose_to_the_forward(film):
+    torch.manual_seed(0)
+    model = HPE(HPEConfig(crop=32, stem_channels=8, widths=(8, 16), strides=(2, 2), blocks=(1, 1), pool=2, fc=32,
+                          film=film)).eval()
+    for m in model.modules():
+        if isinstance(m, FiLM):
+            torch.nn.init.normal_(m.linear.weight)
+    depth, action = torch.randn(5, 1, 32, 32), torch.softmax(torch.randn(5, 45), -1)
+    with torch.no_grad():
+        split = model.after_action(model.before_action(depth), action)["joints"]
+        torch.testing.assert_close(split, model(depth, action)["joints"])

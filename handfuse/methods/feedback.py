@@ -52,11 +52,11 @@ class ActionFeedback(FusionMethod):
         return cls(conditioned_copy(models.hpe_film, cfg), copy.deepcopy(models.har), half_cube_mm, cfg)
 
     def _pose_runner(self, depth: torch.Tensor, mask: torch.Tensor):
-        """A function (frames (B, T) bool, actions (n, 45)) -> normalised joints (n, 21, 3) of those frames."""
-        if not self.hpe.cfg.film_blocks:  # the trunk ignores the action: once, for every frame
-            features, index = self.hpe.trunk(depth[mask]), frame_index(mask)  # (N, F), (B, T)
-            return lambda frames, action: self.hpe.head(features[index[frames]], action)["joints"]
-        return lambda frames, action: self.hpe(depth[frames], action)["joints"]
+        """A function (frames (B, T) bool, actions (n, 45)) -> normalised joints (n, 21, 3) of those frames.
+        What ignores the action (all but the FC head's FiLM and after, with FiLM in the FC layers)
+        runs once, for every valid frame, in one batch."""
+        shared, index = self.hpe.before_action(depth[mask]), frame_index(mask)  # (N, ...), (B, T)
+        return lambda frames, action: self.hpe.after_action(shared[index[frames]], action)["joints"]
 
     def _fed_action(self, step_logits: torch.Tensor) -> torch.Tensor:
         """The distribution (B, 45) fed to the next frame, from this frame's step logits (B, 45)."""

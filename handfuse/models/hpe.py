@@ -244,9 +244,27 @@ class HPE(nn.Module):
              target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Features (B, feature_dim) -> ``pca`` (B, pca_dim), ``joints`` (B, 21, 3) and, given target
         joints (B, 21, 3), ``loss``.  ``action`` (B, 45) is only read with FC FiLM (None: w_eq)."""
-        h = self.fc1(features)  # (B, fc)
+        return self._head_from_fc1(self.fc1(features), action, target)
+
+    def before_action(self, depth: torch.Tensor) -> torch.Tensor:
+        """The part of the forward that ignores the action, per frame (B, ...): the first FC layer's
+        output with FiLM in the FC layers (or none), the crops themselves with FiLM in the blocks.
+        Action feedback computes it once for every frame and re-runs only :meth:`after_action`."""
+        if self.cfg.film_blocks:
+            return depth
+        return self.fc1(self.trunk(depth))  # (B, fc)
+
+    def after_action(self, x: torch.Tensor, action: torch.Tensor | None = None,
+                     target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Finish the forward from :meth:`before_action`'s output: the same outputs as ``forward``."""
+        if self.cfg.film_blocks:
+            return self(x, action, target)
+        return self._head_from_fc1(x, action, target)
+
+    def _head_from_fc1(self, h: torch.Tensor, action: torch.Tensor | None, target: torch.Tensor | None) -> dict:
+        # h: (B, fc), the first FC layer's output, before its FiLM and ReLU
         if self.cfg.film_fc:
-            action = self._action(action, len(features), features)
+            action = self._action(action, len(h), h)
             h = self.film1(h, action)
         h = self.fc2(self.drop(F.relu(h)))  # (B, fc)
         if self.cfg.film_fc:
