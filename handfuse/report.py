@@ -73,3 +73,119 @@ def compare(name_a: str, a, name_b: str, b, unit: str, higher_is_better: bool) -
     verdict = ("better than" if better else "worse than") if clear else "not distinguishable from"
     return (f"{name_a} ({ma:.2f} ± {ha:.2f} {unit}) is {verdict} {name_b} ({mb:.2f} ± {hb:.2f} {unit})"
             f"{'' if clear else ': the difference is within the seeds’ spread'}.")
+
+
+# ----------------------------------------------------------------------------- the summary of a whole run
+
+
+def load_results(folder) -> dict[str, dict]:
+    """Every ``<name>.json`` results file of ``runs/<preset>/results`` (not the summary), by name."""
+    import json
+    from pathlib import Path
+
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json")) if p.stem != "summary"}
+
+
+def software_versions() -> dict[str, str]:
+    import platform
+    import subprocess
+    from importlib.metadata import version
+    from pathlib import Path
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "numpy", "matplotlib", "papermill", "nbval", "ipywidgets", "plotly"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # not installed
+            out[pkg] = "absent"
+    try:
+        out["handfuse_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except Exception:  # not a git checkout
+        out["handfuse_commit"] = "unknown"
+    return out
+
+
+def table_rows(results: dict[str, dict]) -> tuple[dict, str, int]:
+    """The study's rows gathered from the method notebooks' results (later notebooks win), with the
+    data source and the number of seeds.  Refuses results that mix synthetic and FPHA data."""
+    rows, sources, seeds = {}, set(), set()
+    for name in ("baseline", "feedback", "ensemble"):
+        if name in results:
+            rows.update(results[name]["rows"])
+            sources.add(results[name]["data"])
+            seeds.add(len(results[name]["seeds"]))
+    if not rows:
+        raise FileNotFoundError("no method results (baseline.json, feedback.json, ensemble.json): run notebooks 02-04 first")
+    if len(sources) > 1:
+        raise ValueError(f"the results mix data sources {sorted(sources)}: run every notebook on the same data")
+    return rows, sources.pop(), min(seeds)
+
+
+def summary_markdown(results: dict[str, dict], preset: str) -> str:
+    """The whole run in Markdown: the table, the error gap, the p_eq sweeps, eta/zeta, noisy feedback.
+    Every section names its data source."""
+    rows, source, seeds = table_rows(results)
+    tag = f"[{source}]"
+    lines = [f"# handfuse results, preset `{preset}` {tag}", "",
+             f"All numbers below come from **{source}** data" + (" (not FPHA)." if source != "FPHA" else "."),
+             "The original's columns are FPHA numbers from the 2019 slides.", "", "## The table " + tag, "",
+             results_table(rows, source, seeds), "", "## The error gap " + tag, ""]
+    for att, ref_key in ((False, "har_gt"), (True, "har_gt_att")):
+        ref = rows.get(ref_key, {}).get("gt", {}).get("accuracy")
+        for key in ROWS:
+            if ref is None or key.endswith("_att") != att or key.startswith(("har", "hpe")) or key not in rows:
+                continue
+            acc = rows[key]["gt"]["accuracy"]
+            lines.append(f"- {tag} {ROWS[key][0]}: {ref[0] - acc[0]:.1f} points below the HAR on ground-truth pose"
+                         f" ({fmt(acc, 1)} % against {fmt(ref, 1)} %)")
+    fb = results.get("feedback")
+    if fb:
+        lines += ["", "## The untrained p_eq sweep " + tag, "", "| p_eq | " + " | ".join(fb["untrained_sweep"]) +
+                  " | original (FPHA) |", "|---|" + "---|" * (len(fb["untrained_sweep"]) + 1)]
+        for p in next(iter(fb["untrained_sweep"].values())):
+            cells = [f"{fmt(v[p]['accuracy'], 1)} % / {fmt(v[p]['error_mm'])} mm" for v in fb["untrained_sweep"].values()]
+            orig = ORIGINAL_P_EQ_SWEEP.get(float(p))
+            lines.append(f"| {p} | " + " | ".join(cells) + f" | {'-' if orig is None else f'{orig[0]} % / {orig[1]} mm'} |")
+        lines += ["", f"## The trained p_eq sweep {tag} (one seed)", "", "| p_eq | accuracy (%) | pose error (mm) | s / epoch |",
+                  "|---|---|---|---|"]
+        for p, r in fb["trained_sweep"].items():
+            lines.append(f"| {p} | {100 * r['test']['gt']['accuracy']:.1f} | {r['test']['gt']['error_mm']:.2f} | "
+                         f"{r['epoch_seconds']:.1f} |")
+    ens = results.get("ensemble")
+    if ens:
+        ez = ens["eta_zeta"]
+        lines += ["", f"## The eta/zeta grid {tag} (validation split)", "",
+                  f"Chosen on validation: eta = {ez['chosen']['eta']}, zeta = {ez['chosen']['zeta']}; test there "
+                  f"{ez['test_at_chosen']['error_mm']:.2f} mm, {100 * ez['test_at_chosen']['accuracy']:.1f} %.", "",
+                  "## Noisy feedback " + tag, "",
+                  f"- trained {'stably' if ens['noisy_feedback_stable'] else 'UNSTABLY'}",
+                  f"- noisy feedback: {fmt(rows['noisy_feedback']['gt']['accuracy'], 1)} %, "
+                  f"{fmt(rows['noisy_feedback']['gt']['error_mm'])} mm; feedback with p_eq: "
+                  f"{fmt(rows['feedback']['gt']['accuracy'], 1)} %, {fmt(rows['feedback']['gt']['error_mm'])} mm"]
+        lines += ["", f"## Fine-tuning time {tag}", "", "| method | s / epoch | x baseline |", "|---|---|---|"]
+        base = ens["epoch_seconds"]["baseline"]
+        lines += [f"| {k} | {v:.1f} | {v / base:.2f} |" for k, v in ens["epoch_seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def summary_json(results: dict[str, dict], preset: str) -> dict:
+    """The machine-readable summary: every row tagged with its data source, the sweeps, the resolved
+    configurations of every fine-tuned run and of the models they started from, software versions."""
+    rows, source, seeds = table_rows(results)
+    configs = {}
+    for name, res in results.items():
+        for group, records in res.get("records", {}).items():
+            for r in records if isinstance(records, list) else []:
+                configs[f"{name}/{group}/seed{r['seed']}"] = {"fusion": r["config"], "trained": r["trained"]}
+    fb, ens = results.get("feedback", {}), results.get("ensemble", {})
+    return {"preset": preset, "data": source, "seeds": seeds,
+            "rows": {k: {"data": source, "label": ROWS[k][0], **v,
+                         "original_fpha": {"error_mm": ROWS[k][1], "accuracy": ROWS[k][2]}} for k, v in rows.items()},
+            "untrained_p_eq_sweep": {"data": source, **fb.get("untrained_sweep", {})},
+            "trained_p_eq_sweep": {"data": source, **{p: r["test"] for p, r in fb.get("trained_sweep", {}).items()}},
+            "eta_zeta": {"data": source, **ens.get("eta_zeta", {})},
+            "noisy_feedback_stable": ens.get("noisy_feedback_stable"),
+            "epoch_seconds": {"data": source, **ens.get("epoch_seconds", {})},
+            "original_p_eq_sweep_fpha": {str(k): v for k, v in ORIGINAL_P_EQ_SWEEP.items()},
+            "configs": configs, "software": software_versions()}
