@@ -1,4 +1,6 @@
-"""Command line: ``python -m handfuse {synth,reproduce} ...``"""
+"""Command line: ``python -m handfuse {synth,reproduce,train} ...``
+
+``train`` also runs data-parallel: ``torchrun --nproc_per_node N -m handfuse train ...``."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +8,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import PRESETS, get_preset
+from .config import PRESETS, from_dict, get_preset
 from .errors import ConfigError, DataError
+from .train import TrainConfig
 
 
 def _synth(args) -> None:
@@ -23,6 +26,81 @@ def _reproduce(args) -> None:
     from .reproduce import reproduce
 
     reproduce(preset=args.preset, out=Path(args.out), data_root=args.data_root, seed=args.seed, device=args.device)
+
+
+def _value(text: str):
+    """A --set value: a JSON literal (0.9, true, "fc") or, failing that, the bare string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _train(args) -> None:
+    import json
+
+    from . import distributed
+    from .cache import get_cache
+    from .fpha import FPHA
+    from .paths import ensure_synthetic
+
+    preset = get_preset(args.preset)
+    options = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", item, "KEY=VALUE pairs of FusionConfig fields, e.g. --set p_eq=0.9")
+        options[key] = _value(value)
+    train = {}
+    for item in args.train or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("--train", item, "KEY=VALUE pairs of TrainConfig fields, e.g. --train epochs=3")
+        train[key] = _value(value)
+    if train:  # the preset's training settings of this model, overridden
+        field = {"hpe": "train_hpe", "har": "train_har", "fusion": "train_fuse"}[args.what]
+        preset = dataclasses.replace(preset, **{field: from_dict(TrainConfig, {**dataclasses.asdict(getattr(preset, field)), **train})})
+    if args.what != "fusion" and options:
+        raise ConfigError("--set", args.set, "only with 'train fusion' (FusionConfig fields)")
+    if args.runs:
+        import os
+
+        os.environ["HANDFUSE_RUNS"] = str(Path(args.runs).resolve())
+    from .train import resolve_device
+
+    resolve_device(args.device)  # refuse cuda without CUDA before any work
+    rank, world = distributed.setup(args.device)
+    if rank == 0:  # data and crop cache are built once, by rank 0, before the others read them
+        root = Path(args.data_root) if args.data_root else ensure_synthetic(args.preset)
+        fpha = FPHA(root)
+        if args.what != "har":
+            get_cache(fpha, preset.preprocess)
+    distributed.barrier()
+    root = Path(args.data_root) if args.data_root else ensure_synthetic(args.preset)
+    fpha = FPHA(root)
+    if args.what == "hpe":
+        from .standalone import pretrain_hpe
+
+        _, result = pretrain_hpe(fpha, preset, args.film, args.seed, args.device)
+        scores = {"error_mm": result.test["error_mm"]}
+    elif args.what == "har":
+        from .standalone import pretrain_har
+
+        _, result = pretrain_har(fpha, preset, args.attention, args.seed, args.device)
+        scores = {"accuracy": result.test["accuracy"]}
+    else:
+        from . import fusion
+        from .methods import method_config
+
+        cfg = method_config(args.method, attention=args.attention, **options)
+        models = fusion.pretrained(fpha, preset, args.seed, cfg.attention, cfg.film, args.device)
+        _, result = fusion.finetune(args.method, models, fpha, preset, cfg, args.seed, args.device)
+        scores = {k: result.test[k] for k in ("error_mm", "accuracy", "loss")}
+    if rank == 0:
+        print(json.dumps({"what": args.what, "preset": args.preset, "seed": args.seed, "processes": world,
+                          "train_seconds": result.seconds, "test": scores}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (bf16 autocast)")
     p.set_defaults(func=_reproduce)
+    p = sub.add_parser("train", help="train one model or fine-tune one fusion method (torchrun for several processes)")
+    p.add_argument("what", choices=["hpe", "har", "fusion"])
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--data-root", default=None, help="an FPHA root; default: the synthetic benchmark")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (bf16 autocast; cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--film", default="none", help="hpe: FiLM placement (none, blocks, fc, both)")
+    p.add_argument("--attention", action="store_true", help="har / fusion: temporal attention")
+    p.add_argument("--method", default="baseline", help="fusion: a registered method name")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="fusion: FusionConfig fields, e.g. p_eq=0.9 eta=0.5")
+    p.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides, e.g. epochs=3 batch_size=8")
+    p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
+    p.set_defaults(func=_train)
     args = parser.parse_args(argv)
     if getattr(args, "out", "") is None:
         args.out = f"runs/{args.preset}"

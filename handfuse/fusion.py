@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 from .cache import CropCache, get_cache
 from .config import Preset
 from .datasets import SequenceDataset, collate_sequences
+from .distributed import epoch_batches
 from .fpha import FPHA
 from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .metrics import mean_ci95
 from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
-from .train import FitResult, epoch_generator, fit
+from .train import FitResult, fit
 
 CENTRES = ("gt", "depth")
 
@@ -69,8 +70,7 @@ class FusionTask:
 
     def batches(self, split, epoch, cfg):
         ds = self.data[split]
-        order = torch.randperm(len(ds), generator=epoch_generator(cfg.seed, epoch, 2)).tolist()
-        chunks = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        chunks = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch, salt=2)
         for idx in chunks[: cfg.max_batches or len(chunks)]:
             yield collate_sequences([ds[i] for i in idx])
 

@@ -20,6 +20,7 @@ from .datasets import FrameDataset, PoseSequenceDataset, collate_sequences
 from .fpha import SequenceRef
 from .metrics import accuracy, confusion_matrix, mean_joint_error, per_class_accuracy, per_joint_error, success_curve
 from .skeleton import NUM_ACTIONS
+from .distributed import epoch_batches, rank_world
 from .train import epoch_generator
 
 
@@ -55,11 +56,10 @@ class HPETask:
 
     def batches(self, split, epoch, cfg):
         ds = self.data[split]
-        gen = epoch_generator(cfg.seed, epoch)
-        order = torch.randperm(len(ds), generator=gen).numpy()
-        n = len(order) // cfg.batch_size if len(order) >= cfg.batch_size else 1
-        for b in range(min(n, cfg.max_batches or n)):
-            batch = ds.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+        gen = epoch_generator(cfg.seed, epoch, 100 + rank_world()[0])  # augmentation: each rank its own draws
+        chunks = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch, salt=0, drop_last=True)
+        for idx in chunks[: cfg.max_batches or len(chunks)]:
+            batch = ds.batch(idx)
             if self.augment is not None:
                 from .augment import augment_batch
 
@@ -101,8 +101,7 @@ class HARTask:
 
     def batches(self, split, epoch, cfg):
         ds = self.data[split]
-        order = torch.randperm(len(ds), generator=epoch_generator(cfg.seed, epoch, 1)).tolist()
-        chunks = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        chunks = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch, salt=1)
         for idx in chunks[: cfg.max_batches or len(chunks)]:
             yield collate_sequences([ds[i] for i in idx])
 

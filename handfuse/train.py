@@ -11,6 +11,8 @@ and evaluate; the loop does the rest:
   ``seed, epoch``), so the same seed gives the same metrics on CPU and a run
   resumed from its last epoch checkpoint lands on the same result;
 * device-agnostic: CPU by default, ``cuda`` with bf16 autocast;
+* data-parallel under ``torchrun`` (:mod:`handfuse.distributed`): DDP, each rank its
+  ``DistributedSampler`` shard of every global batch, rank 0 alone writing;
 * checkpoints written atomically (temporary file, fsync, rename) and loaded
   with ``torch.load(weights_only=True)``; each holds the resolved config;
 * ``tqdm.auto`` progress, and a per-epoch history returned for plotting.
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import ConfigError
 from .errors import check as _check
 
@@ -137,8 +140,12 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
     ``config`` is the resolved configuration of the whole run (model, data, training);
     it is stored in every checkpoint and in ``result.json``.  A finished run found in
     ``run_dir`` is not trained again: its result is loaded and returned."""
+    rank, world = distributed.setup(cfg.device)
     device = resolve_device(cfg.device)
-    config = {**(config or {}), "train": asdict(cfg)}
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    main = rank == 0
+    config = {**(config or {}), "train": asdict(cfg), **({"processes": world} if world > 1 else {})}
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None and (run_dir / RESULT).is_file() and (run_dir / BEST).is_file():
         done = json.loads((run_dir / RESULT).read_text())
@@ -146,7 +153,11 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
             model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
             return FitResult(**done)
     model.to(device)
-    train_model = torch.compile(model) if cfg.compile else model  # shares the parameters of ``model``
+    step = _Loss(model, task)  # forward(batch) = task.loss(model, batch): what DDP and compile wrap
+    if world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        step = torch.compile(step)  # costs minutes cold; evaluation stays eager
     opt = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result, start_epoch, best_state, stale = FitResult(config=_jsonable(config)), 0, None, 0
     best = -math.inf
@@ -160,7 +171,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         result.history, result.best_epoch = json.loads(ck["history"]), ck["best_epoch"]
         best_state = ck["best_model"]
     sign = 1.0 if task.higher_is_better else -1.0
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=type(model).__name__, unit="epoch", disable=not progress,
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=type(model).__name__, unit="epoch", disable=not (progress and main),
                initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
         if stale >= cfg.patience:
@@ -170,7 +181,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         losses, e0 = [], time.perf_counter()
         for batch in task.batches("train", epoch, cfg):
             with autocast(device, cfg.amp):
-                loss = task.loss(train_model, _to(batch, device))
+                loss = step(_to(batch, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -183,25 +194,43 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        result.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        if world > 1:  # log the mean over ranks, not rank 0's share
+            t = torch.tensor([train_loss], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            train_loss = float(t) / world
+        result.history.append({"epoch": epoch, "train_loss": train_loss,
                                **{f"val_{k}": v for k, v in val.items() if np.isscalar(v)},
                                "seconds": time.perf_counter() - e0})
         bar.set_postfix(train_loss=f"{result.history[-1]['train_loss']:.4f}", **{task.metric: f"{val[task.metric]:.3f}"})
-        if run_dir is not None:
+        if run_dir is not None and main:
             save_checkpoint(run_dir / CHECKPOINT, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
                 "stale": stale, "best_epoch": result.best_epoch, "best_model": best_state,
                 "history": json.dumps(result.history), "config": json.dumps(result.config, sort_keys=True)})
+        distributed.barrier()  # no rank runs ahead of a checkpoint it might need to resume from
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     result.val = task.evaluate(model, "val", cfg)
     result.test = task.evaluate(model, "test", cfg)  # once, with the selected weights
     result.seconds = sum(h["seconds"] for h in result.history)  # training time over all epochs, resumes included
-    if run_dir is not None:
+    if run_dir is not None and main:
         save_checkpoint(run_dir / BEST, {"model": model.state_dict(), "config": json.dumps(result.config, sort_keys=True)})
         _write_json(run_dir / RESULT, asdict(result))
+    distributed.barrier()
     return result
+
+
+class _Loss(torch.nn.Module):
+    """``task.loss(model, batch)`` as a module, so that DDP sees every parameter the loss uses."""
+
+    def __init__(self, model: torch.nn.Module, task: Task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
