@@ -24,7 +24,8 @@ def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu") -> list[Path]:
+def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu",
+              seeds: int | None = None) -> list[Path]:
     import papermill
 
     get_preset(preset)
@@ -36,15 +37,19 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
     from .train import resolve_device
 
     resolve_device(device)  # refuse --device cuda without CUDA before any work starts
+    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
+        from .errors import ConfigError
+
+        raise ConfigError("--seeds", seeds, "an integer >= 1 (model seeds per method)")
     params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed,
-              "device": device}
+              "device": device, **({"seeds": seeds} if seeds is not None else {})}
     done = []
     for nb in tqdm(notebooks(), desc=f"reproduce ({preset})", unit="notebook"):
         target = out / nb.name
         start = time.perf_counter()
         try:
             papermill.execute_notebook(str(nb), str(target), parameters=_known(nb, params), cwd=str(nb.parent),
-                                       progress_bar=False)
+                                       progress_bar={"desc": f"  {nb.stem} cells", "leave": False})
         except papermill.PapermillExecutionError as e:
             raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue});"
                                  f" the executed copy with the traceback is {target}") from None
