@@ -61,19 +61,28 @@ def results_table(rows: dict[str, dict], source: str, seeds: int) -> str:
     return head + "\n".join(lines) + note
 
 
-def compare(name_a: str, a, name_b: str, b, unit: str, higher_is_better: bool) -> str:
-    """A plain sentence saying whether ``a`` beats ``b`` ([mean, half-width] each), given their intervals."""
-    (ma, ha), (mb, hb) = a, b
-    better = ma > mb if higher_is_better else ma < mb
-    diff = abs(ma - mb)
-    widths = [h for h in (ha, hb) if h is not None and not math.isnan(h)]
-    if len(widths) < 2:
-        return (f"{name_a} ({ma:.2f} {unit}) is {'better' if better else 'not better'} than {name_b} ({mb:.2f} {unit}) "
-                "in this single run; one seed cannot say whether that is more than noise.")
-    clear = diff > math.hypot(*widths)  # a rough test: the difference exceeds the combined interval
-    verdict = ("better than" if better else "worse than") if clear else "not distinguishable from"
-    return (f"{name_a} ({ma:.2f} ± {ha:.2f} {unit}) is {verdict} {name_b} ({mb:.2f} ± {hb:.2f} {unit})"
-            f"{'' if clear else ': the difference is within the seeds’ spread'}.")
+def compare(name_a: str, runs_a: list[dict], name_b: str, runs_b: list[dict], metric: str, centre: str = "gt") -> str:
+    """A plain sentence: is ``a`` better than ``b`` on ``metric`` ("accuracy" or "error_mm")?
+
+    Runs of the same seed start from the same pre-trained models, so the test is *paired*: the
+    95 % t-interval of the per-seed differences.  "Better" or "worse" only when it excludes zero."""
+    from .metrics import mean_ci95
+
+    scale, unit, higher = (100.0, "points", True) if metric == "accuracy" else (1.0, "mm", False)
+    by_seed = {r["seed"]: scale * r["test"][centre][metric] for r in runs_b}
+    pairs = [(scale * r["test"][centre][metric], by_seed[r["seed"]]) for r in runs_a if r["seed"] in by_seed]
+    if not pairs:
+        raise ValueError(f"{name_a} and {name_b} share no seed: nothing to compare")
+    mean_a, mean_b = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+    diff, hw = mean_ci95([a - b for a, b in pairs])
+    what = "accuracy" if metric == "accuracy" else "pose error"
+    head = f"{name_a}'s {what} ({mean_a:.2f}) against {name_b}'s ({mean_b:.2f}): {diff:+.2f} {unit}"
+    if len(pairs) < 2 or math.isnan(hw):
+        return head + " in a single seed, which cannot tell a difference from noise."
+    if abs(diff) <= hw:
+        return head + f" ± {hw:.2f} over {len(pairs)} paired seeds, **not distinguishable from zero**."
+    better = (diff > 0) == higher
+    return head + f" ± {hw:.2f} over {len(pairs)} paired seeds: **{'better' if better else 'worse'}**."
 
 
 # ----------------------------------------------------------------------------- the summary of a whole run
