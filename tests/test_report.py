@@ -1,0 +1,53 @@
+"""The results table, the paired verdicts and the summary say what the numbers say."""
+from __future__ import annotations
+
+import pytest
+
+from handfuse import report
+
+
+def _runs(values, metric="accuracy"):
+    return [{"seed": s, "test": {"gt": {metric: v}}} for s, v in enumerate(values)]
+
+
+def test_paired_comparison_sees_a_consistent_gain_that_unpaired_intervals_would_miss():
+    # large seed-to-seed spread, but b is always 1 point above a: a paired test must call it
+    a, b = _runs([0.50, 0.70, 0.90]), _runs([0.51, 0.71, 0.91])
+    assert "**better**" in report.compare("b", b, "a", a, "accuracy")
+    assert "**worse**" in report.compare("a", a, "b", b, "accuracy")
+    noisy = _runs([0.52, 0.69, 0.905])
+    assert "not distinguishable" in report.compare("noisy", noisy, "a", a, "accuracy")
+    assert "single seed" in report.compare("one", a[:1], "other", b[:1], "accuracy")
+
+
+def test_lower_error_is_better():
+    low, high = _runs([10.0, 11.0, 12.0], "error_mm"), _runs([12.0, 13.1, 14.0], "error_mm")
+    assert "**better**" in report.compare("low", low, "high", high, "error_mm")
+    with pytest.raises(ValueError, match="share no seed"):
+        report.compare("x", low, "y", [{"seed": 9, "test": {"gt": {"error_mm": 1.0}}}], "error_mm")
+
+
+def test_table_has_the_original_column_and_the_error_gap():
+    rows = {"har_gt": {"gt": {"accuracy": [80.0, 2.0]}},
+            "baseline": {"gt": {"error_mm": [12.0, 0.5], "accuracy": [75.5, 1.0]},
+                         "depth": {"error_mm": [20.0, 1.0], "accuracy": [60.0, 3.0]}}}
+    table = report.results_table(rows, "synthetic", 3)
+    line = next(l for l in table.splitlines() if l.startswith("| Baseline, trained"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[1] == "12.00 ± 0.50" and cells[2] == "75.5 ± 1.0" and cells[3] == "4.5"
+    assert cells[4] == "20.00 ± 1.00" and cells[6:] == ["10.87", "68.0"]
+    assert "FPHA" in table.splitlines()[0] and "synthetic" in table.splitlines()[0]
+    assert "Method #2" not in table  # rows that were not run are not shown
+
+
+def test_summary_refuses_mixed_data_and_tags_every_row():
+    base = {"data": "synthetic", "seeds": [0, 1], "rows": {"baseline": {"gt": {"error_mm": [12.0, 0.5], "accuracy": [70.0, 1.0]}}}}
+    fpha = {**base, "data": "FPHA"}
+    with pytest.raises(ValueError, match="mix data sources"):
+        report.table_rows({"baseline": base, "feedback": fpha})
+    with pytest.raises(FileNotFoundError, match="02-04"):
+        report.table_rows({})
+    summary = report.summary_json({"baseline": base}, "cpu")
+    assert summary["data"] == "synthetic" and all(r["data"] == "synthetic" for r in summary["rows"].values())
+    assert summary["rows"]["baseline"]["original_fpha"] == {"error_mm": 10.87, "accuracy": 68.0}
+    assert summary["software"]["torch"] != "absent"
