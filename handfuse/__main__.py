@@ -39,6 +39,17 @@ def _value(text: str):
         return text
 
 
+def _pairs(items: list[str] | None, flag: str, what: str) -> dict:
+    """KEY=VALUE arguments -> a dict of JSON-literal values."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(flag, item, f"KEY=VALUE pairs of {what}")
+        out[key] = _value(value)
+    return out
+
+
 def _train(args) -> None:
     import json
 
@@ -48,18 +59,8 @@ def _train(args) -> None:
     from .paths import ensure_synthetic
 
     preset = get_preset(args.preset)
-    options = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError("--set", item, "KEY=VALUE pairs of FusionConfig fields, e.g. --set p_eq=0.9")
-        options[key] = _value(value)
-    train = {}
-    for item in args.train or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError("--train", item, "KEY=VALUE pairs of TrainConfig fields, e.g. --train epochs=3")
-        train[key] = _value(value)
+    options = _pairs(args.set, "--set", "FusionConfig fields, e.g. --set p_eq=0.9")
+    train = _pairs(args.train, "--train", "TrainConfig fields, e.g. --train epochs=3")
     if train:  # the preset's training settings of this model, overridden
         field = {"hpe": "train_hpe", "har": "train_har", "fusion": "train_fuse"}[args.what]
         preset = dataclasses.replace(preset, **{field: from_dict(TrainConfig, {**dataclasses.asdict(getattr(preset, field)), **train})})

@@ -118,10 +118,11 @@ def evaluate(model: nn.Module, tests: dict[str, SequenceDataset]) -> dict[str, d
 
 
 @contextmanager
-def feeding(model: nn.Module, feed: str, mix: float = 0.0):
-    """Evaluate the same weights with another ``eval_feed`` (and ``eval_mix``) inside the block."""
+def options(model: nn.Module, **fields):
+    """Evaluate the same weights with other FusionConfig ``fields`` inside the block, e.g.
+    ``eval_feed="w_eq"`` (feedback without feeding) or ``eta=0.1, zeta=0.9`` (another ensemble mix)."""
     old = model.cfg
-    model.cfg = replace(old, eval_feed=feed, eval_mix=mix)
+    model.cfg = replace(old, **fields)
     try:
         yield model
     finally:
@@ -236,14 +237,3 @@ def mix_grid(model: nn.Module, data: SequenceDataset, values: list[float]) -> di
     o = _ensemble_outputs(model, data)
     scores = [[_mixed_scores(o, eta, zeta) for zeta in values] for eta in values]
     return {k: np.array([[s[k] for s in row] for row in scores]) for k in ("error_mm", "accuracy")}
-
-
-@contextmanager
-def mixing(model: nn.Module, eta: float, zeta: float):
-    """Evaluate an ensemble's same weights with other mixing weights inside the block."""
-    old = model.cfg
-    model.cfg = replace(old, eta=eta, zeta=zeta)
-    try:
-        yield model
-    finally:
-        model.cfg = old

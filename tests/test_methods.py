@@ -279,18 +279,18 @@ def test_film_trained_on_w_eq_alone_ignores_the_action_until_given_a_response():
 
 
 def test_mix_grid_and_passes_agree_with_evaluating_each_mix(data):
-    from handfuse.fusion import ensemble_passes, mix_grid, mixing
+    from handfuse.fusion import ensemble_passes, mix_grid, options
 
     _, _, seqs, _ = data
     model = build("ensemble", _models(11, False), HALF, method_config("ensemble", eta=0.5, zeta=0.5))
     grid = mix_grid(model, seqs, [0.0, 0.7])
     for i, eta in enumerate([0.0, 0.7]):
         for j, zeta in enumerate([0.0, 0.7]):
-            with mixing(model, eta, zeta):
+            with options(model, eta=eta, zeta=zeta):
                 direct = evaluate_sequences(model, seqs, batch_size=4)
             assert grid["error_mm"][i, j] == pytest.approx(direct["error_mm"], rel=1e-5)
             assert grid["accuracy"][i, j] == pytest.approx(direct["accuracy"])
-    assert model.cfg.eta == 0.5, "mixing() must restore the model's weights"
+    assert model.cfg.eta == 0.5, "options() must restore the model's weights"
     passes = ensemble_passes(model, seqs)
     assert passes["first pass"]["error_mm"] == pytest.approx(grid["error_mm"][0, 0], rel=1e-6)
     assert passes["mixed"]["error_mm"] <= max(passes["first pass"]["error_mm"], passes["second pass"]["error_mm"])
