@@ -66,6 +66,10 @@ def _train(args) -> None:
         preset = dataclasses.replace(preset, **{field: from_dict(TrainConfig, {**dataclasses.asdict(getattr(preset, field)), **train})})
     if args.what != "fusion" and options:
         raise ConfigError("--set", args.set, "only with 'train fusion' (FusionConfig fields)")
+    if args.what == "fusion":  # every option is checked before any work starts
+        from .methods import method_config
+
+        cfg = method_config(args.method, attention=args.attention, **options)
     if args.runs:
         import os
 
@@ -94,9 +98,7 @@ def _train(args) -> None:
         scores = {"accuracy": result.test["accuracy"]}
     else:
         from . import fusion
-        from .methods import method_config
 
-        cfg = method_config(args.method, attention=args.attention, **options)
         models = fusion.pretrained(fpha, preset, args.seed, cfg.attention, cfg.film, args.device)
         _, result = fusion.finetune(args.method, models, fpha, preset, cfg, args.seed, args.device)
         scores = {k: result.test[k] for k in ("error_mm", "accuracy", "loss")}

@@ -305,3 +305,17 @@ def test_depth_centred_test_set_differs_from_the_ground_truth_one(data):
     assert gt["label"] == depth["label"] and torch.equal(gt["joints_mm"], depth["joints_mm"])
     assert float((gt["centre"] - depth["centre"]).norm(dim=-1).mean()) > 1.0
     assert len(sets["gt"]) == len(sets["depth"]) == len(fpha.test)
+
+
+def test_unknown_options_and_bad_cli_values_are_refused_before_work(tmp_path):
+    import subprocess
+    import sys
+
+    with pytest.raises(ConfigError, match="fusion.pq.*known keys"):
+        method_config("feedback", pq=0.5)
+    for args, name in ((["--set", "p_eq=2"], "fusion.p_eq"), (["--set", "eta"], "--set"), (["--method", "boost"], "method"),
+                       (["--train", "epochs=0"], "train.epochs"), (["--device", "cuda:0"], "train.device")):
+        done = subprocess.run([sys.executable, "-m", "handfuse", "train", "fusion", "--preset", "smoke",
+                               "--runs", str(tmp_path), *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and name in done.stderr, (args, done.stderr[-500:])
+    assert not any(tmp_path.iterdir()), "a refused command must not start any work"

@@ -14,6 +14,7 @@ data (a dict of FusionConfig defaults), not a subclass.
 from __future__ import annotations
 
 
+from ..config import from_dict
 from ..errors import ConfigError
 from .baseline import SequentialBaseline
 from .common import FusionConfig, FusionMethod, evaluate_sequences
@@ -33,7 +34,7 @@ def method_config(name: str, **options) -> FusionConfig:
     """The resolved FusionConfig of method ``name``: its registered defaults, then ``options``."""
     if name not in METHODS:
         raise ConfigError("method", name, f"one of {sorted(METHODS)}")
-    return FusionConfig(**{**METHODS[name][1], **options})
+    return from_dict(FusionConfig, {**METHODS[name][1], **options}, prefix="fusion.")  # unknown keys refused by name
 
 
 def build(name: str, models, half_cube_mm: float, cfg: FusionConfig | None = None) -> FusionMethod:
