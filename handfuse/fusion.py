@@ -189,6 +189,8 @@ def standalone_rows(untrained: list[dict], attention: bool = False) -> dict[str,
     """The table's standalone rows from the untrained baseline's records (one per seed): the HPE's
     test error (its depth-centre error is the untrained chain's, the same HPE on the same frames)
     and the HAR's accuracy on ground-truth poses."""
+    if any(r["trained"] or r["method"] != "baseline" for r in untrained):
+        raise ValueError("standalone_rows needs the *untrained* baseline's records (its depth-centre error is the HPE's)")
     hpe = mean_ci95([r["pretrained"]["hpe_error_mm"] for r in untrained])
     har = mean_ci95([100 * r["pretrained"]["har_accuracy"] for r in untrained])
     return {"hpe": {"gt": {"error_mm": list(hpe)}, "depth": {"error_mm": aggregate(untrained)["depth"]["error_mm"]}},
