@@ -49,7 +49,8 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
         start = time.perf_counter()
         try:
             papermill.execute_notebook(str(nb), str(target), parameters=_known(nb, params), cwd=str(nb.parent),
-                                       progress_bar={"desc": f"  {nb.stem} cells", "leave": False})
+                                       progress_bar={"desc": f"  {nb.stem} cells", "leave": False},
+                                       store_widget_state=False)  # live widgets need a kernel; their state is MBs of plotly.js
         except papermill.PapermillExecutionError as e:
             raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue});"
                                  f" the executed copy with the traceback is {target}") from None

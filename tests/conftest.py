@@ -11,6 +11,31 @@ from handfuse.camera import FPHA_DEPTH
 from handfuse.fpha import SequenceRef, write_depth_png, write_skeleton_file, write_split_file, FPHA
 from handfuse.skeleton import ACTION_INDEX, NUM_JOINTS
 
+def random_fusion_models(seed: int, attention: bool, film: str = "both", preset: str = "smoke"):
+    """Random "pre-trained" models of a preset for the fusion methods: a plain HPE, a FiLM-conditioned
+    one whose FiLM layers get random weights (so that what feedback feeds really changes the pose;
+    zero-initialised FiLMs would make "the fed action matters" pass by accident), and a HAR."""
+    from dataclasses import replace
+
+    from handfuse.config import get_preset
+    from handfuse.fusion import Pretrained
+    from handfuse.models.film import FiLM
+    from handfuse.models.har import PoseLSTM
+    from handfuse.models.hpe import HPE
+
+    P = get_preset(preset)
+    torch.manual_seed(seed)
+    poses = torch.randn(64, 21, 3) * 0.3
+    hpe, hpe_film = HPE(P.hpe), HPE(replace(P.hpe, film=film))
+    for m in (hpe, hpe_film):
+        m.init_pca(poses)
+        m.eval()  # random running stats would otherwise be updated by the first forward
+    for m in hpe_film.modules():
+        if isinstance(m, FiLM):
+            torch.nn.init.normal_(m.linear.weight, std=2.0)
+    return Pretrained(hpe, hpe_film, PoseLSTM(replace(P.har, attention=attention)), {})
+
+
 # The test models are tiny: one thread is as fast as two, and it does not collapse (100x, measured)
 # when another process shares the two cores, as a background run on a developer machine does.
 torch.set_num_threads(1)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_fusion_models
 from handfuse.cache import get_cache
 from handfuse.config import get_preset
 from handfuse.datasets import SequenceDataset, collate_sequences
@@ -23,8 +24,6 @@ from handfuse.methods import METHODS, build, evaluate_sequences, method_config
 from handfuse.methods.baseline import SequentialBaseline
 from handfuse.methods.noise import perturb
 from handfuse.models.film import FiLM
-from handfuse.models.har import PoseLSTM
-from handfuse.models.hpe import HPE
 from handfuse.paths import ensure_synthetic
 from handfuse.tasks import HPETask
 from handfuse.train import FitResult
@@ -34,17 +33,7 @@ HALF = PRESET.preprocess.cube_mm / 2
 
 
 def _models(seed: int, attention: bool, film: str = "both") -> Pretrained:
-    torch.manual_seed(seed)
-    poses = torch.randn(64, 21, 3) * 0.3
-    hpe, hpe_film = HPE(PRESET.hpe), HPE(replace(PRESET.hpe, film=film))
-    for m in (hpe, hpe_film):
-        m.init_pca(poses)
-        m.eval()  # random running stats would otherwise be updated by the first forward
-    for m in hpe_film.modules():
-        if isinstance(m, FiLM):
-            torch.nn.init.normal_(m.linear.weight, std=2.0)
-    har = PoseLSTM(replace(PRESET.har, attention=attention))
-    return Pretrained(hpe, hpe_film, har, {})
+    return random_fusion_models(seed, attention, film)
 
 
 @pytest.fixture(scope="module")
