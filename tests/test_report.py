@@ -51,3 +51,18 @@ def test_summary_refuses_mixed_data_and_tags_every_row():
     assert summary["data"] == "synthetic" and all(r["data"] == "synthetic" for r in summary["rows"].values())
     assert summary["rows"]["baseline"]["original_fpha"] == {"error_mm": 10.87, "accuracy": 68.0}
     assert summary["software"]["torch"] != "absent"
+
+
+def test_figures_readme_names_every_figure_the_notebooks_save():
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "figures" / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z0-9_]+)` \|", readme, flags=re.M))
+    saved = set()
+    for nb in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"):
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        saved |= set(re.findall(r'savefig\(fig, "([a-z0-9_]+)"\)', code))
+    assert saved and saved <= listed, sorted(saved - listed)
