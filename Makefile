@@ -32,7 +32,7 @@ reproduce: $(STAMP)
 	$(BIN)/python -m handfuse reproduce --preset $(PRESET) --out $(OUT)
 
 test: $(STAMP)
-	HANDFUSE_PRESET=smoke HANDFUSE_FIGURES=$$(mktemp -d) HANDFUSE_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q tests --nbval-lax notebooks -p no:cacheprovider
+	HANDFUSE_PRESET=smoke HANDFUSE_FIGURES=$$(mktemp -d) HANDFUSE_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q tests --nbval-lax --nbval-cell-timeout=900 notebooks -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

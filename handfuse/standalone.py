@@ -52,7 +52,7 @@ def pretrain_hpe(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, 
     train_rows = task.data["train"].rows
     joints = torch.from_numpy(cache.joints[train_rows] - cache.centres[train_rows][:, None]) / task.half_cube
     model.init_pca(joints)  # the prior, from the training poses only; frozen while pre-training
-    if device == "cpu":
+    if device == "cpu" and model.channels_last_safe:
         model.to_channels_last()
     run = models_dir(preset, root) / f"hpe-{film}-seed{seed}"
     result = fit(model, task, cfg_train, run, _run_config(fpha, preset, hpe=cfg_model, augment=preset.augment),

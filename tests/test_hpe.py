@@ -299,3 +299,10 @@ def test_before_and_after_action_compose_to_the_forward(film):
     with torch.no_grad():
         split = model.after_action(model.before_action(depth), action)["joints"]
         torch.testing.assert_close(split, model(depth, action)["joints"])
+
+
+def test_tiny_models_stay_out_of_channels_last():
+    from handfuse.config import get_preset
+
+    assert not HPE(get_preset("smoke").hpe).channels_last_safe  # 2-8 channels: torch's CPU backward crashes
+    assert HPE(get_preset("cpu").hpe).channels_last_safe

@@ -218,6 +218,14 @@ class HPE(nn.Module):
         """Convert the conv weights to channels_last (faster on CPU); inputs follow automatically."""
         return self.to(memory_format=torch.channels_last)
 
+    @property
+    def channels_last_safe(self) -> bool:
+        """Whether every conv has at least 16 channels.  With fewer (the smoke preset's 2-8), torch
+        2.13's CPU channels_last convolution backward corrupts memory for odd batch sizes ("double
+        free or corruption", a segfault), so such tiny models stay in the default format."""
+        return all(min(m.in_channels, m.out_channels) >= 16 for m in self.modules()
+                   if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+
     def _action(self, action: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
         if action is None:
             return uniform_action(batch, like.device, like.dtype)
