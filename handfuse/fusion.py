@@ -30,14 +30,14 @@ from tqdm.auto import tqdm
 from .cache import CropCache, get_cache
 from .config import Preset
 from .datasets import SequenceDataset, collate_sequences
-from .distributed import epoch_batches
 from .fpha import FPHA
 from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .metrics import mean_ci95
 from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
+from .tasks import sequence_batches
 from .train import FitResult, fit
 
-CENTRES = ("gt", "depth")
+EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across them
 
 
 @dataclass
@@ -66,13 +66,10 @@ class FusionTask:
     data: dict[str, SequenceDataset]
     metric: str = "loss"
     higher_is_better: bool = False
-    eval_batch: int = 64  # sequences per evaluation batch: feedback's steps batch across them
+    eval_batch: int = EVAL_BATCH
 
     def batches(self, split, epoch, cfg):
-        ds = self.data[split]
-        chunks = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch, salt=2)
-        for idx in chunks[: cfg.max_batches or len(chunks)]:
-            yield collate_sequences([ds[i] for i in idx])
+        return sequence_batches(self.data[split], epoch, cfg, salt=2)
 
     def loss(self, model, batch):
         return model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
@@ -88,13 +85,17 @@ def run_name(name: str, cfg: FusionConfig, seed: int) -> str:
     return f"fuse-{name}-{digest}-seed{seed}"
 
 
+def _build(name: str, models: Pretrained, preset: Preset, cfg: FusionConfig, seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # what cfg.film_response draws depends on the seed only
+    return build(name, models, preset.preprocess.cube_mm / 2, cfg)
+
+
 def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: FusionConfig, seed: int,
              device: str = "cpu", cache: CropCache | None = None, root: str | Path | None = None,
              progress: bool = True) -> tuple[nn.Module, FitResult]:
     """Method ``name`` built from ``models`` and fine-tuned end to end (``preset.train_fuse``)."""
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    torch.manual_seed(seed)  # cfg.film_response draws
-    model = build(name, models, preset.preprocess.cube_mm / 2, cfg)
+    model = _build(name, models, preset, cfg, seed)
     data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, seed).items()}
     train_cfg = replace(preset.train_fuse, seed=seed, device=device)
     config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
@@ -114,7 +115,7 @@ def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progre
 
 def evaluate(model: nn.Module, tests: dict[str, SequenceDataset]) -> dict[str, dict]:
     """Test error (mm), accuracy and per-sequence details of ``model`` for each crop centre."""
-    return {centre: evaluate_sequences(model, data, batch_size=64) for centre, data in tests.items()}
+    return {centre: evaluate_sequences(model, data, batch_size=EVAL_BATCH) for centre, data in tests.items()}
 
 
 @contextmanager
@@ -143,8 +144,7 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     if trained:
         model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress)
     else:
-        torch.manual_seed(seed)  # cfg.film_response draws
-        model, fitted = build(name, models, preset.preprocess.cube_mm / 2, cfg).to(device), None
+        model, fitted = _build(name, models, preset, cfg, seed).to(device), None
     scores = evaluate(model, tests)
     standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
                   "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
@@ -200,7 +200,7 @@ def standalone_rows(untrained: list[dict], attention: bool = False) -> dict[str,
 # ----------------------------------------------------------------------------- the ensemble's two passes
 
 
-def _ensemble_outputs(model: nn.Module, data: SequenceDataset, batch_size: int = 64) -> dict[str, np.ndarray]:
+def _ensemble_outputs(model: nn.Module, data: SequenceDataset, batch_size: int = EVAL_BATCH) -> dict[str, np.ndarray]:
     """Both passes of a two-HPE ensemble on ``data``, evaluated once: the valid frames' joints of
     each pass (N, 21, 3) and the truth, each pass's sequence log-probabilities (n, 45), the labels."""
     device = next(model.parameters()).device

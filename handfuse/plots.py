@@ -82,16 +82,25 @@ def occlusion_heatmap(rates: np.ndarray, actions: list[str], title: str):
     return fig
 
 
-def trajectory_figure(series: dict[str, np.ndarray], ylabel: str, title: str):
-    """Curves over normalised time (0..1), one per label."""
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for label, y in series.items():
-        ax.plot(np.linspace(0, 1, len(y)), y, marker=".", label=label)
-    ax.set_xlabel("normalised time")
+def line_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str, title: str,
+                figsize: tuple[float, float], grid: bool = True, **style):
+    """One line per label from ``curves[label] = (x, y)``, labelled axes, a title and a legend."""
+    fig, ax = plt.subplots(figsize=figsize)
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label, **style)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if grid:
+        ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return fig
+
+
+def trajectory_figure(series: dict[str, np.ndarray], ylabel: str, title: str):
+    """Curves over normalised time (0..1), one per label."""
+    return line_figure({k: (np.linspace(0, 1, len(y)), y) for k, y in series.items()}, "normalised time", ylabel,
+                       title, (6, 3), grid=False, marker=".")
 
 
 def class_counts_figure(labels: list[int], title: str):
@@ -137,15 +146,8 @@ def per_joint_bars(errors: dict[str, list[float]], title: str):
 
 def success_curves(curves: dict[str, tuple[list[float], list[float]]], title: str):
     """Fraction of frames with every joint within d mm, against d (the standard hand pose curve)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, (d, frac) in curves.items():
-        ax.plot(d, np.asarray(frac) * 100, label=label)
-    ax.set_xlabel("max joint error threshold d (mm)")
-    ax.set_ylabel("frames within d (%)")
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    return fig
+    return line_figure({k: (d, np.asarray(frac) * 100) for k, (d, frac) in curves.items()},
+                       "max joint error threshold d (mm)", "frames within d (%)", title, (5, 3.5))
 
 
 def confusion_figure(confusion: np.ndarray, title: str):
@@ -182,15 +184,8 @@ def attention_heatmap(weights: list[np.ndarray], rows: list[str], title: str):
 
 def frame_error_figure(series: dict[str, np.ndarray], title: str):
     """Mean 3D joint error (mm) of every frame of one sequence, one line per model."""
-    fig, ax = plt.subplots(figsize=(6.5, 3))
-    for label, err in series.items():
-        ax.plot(np.arange(len(err)), err, marker=".", label=label)
-    ax.set_xlabel("frame")
-    ax.set_ylabel("mean joint error (mm)")
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    return fig
+    return line_figure({k: (np.arange(len(e)), e) for k, e in series.items()}, "frame", "mean joint error (mm)", title,
+                       (6.5, 3), marker=".")
 
 
 def sweep_figure(x: list[float], curves: dict[str, dict[str, list]], xlabel: str, title: str,

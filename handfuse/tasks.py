@@ -38,6 +38,14 @@ def split_train_val(refs: list[SequenceRef], fraction: float, seed: int) -> tupl
     return sorted(train), sorted(val)
 
 
+def sequence_batches(ds, epoch: int, cfg, salt: int):
+    """One epoch of collated, padded batches of a sequence dataset: this process's shuffled shard
+    (``handfuse.distributed.epoch_batches``; ``salt`` separates tasks), at most ``cfg.max_batches``."""
+    chunks = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch, salt=salt)
+    for idx in chunks[: cfg.max_batches or len(chunks)]:
+        yield collate_sequences([ds[i] for i in idx])
+
+
 @dataclass
 class HPETask:
     """Frame-wise pose estimation from the crop cache.  ``augment`` (an ``AugmentConfig`` or None)
@@ -100,10 +108,7 @@ class HARTask:
     higher_is_better: bool = True
 
     def batches(self, split, epoch, cfg):
-        ds = self.data[split]
-        chunks = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch, salt=1)
-        for idx in chunks[: cfg.max_batches or len(chunks)]:
-            yield collate_sequences([ds[i] for i in idx])
+        return sequence_batches(self.data[split], epoch, cfg, salt=1)
 
     def loss(self, model, batch):
         return model.loss(model(batch["joints"], batch["mask"]), batch["label"], batch["mask"])

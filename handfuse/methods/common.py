@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..datasets import SequenceDataset, collate_sequences
+from ..models.film import uniform_action
 from ..errors import check
 from ..metrics import accuracy
+from .noise import perturb
 
 FEEDS = ("prediction", "w_eq", "mix")  # what a feedback HPE is fed at evaluation (see FusionConfig)
 NOISES = ("none", "smooth", "dirichlet", "temperature")
@@ -138,6 +140,19 @@ class FusionMethod(nn.Module):
     def to_mm(self, joints: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """Normalised joints (..., 21, 3) around crop centres (..., 3) -> mm."""
         return joints.to(centre.dtype) * self.half_cube + centre[..., None, :]
+
+    def fed_action(self, logits: torch.Tensor) -> torch.Tensor:
+        """The action distribution (B, 45) a conditioned HPE is fed, from the HAR's logits (B, 45):
+        the prediction (detached unless ``feedback_grad``), with the training ``noise`` while
+        training, or mixed with w_eq at evaluation when ``eval_feed="mix"``."""
+        p = torch.softmax(logits.float(), dim=-1)
+        if not self.cfg.feedback_grad:
+            p = p.detach()
+        if self.training:
+            return perturb(p, self.cfg.noise, self.cfg.noise_level)
+        if self.cfg.eval_feed == "mix":
+            return self.cfg.eval_mix * uniform_action(len(p), p.device, p.dtype) + (1 - self.cfg.eval_mix) * p
+        return p
 
     def loss(self, out: dict, batch: dict) -> torch.Tensor:
         """The joint loss of the module docstring, from ``out`` and a collated batch."""

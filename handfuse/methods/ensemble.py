@@ -36,7 +36,6 @@ from ..datasets import pose_features
 from ..errors import ConfigError
 from ..models.film import uniform_action
 from .common import FusionConfig, FusionMethod, conditioned_copy, scatter_frames, w_eq_mask
-from .noise import perturb
 
 
 class TwoHPEEnsemble(FusionMethod):
@@ -58,20 +57,14 @@ class TwoHPEEnsemble(FusionMethod):
     def _pass(self, hpe: nn.Module, depth, centre, mask, action=None) -> tuple[torch.Tensor, dict]:
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in hpe.parameters())
         with torch.set_grad_enabled(needs_grad):
-            pose = hpe(depth[mask], action)["joints"] if action is not None else hpe(depth[mask])["joints"]
+            pose = hpe(depth[mask], action)["joints"]  # an unconditioned HPE ignores action=None
         joints = scatter_frames(self.to_mm(pose, centre[mask]), mask)  # (B, T, 21, 3)
         return joints, self.har(pose_features(joints), mask)
 
     def _fed_actions(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The actions (N, 45) fed to pass 2's valid frames, from pass 1's sequence logits (B, 45)."""
         B, T = mask.shape
-        p = torch.softmax(logits.float(), dim=-1)  # (B, 45)
-        if not self.cfg.feedback_grad:
-            p = p.detach()
-        if self.training:
-            p = perturb(p, self.cfg.noise, self.cfg.noise_level)
-        elif self.cfg.eval_feed == "mix":
-            p = self.cfg.eval_mix * uniform_action(B, p.device, p.dtype) + (1 - self.cfg.eval_mix) * p
+        p = self.fed_action(logits)  # (B, 45)
         per_frame = p[:, None].expand(B, T, p.shape[-1])  # (B, T, 45)
         # the coin (training) or eval_feed="w_eq"; frame 0 is not special here: z' is already known
         fed_w_eq = w_eq_mask(mask, self.cfg, self.training, first_frame=False)  # (B, T)

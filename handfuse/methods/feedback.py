@@ -35,7 +35,6 @@ from ..datasets import pose_features
 from ..errors import ConfigError
 from ..models.film import uniform_action
 from .common import FusionConfig, FusionMethod, conditioned_copy, frame_index, scatter_frames, w_eq_mask
-from .noise import perturb
 
 
 class ActionFeedback(FusionMethod):
@@ -57,17 +56,6 @@ class ActionFeedback(FusionMethod):
         runs once, for every valid frame, in one batch."""
         shared, index = self.hpe.before_action(depth[mask]), frame_index(mask)  # (N, ...), (B, T)
         return lambda frames, action: self.hpe.after_action(shared[index[frames]], action)["joints"]
-
-    def _fed_action(self, step_logits: torch.Tensor) -> torch.Tensor:
-        """The distribution (B, 45) fed to the next frame, from this frame's step logits (B, 45)."""
-        p = torch.softmax(step_logits.float(), dim=-1)
-        if not self.cfg.feedback_grad:
-            p = p.detach()
-        if self.training:
-            return perturb(p, self.cfg.noise, self.cfg.noise_level)
-        if self.cfg.eval_feed == "mix":
-            return self.cfg.eval_mix * uniform_action(len(p), p.device, p.dtype) + (1 - self.cfg.eval_mix) * p
-        return p
 
     def forward(self, depth: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor) -> dict:
         """``depth`` (B, T, 1, S, S), ``centre`` (B, T, 3) mm, ``mask`` (B, T) -> ``joints_mm``
@@ -97,7 +85,7 @@ class ActionFeedback(FusionMethod):
             logits_t, state = self.har.step(x_t, state)  # (B, 45)
             step_logits.append(logits_t)
             hidden.append(state[0][-1])  # (B, H)
-            action = self._fed_action(logits_t)
+            action = self.fed_action(logits_t)
         valid = mask[..., None]
         joints = torch.where(mask[..., None, None], torch.stack(joints, 1), 0.0)  # (B, T, 21, 3)
         step_logits = torch.where(valid, torch.stack(step_logits, 1), 0.0)  # (B, T, 45)
