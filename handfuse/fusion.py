@@ -16,7 +16,6 @@ the records of several seeds into means and 95 % intervals.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -35,14 +34,16 @@ from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .metrics import mean_ci95
 from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
 from .tasks import sequence_batches
-from .train import FitResult, fit
+from .train import FitResult, TrainConfig, fit, run_digest
 
 EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across them
 
 
 @dataclass
 class Pretrained:
-    """The starting points of one seed: plain HPE, FiLM-conditioned HPE, HAR, and their fit results."""
+    """The starting points of one seed: the HPE for unconditioned use (``hpe``: the baseline, the
+    ensemble's first pass), the FiLM-conditioned one (``hpe_film``: feedback, the ensemble's second
+    pass), the HAR, and their fit results (``results``: ``hpe``, ``hpe_film``, ``har``)."""
 
     hpe: nn.Module
     hpe_film: nn.Module
@@ -52,10 +53,17 @@ class Pretrained:
 
 def pretrained(fpha: FPHA, preset: Preset, seed: int, attention: bool = False, film: str = "both",
                device: str = "cpu", cache: CropCache | None = None, progress: bool = True) -> Pretrained:
-    hpe, r_hpe = pretrain_hpe(fpha, preset, "none", seed, device, cache, progress=progress)
+    """The pre-trained models every method of one seed starts from.
+
+    One HPE is pre-trained per seed: the FiLM-conditioned one (placement ``film``), fed w_eq.  Fed
+    w_eq, each FiLM is a constant per-channel affine, so this *is* a plain DeepPrior++ HPE; it serves
+    as both ``hpe`` and ``hpe_film``.  Every method thus starts from the same weights, and what
+    differs between them is only what they add (the fed action, the second pass), not a second
+    pre-training run's luck; it also halves the pre-training time.  ``01_standalone`` pre-trains a
+    plain HPE beside it and shows that the two reach the same error."""
     hpe_film, r_film = pretrain_hpe(fpha, preset, film, seed, device, cache, progress=progress)
     har, r_har = pretrain_har(fpha, preset, attention, seed, device, progress=progress)
-    return Pretrained(hpe, hpe_film, har, {"hpe": r_hpe, "hpe_film": r_film, "har": r_har})
+    return Pretrained(hpe_film, hpe_film, har, {"hpe": r_film, "hpe_film": r_film, "har": r_har})
 
 
 @dataclass
@@ -79,10 +87,10 @@ class FusionTask:
         return {k: r[k] for k in ("loss", "error_mm", "accuracy")}
 
 
-def run_name(name: str, cfg: FusionConfig, seed: int) -> str:
-    """``fuse-<method>-<8 hex of the resolved config>-seed<seed>``: one folder per configuration."""
-    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
-    return f"fuse-{name}-{digest}-seed{seed}"
+def run_name(name: str, config: dict, train: TrainConfig, seed: int) -> str:
+    """``fuse-<method>-<8 hex>-seed<seed>``: one folder per resolved configuration (method options,
+    training settings and pre-trained models; see :func:`handfuse.train.run_digest`)."""
+    return f"fuse-{name}-{run_digest({**config, 'train': asdict(train)})}-seed{seed}"
 
 
 def _build(name: str, models: Pretrained, preset: Preset, cfg: FusionConfig, seed: int) -> nn.Module:
@@ -100,8 +108,8 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     train_cfg = replace(preset.train_fuse, seed=seed, device=device)
     config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
               "pretrained": {k: r.config for k, r in models.results.items()}}
-    result = fit(model, FusionTask(data), train_cfg, models_dir(preset, root) / run_name(name, cfg, seed), config,
-                 progress=progress)
+    run = models_dir(preset, root) / run_name(name, config, train_cfg, seed)
+    result = fit(model, FusionTask(data), train_cfg, run, config, progress=progress)
     return model, result
 
 
@@ -138,8 +146,8 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
         device: str = "cpu", cache: CropCache | None = None, progress: bool = True, **options) -> dict:
     """One method, one seed: pre-trained models, fine-tuned (``trained``) or chained as they are,
     scored on ``tests``.  ``options`` are FusionConfig fields.  Returns a JSON-ready record
-    (``model`` holds the method itself, to drop before writing)."""
-    cfg = method_config(name, **options)
+    (``model`` holds the method itself, to drop before writing).  ``film`` defaults to the preset's."""
+    cfg = method_config(name, **{"film": preset.film, **options})
     models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress)
     if trained:
         model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress)

@@ -11,7 +11,7 @@ import math
 
 # key -> (label, original pose error mm or None, original accuracy % or None)
 ROWS: dict[str, tuple[str, float | None, float | None]] = {
-    "hpe": ("HPE standalone", 14.49, None),
+    "hpe": ("HPE standalone (pre-trained with FiLM fed w_eq)", 14.49, None),
     "har_gt": ("HAR standalone on ground-truth pose", None, 72.3),
     "har_gt_att": ("HAR + attention on ground-truth pose", None, None),
     "baseline_untrained": ("Baseline, untrained", 14.49, 59.0),

@@ -21,7 +21,7 @@ from .models.har import PoseLSTM
 from .models.hpe import HPE
 from .paths import runs_dir
 from .tasks import HARTask, HPETask, split_train_val
-from .train import FitResult, fit
+from .train import FitResult, fit, run_digest
 
 
 def models_dir(preset: Preset, root: str | Path | None = None) -> Path:
@@ -54,9 +54,9 @@ def pretrain_hpe(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, 
     model.init_pca(joints)  # the prior, from the training poses only; frozen while pre-training
     if device == "cpu" and model.channels_last_safe:
         model.to_channels_last()
-    run = models_dir(preset, root) / f"hpe-{film}-seed{seed}"
-    result = fit(model, task, cfg_train, run, _run_config(fpha, preset, hpe=cfg_model, augment=preset.augment),
-                 progress=progress)
+    config = _run_config(fpha, preset, hpe=cfg_model, augment=preset.augment)
+    run = models_dir(preset, root) / f"hpe-{film}-{run_digest({**config, 'train': asdict(cfg_train)})}-seed{seed}"
+    result = fit(model, task, cfg_train, run, config, progress=progress)
     return model, result
 
 
@@ -68,6 +68,7 @@ def pretrain_har(fpha: FPHA, preset: Preset, attention: bool = False, seed: int 
     data = {name: PoseSequenceDataset(fpha, refs) for name, refs in splits(fpha, preset, seed).items()}
     torch.manual_seed(seed)
     model = PoseLSTM(cfg_model)
-    run = models_dir(preset, root) / f"har-{'att' if attention else 'last'}-seed{seed}"
-    result = fit(model, HARTask(data), cfg_train, run, _run_config(fpha, preset, har=cfg_model), progress=progress)
+    config = _run_config(fpha, preset, har=cfg_model)
+    run = models_dir(preset, root) / f"har-{'att' if attention else 'last'}-{run_digest({**config, 'train': asdict(cfg_train)})}-seed{seed}"
+    result = fit(model, HARTask(data), cfg_train, run, config, progress=progress)
     return model, result

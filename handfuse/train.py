@@ -19,6 +19,7 @@ and evaluate; the loop does the rest:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from .errors import check as _check
 CHECKPOINT = "last.pt"
 BEST = "best.pt"
 RESULT = "result.json"
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only (never on CPU: see docs/perf.md)
     max_batches: int | None = None  # cap per epoch (tests, smoke runs)
     compile: bool = False  # torch.compile the training forward (costs minutes cold; evaluation stays eager)
+    schedule: str = "constant"  # learning rate per epoch: "constant", or "cosine" (lr down to 0 over `epochs`)
 
     def __post_init__(self):
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -66,6 +69,13 @@ class TrainConfig:
         _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "train.device", self.device,
                "'cpu', 'cuda' or 'cuda:N'")
         _check(self.max_batches is None or self.max_batches >= 1, "train.max_batches", self.max_batches, "None or >= 1")
+        _check(self.schedule in SCHEDULES, "train.schedule", self.schedule, f"one of {SCHEDULES}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of one epoch: a pure function of the epoch, so a resumed run needs no state."""
+        if self.schedule == "cosine":  # half a cosine, from lr at epoch 0 towards 0 after the last epoch
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return self.lr
 
 
 class Task(Protocol):
@@ -87,6 +97,7 @@ class FitResult:
     test: dict = field(default_factory=dict)  # test metrics of the selected weights, computed once
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
+    run_dir: str = ""  # the run's folder (its checkpoints and result.json), if it has one
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,13 +156,13 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     main = rank == 0
-    config = {**(config or {}), "train": asdict(cfg), **({"processes": world} if world > 1 else {})}
     run_dir = Path(run_dir) if run_dir is not None else None
+    config = {**(config or {}), "train": asdict(cfg), **({"processes": world} if world > 1 else {})}
     if run_dir is not None and (run_dir / RESULT).is_file() and (run_dir / BEST).is_file():
         done = json.loads((run_dir / RESULT).read_text())
         if done.get("config") == _jsonable(config):
             model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
-            return FitResult(**done)
+            return FitResult(**{**done, "run_dir": str(run_dir)})
     model.to(device)
     step = _Loss(model, task)  # forward(batch) = task.loss(model, batch): what DDP and compile wrap
     if world > 1:
@@ -159,7 +170,8 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
     if cfg.compile:
         step = torch.compile(step)  # costs minutes cold; evaluation stays eager
     opt = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    result, start_epoch, best_state, stale = FitResult(config=_jsonable(config)), 0, None, 0
+    result = FitResult(config=_jsonable(config), run_dir=str(run_dir or ""))
+    start_epoch, best_state, stale = 0, None, 0
     best = -math.inf
     if run_dir is not None and (run_dir / CHECKPOINT).is_file():
         ck = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
@@ -177,6 +189,8 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         if stale >= cfg.patience:
             break
         seed_everything(cfg.seed, epoch)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
         model.train()
         losses, e0 = [], time.perf_counter()
         for batch in task.batches("train", epoch, cfg):
@@ -199,7 +213,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
             t = torch.tensor([train_loss], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(t)
             train_loss = float(t) / world
-        result.history.append({"epoch": epoch, "train_loss": train_loss,
+        result.history.append({"epoch": epoch, "train_loss": train_loss, "lr": cfg.lr_at(epoch),
                                **{f"val_{k}": v for k, v in val.items() if np.isscalar(v)},
                                "seconds": time.perf_counter() - e0})
         bar.set_postfix(train_loss=f"{result.history[-1]['train_loss']:.4f}", **{task.metric: f"{val[task.metric]:.3f}"})
@@ -235,6 +249,16 @@ class _Loss(torch.nn.Module):
 
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def run_digest(config: dict) -> str:
+    """8 hex digits naming a run's resolved configuration with every ``seed`` left out (the seed is
+    named on its own), so that a changed preset or option gets a fresh run folder, never a clash."""
+    def strip(o):
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k != "seed"}
+        return [strip(v) for v in o] if isinstance(o, list) else o
+    return hashlib.sha256(json.dumps(strip(_jsonable(config)), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _jsonable(obj):

@@ -7,7 +7,7 @@ from torch import nn
 
 from handfuse.errors import ConfigError
 from handfuse.models.film import FiLM, uniform_action
-from handfuse.models.hpe import FILM_PLACEMENTS, HPE, HPEConfig, count_flops
+from handfuse.models.hpe import FILM_PLACEMENTS, HPE, HPEConfig, count_flops, frozen_for_inference
 from handfuse.skeleton import NUM_ACTIONS
 
 TINY = dict(stem_channels=8, widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), fc=64)
@@ -306,3 +306,17 @@ def test_tiny_models_stay_out_of_channels_last():
 
     assert not HPE(get_preset("smoke").hpe).channels_last_safe  # 2-8 channels: torch's CPU backward crashes
     assert HPE(get_preset("cpu").hpe).channels_last_safe
+
+
+def test_frozen_inference_matches_eager_and_is_a_snapshot():
+    model = tiny(32).eval()
+    x = crops(4, 32)
+    with torch.inference_mode():
+        reference = model(x)["joints"]
+        fast = frozen_for_inference(model)
+        assert torch.allclose(fast(x), reference, atol=1e-5)
+        model.blocks[0].bn2.running_mean.add_(50.0)  # freezing folded this batch norm into conv1's weights
+        assert torch.allclose(fast(x), reference, atol=1e-5)
+        assert (model(x)["joints"] - reference).abs().max() > 1e-4  # while the eager model sees the change
+    with pytest.raises(ValueError, match="eval mode"):
+        frozen_for_inference(model.train())

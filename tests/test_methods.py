@@ -7,7 +7,8 @@ the prediction" could not pass by accident with identity FiLMs.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,10 +225,15 @@ def test_finetuning_runs_through_fit_and_is_deterministic(data, tmp_path):
         model, result = finetune("feedback", models, fpha, PRESET, cfg, 0, cache=cache, root=tmp_path / folder,
                                  progress=False)
         results.append(result)
-        assert (tmp_path / folder / run_name("feedback", cfg, 0) / "best.pt").is_file()
+        assert (Path(result.run_dir) / "best.pt").is_file() and Path(result.run_dir).is_relative_to(tmp_path / folder)
     assert results[0].test == results[1].test and np.isfinite(results[0].test["loss"])
     assert [h["train_loss"] for h in results[0].history] == [h["train_loss"] for h in results[1].history]
-    assert run_name("feedback", cfg, 0) != run_name("feedback", replace(cfg, p_eq=0.6), 0)
+    assert Path(results[0].run_dir).name == Path(results[1].run_dir).name  # the name is the configuration's
+    train = PRESET.train_fuse
+    config = {"method": "feedback", "fusion": asdict(cfg)}
+    names = {run_name("feedback", config, train, 0), run_name("feedback", {**config, "fusion": asdict(replace(cfg, p_eq=0.6))}, train, 0),
+             run_name("feedback", config, replace(train, lr=2 * train.lr), 0), run_name("feedback", config, train, 1)}
+    assert len(names) == 4  # options, training settings and seed each name their own folder
 
 
 def test_fusion_task_batches_cover_the_split(data):

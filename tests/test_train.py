@@ -84,15 +84,30 @@ def test_learns_and_evaluates_test_once():
     assert r.test["mse"] < 0.2 * task.y["test"].var().item()  # far better than predicting the mean
 
 
-def test_resume_after_a_kill_mid_epoch_lands_on_the_same_result(tmp_path):
-    _, straight = _run(tmp_path / "a")
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_a_kill_mid_epoch_lands_on_the_same_result(tmp_path, schedule):
+    cfg = TrainConfig(**{**CFG.__dict__, "schedule": schedule})
+    _, straight = _run(tmp_path / "a", cfg=cfg)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "b", task=ToyTask(crash_at=(3, 2)))
+        _run(tmp_path / "b", cfg=cfg, task=ToyTask(crash_at=(3, 2)))
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["epoch"] == 2  # the last complete epoch
     assert not (tmp_path / "b" / BEST).exists()  # nothing looks finished
-    model, resumed = _run(tmp_path / "b")
+    model, resumed = _run(tmp_path / "b", cfg=cfg)
     assert resumed.test == straight.test
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+
+
+def test_cosine_schedule_decays_each_epoch_and_changes_training():
+    cfg = TrainConfig(**{**CFG.__dict__, "schedule": "cosine"})
+    _, cosine = _run(cfg=cfg)
+    _, constant = _run()
+    lrs = [h["lr"] for h in cosine.history]
+    assert lrs[0] == CFG.lr and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))  # strictly down, never 0 while training
+    assert abs(lrs[len(lrs) // 2] - CFG.lr / 2) < 1e-12  # half-way through, half the rate
+    assert {h["lr"] for h in constant.history} == {CFG.lr}
+    assert cosine.history[1]["train_loss"] != constant.history[1]["train_loss"]  # the rate reached the optimiser
+    with pytest.raises(ConfigError, match="train.schedule"):
+        TrainConfig(schedule="step")
 
 
 def test_a_finished_run_is_loaded_not_retrained(tmp_path):
