@@ -1,4 +1,4 @@
-"""Command line: ``python -m handfuse {synth,reproduce,train} ...``
+"""Command line: ``python -m handfuse {synth,reproduce,train,check} ...``
 
 ``train`` also runs data-parallel: ``torchrun --nproc_per_node N -m handfuse train ...``."""
 from __future__ import annotations
@@ -9,13 +9,17 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, from_dict, get_preset
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, check
 from .train import TrainConfig
 
 
 def _synth(args) -> None:
+    from .reproduce import check_seed
     from .synth import generate
 
+    if args.seed is not None:
+        check_seed(args.seed)
+    check(args.workers is None or args.workers >= 1, "--workers", args.workers, "an integer >= 1 (processes)")
     cfg = get_preset(args.preset).synth
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
@@ -50,6 +54,52 @@ def _pairs(items: list[str] | None, flag: str, what: str) -> dict:
     return out
 
 
+def _check_types(cls: type, values: dict, prefix: str) -> None:
+    """Refuse a KEY=VALUE whose type is not its field's (``batch_size=abc`` would otherwise fail
+    deep inside training); unknown keys are left to ``from_dict``, which names them."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in hints:
+            continue
+        allowed = typing.get_args(hints[key]) or (hints[key],)
+        allowed += (int,) if float in allowed else ()  # 1 is a fine learning rate
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+        check(isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool)), prefix + key, value,
+              f"a value of type {names}")
+
+
+def _train_config(args):
+    """The preset and the fusion method's config of ``train``'s options, every option checked
+    before any work starts (data generation, crop caching, training)."""
+    from .methods import method_config
+    from .methods.common import FusionConfig
+    from .models.hpe import FILM_PLACEMENTS
+    from .reproduce import check_data_root, check_device, check_seed
+
+    preset = get_preset(args.preset)
+    options = _pairs(args.set, "--set", "FusionConfig fields, e.g. --set p_eq=0.9")
+    train = _pairs(args.train, "--train", "TrainConfig fields, e.g. --train epochs=3")
+    if args.what != "fusion" and options:
+        raise ConfigError("--set", args.set, "only with 'train fusion' (FusionConfig fields)")
+    _check_types(FusionConfig, options, "fusion.")
+    _check_types(TrainConfig, train, "train.")
+    if train:  # the preset's training settings of this model, overridden
+        field = {"hpe": "train_hpe", "har": "train_har", "fusion": "train_fuse"}[args.what]
+        preset = dataclasses.replace(preset, **{field: from_dict(TrainConfig, {**dataclasses.asdict(getattr(preset, field)), **train}, prefix="train.")})
+    # the method's config is used by fusion only, but --method is checked for all
+    cfg = method_config(args.method, attention=args.attention, **{"film": preset.film, **options})
+    check(args.film in FILM_PLACEMENTS, "--film", args.film, f"one of {FILM_PLACEMENTS}")
+    check_seed(args.seed)
+    check_device(args.device)  # refuses cuda without CUDA
+    if args.runs is not None:
+        check(not Path(args.runs).exists() or Path(args.runs).is_dir(), "--runs", args.runs, "a folder (or a path to create)")
+    if args.data_root is not None:
+        check_data_root(args.data_root)
+    return preset, cfg
+
+
 def _train(args) -> None:
     import json
 
@@ -58,25 +108,11 @@ def _train(args) -> None:
     from .fpha import FPHA
     from .paths import ensure_synthetic
 
-    preset = get_preset(args.preset)
-    options = _pairs(args.set, "--set", "FusionConfig fields, e.g. --set p_eq=0.9")
-    train = _pairs(args.train, "--train", "TrainConfig fields, e.g. --train epochs=3")
-    if train:  # the preset's training settings of this model, overridden
-        field = {"hpe": "train_hpe", "har": "train_har", "fusion": "train_fuse"}[args.what]
-        preset = dataclasses.replace(preset, **{field: from_dict(TrainConfig, {**dataclasses.asdict(getattr(preset, field)), **train})})
-    if args.what != "fusion" and options:
-        raise ConfigError("--set", args.set, "only with 'train fusion' (FusionConfig fields)")
-    if args.what == "fusion":  # every option is checked before any work starts
-        from .methods import method_config
-
-        cfg = method_config(args.method, attention=args.attention, **options)
+    preset, cfg = _train_config(args)  # every option is checked before any work starts
     if args.runs:
         import os
 
         os.environ["HANDFUSE_RUNS"] = str(Path(args.runs).resolve())
-    from .train import resolve_device
-
-    resolve_device(args.device)  # refuse cuda without CUDA before any work
     rank, world = distributed.setup(args.device)
     if rank == 0:  # data and crop cache are built once, by rank 0, before the others read them
         root = Path(args.data_root) if args.data_root else ensure_synthetic(args.preset)
@@ -107,6 +143,20 @@ def _train(args) -> None:
                           "train_seconds": result.seconds, "test": scores}))
 
 
+def _check(args) -> int:
+    """Report every problem of a data root, one per line; 1 if there are any."""
+    from .fpha import check_root
+
+    problems, sequences, frames = check_root(args.data_root, decode=args.decode)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"error: {len(problems)} problem(s) in {args.data_root}", file=sys.stderr)
+        return 1
+    print(f"ok: {sequences} sequences, {frames} frames")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m handfuse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,22 +183,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--film", default="none", help="hpe: FiLM placement (none, blocks, fc, both)")
     p.add_argument("--attention", action="store_true", help="har / fusion: temporal attention")
     p.add_argument("--method", default="baseline", help="fusion: a registered method name")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="fusion: FusionConfig fields, e.g. p_eq=0.9 eta=0.5")
-    p.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides, e.g. epochs=3 batch_size=8")
+    p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="fusion: FusionConfig fields, e.g. p_eq=0.9 eta=0.5")
+    p.add_argument("--train", nargs="*", action="extend", metavar="KEY=VALUE", help="TrainConfig overrides, e.g. epochs=3 batch_size=8")
     p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
     p.set_defaults(func=_train)
+    p = sub.add_parser("check", help="validate a data root, reporting every problem in one pass")
+    p.add_argument("data_root", metavar="DATA_ROOT", help="an FPHA-shaped folder")
+    p.add_argument("--decode", action="store_true", help="fully decode every PNG (default: check headers only)")
+    p.set_defaults(func=_check)
     args = parser.parse_args(argv)
     if getattr(args, "out", "") is None:
         args.out = f"runs/{args.preset}"
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # a failing notebook: already names the notebook and the cell
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

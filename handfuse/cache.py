@@ -64,12 +64,32 @@ def fingerprint(fpha: FPHA, sequences: list[SequenceRef]) -> str:
     h.update(hashlib.sha256((fpha.root / SPLIT_FILE).read_bytes()).digest())
     for ref in sequences:
         h.update(f"{ref.key} {ref.label}\n".encode())
-        st = fpha.skeleton_path(ref).stat()
+        st = _stat(fpha.skeleton_path(ref), "skeleton file")
         h.update(f"skeleton {st.st_size} {st.st_mtime_ns}\n".encode())
-        with os.scandir(fpha.depth_dir(ref)) as entries:
-            for name, st in sorted((e.name, e.stat()) for e in entries):
-                h.update(f"{name} {st.st_size} {st.st_mtime_ns}\n".encode())
+        for name, st in _folder_stats(fpha.depth_dir(ref)):
+            h.update(f"{name} {st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def _stat(path: Path, what: str) -> os.stat_result:
+    """``path.stat()``; a missing file, a dangling link or an unreadable one is a DataError naming it."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        hint = " (a dangling link)" if path.is_symlink() else ""
+        raise DataError(path, f"{what} not found{hint}") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read {what} ({e.strerror or e})") from None
+
+
+def _folder_stats(folder: Path) -> list[tuple[str, os.stat_result]]:
+    """(name, stat) of every entry of a depth folder, by name; an unlistable folder is a DataError naming it."""
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries)
+    except OSError as e:
+        raise DataError(folder, f"cannot list depth folder ({e.strerror or e})") from None
+    return [(name, _stat(folder / name, "depth folder entry")) for name in names]
 
 
 def cache_key_inputs(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef]) -> dict:

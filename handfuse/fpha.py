@@ -27,7 +27,7 @@ import numpy as np
 
 from .camera import FPHA_DEPTH
 from .errors import DataError
-from .skeleton import ACTION_INDEX, ACTIONS, NUM_ACTIONS, NUM_JOINTS
+from .skeleton import ACTION_INDEX, NUM_ACTIONS, NUM_JOINTS
 
 SPLIT_FILE = "data_split_action_recognition.txt"
 VIDEO_DIR = "Video_files"
@@ -161,8 +161,12 @@ def read_split_file(path: str | Path) -> dict[str, list[tuple[SequenceRef, int]]
     are ignored; any other line out of place is an error."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "split file not found: is this an FPHA-shaped data root?")
-    text = path.read_text(encoding="ascii", errors="replace")
+        what = "is not a file" if path.exists() else "not found"
+        raise DataError(path, f"split file {what}: is this an FPHA-shaped data root?")
+    try:
+        text = path.read_bytes().decode("ascii", errors="replace")
+    except OSError as e:
+        raise DataError(path, f"cannot read split file ({e.strerror or e})") from None
     rows = [(no, line) for no, line in enumerate(_lines(text), 1) if line.strip()]
     sides: dict[str, list[tuple[SequenceRef, int]]] = {"train": [], "test": []}
     seen: dict[str, int] = {}
@@ -262,26 +266,40 @@ class FPHA:
 
     ``FPHA(root)`` parses and checks the split file at once and that each listed
     sequence exists; skeletons and frames are checked when read (``check()`` reads
-    them all).  ``train``/``test`` are the 1:1 action split; ``pose_split()`` the
-    cross-subject protocol.
+    them all; :func:`check_root` reports every problem of a root in one pass).
+    ``train``/``test`` are the 1:1 action split; ``pose_split()`` the cross-subject
+    protocol.
     """
 
-    def __init__(self, root: str | Path, intrinsics=FPHA_DEPTH):
+    def __init__(self, root: str | Path, intrinsics=FPHA_DEPTH, *, keep_going: bool = False):
+        """Open ``root``.  With ``keep_going`` (for :func:`check_root`), split entries naming missing
+        sequences are left out and kept in ``self.missing`` instead of raising; :meth:`check` reports them."""
         self.root = Path(root)
         self.intrinsics = intrinsics
         if not self.root.is_dir():
             raise DataError(self.root, "data root not found (expected an FPHA-shaped folder)")
         split_path = self.root / SPLIT_FILE
         sides = read_split_file(split_path)
-        for entries in sides.values():
-            for ref, line_no in entries:
-                if ref.key in IGNORED:
+        missing = {ref.key: e for entries in sides.values() for ref, line_no in entries
+                   if ref.key not in IGNORED and (e := self._missing_error(ref, split_path, line_no))}
+        if missing and not keep_going:
+            raise next(iter(missing.values()))
+        self.missing: list[DataError] = list(missing.values())
+        skip = IGNORED | set(missing)
+        self.train: list[SequenceRef] = [r for r, _ in sides["train"] if r.key not in skip]
+        self.test: list[SequenceRef] = [r for r, _ in sides["test"] if r.key not in skip]
+
+    def _missing_error(self, ref: SequenceRef, split_path: Path, line_no: int) -> DataError | None:
+        """The error for a split entry whose depth or pose folder is absent or inaccessible; None if both are there."""
+        for folder in (self.depth_dir(ref), self.skeleton_path(ref).parent):
+            try:
+                if folder.is_dir():
                     continue
-                for folder in (self.depth_dir(ref), self.skeleton_path(ref).parent):
-                    if not folder.is_dir():
-                        raise DataError(split_path, f"entry {ref.key!r} names a missing sequence ({folder} not found)", line_no)
-        self.train: list[SequenceRef] = [r for r, _ in sides["train"] if r.key not in IGNORED]
-        self.test: list[SequenceRef] = [r for r, _ in sides["test"] if r.key not in IGNORED]
+                why = "not found"
+            except OSError as e:  # pathlib raises on EACCES (an unsearchable parent folder)
+                why = f"cannot be accessed: {e.strerror or e}"
+            return DataError(split_path, f"entry {ref.key!r} names a missing sequence ({folder} {why})", line_no)
+        return None
 
     # paths
     def depth_dir(self, ref: SequenceRef) -> Path:
@@ -342,8 +360,8 @@ class FPHA:
         """Every problem in the root, in one pass (empty list = healthy).  Each sequence's folder
         names, skeleton, frame count and every depth PNG present are checked separately, so one
         problem does not hide another.  With ``decode`` every PNG is fully decoded; otherwise
-        only its header and end are read."""
-        problems: list[DataError] = []
+        only its header and end are read.  Split entries naming missing sequences come first."""
+        problems: list[DataError] = list(self.missing)  # non-empty only when opened with keep_going
         for ref in self.sequences:
             try:
                 frames, misnamed = _scan_depth_dir(self.depth_dir(ref))
@@ -365,6 +383,22 @@ class FPHA:
                 except DataError as e:
                     problems.append(e)
         return problems
+
+
+def check_root(root: str | Path, decode: bool = False, intrinsics=FPHA_DEPTH) -> tuple[list[DataError], int, int]:
+    """Every problem of a data root in one pass: (problems, sequences, frames).  The counts are the
+    healthy root's summary (frames is 0 while there are problems).  A fault in the root or its split
+    file is the one problem reported, since nothing past it can be checked.  What ``python -m handfuse
+    check`` runs; ``decode`` fully decodes every PNG instead of reading its header and end."""
+    try:
+        fpha = FPHA(root, intrinsics, keep_going=True)
+    except DataError as e:  # the root or its split file: the one problem that stops everything
+        return [e], 0, 0
+    problems = fpha.check(decode)
+    if problems:
+        return problems, len(fpha.sequences), 0
+    frames = sum(len(depth_frame_indices(fpha.depth_dir(ref))) for ref in fpha.sequences)
+    return problems, len(fpha.sequences), frames
 
 
 def check_png_header(path: Path, intrinsics=FPHA_DEPTH) -> None:

@@ -16,7 +16,6 @@ the records of several seeds into means and 95 % intervals.
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path

@@ -7,13 +7,18 @@ sources).  It stops at the first failing notebook and names it and the cell.
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .config import get_preset
+from .errors import check, is_int
+from .fpha import FPHA, POSE_DIR, SPLIT_FILE, VIDEO_DIR
 from .paths import REPO, ensure_synthetic
+
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 class NotebookFailed(RuntimeError):
@@ -28,19 +33,10 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
               seeds: int | None = None) -> list[Path]:
     import papermill
 
-    get_preset(preset)
+    check_params(preset, data_root, seed, device, seeds)  # before any work starts
     if data_root is None:
         ensure_synthetic(preset)  # once, with its own progress bar, before any notebook runs (seed seeds models)
-    elif not Path(data_root).is_dir():
-        raise FileNotFoundError(f"--data-root {data_root}: no such folder")
     out.mkdir(parents=True, exist_ok=True)
-    from .train import resolve_device
-
-    resolve_device(device)  # refuse --device cuda without CUDA before any work starts
-    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
-        from .errors import ConfigError
-
-        raise ConfigError("--seeds", seeds, "an integer >= 1 (model seeds per method)")
     params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed,
               "device": device, **({"seeds": seeds} if seeds is not None else {})}
     done = []
@@ -57,6 +53,40 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
         tqdm.write(f"  {nb.name}: {time.perf_counter() - start:.0f} s -> {target}")
         done.append(target)
     return done
+
+
+def check_params(preset: str, data_root: str | Path | None, seed: int, device: str, seeds: int | None) -> None:
+    """The notebooks' parameters, each refused with a message naming it and what is allowed."""
+    get_preset(preset)
+    if data_root is not None:
+        check_data_root(data_root)
+    check_seed(seed)
+    check_device(device)
+    check(seeds is None or (is_int(seeds) and seeds >= 1), "--seeds", seeds, "an integer >= 1 (model seeds per method)")
+
+
+def check_seed(seed: int, name: str = "--seed") -> None:
+    check(is_int(seed) and seed >= 0, name, seed, "an integer >= 0")
+
+
+def check_device(device: str, name: str = "--device") -> None:
+    """'cpu', 'cuda' or 'cuda:N', and cuda only where CUDA is available (N below the device count)."""
+    check(isinstance(device, str) and DEVICE.fullmatch(device) is not None, name, device, "'cpu', 'cuda' or 'cuda:N'")
+    if device.startswith("cuda"):
+        import torch
+
+        check(torch.cuda.is_available(), name, device, "'cpu': CUDA is not available on this machine")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        check(index < count, name, device, f"'cpu' or a CUDA device 'cuda:0'..'cuda:{count - 1}'")
+
+
+def check_data_root(data_root: str | Path, name: str = "--data-root") -> None:
+    """An FPHA-shaped folder whose split file reads and names sequences that exist (a broken file
+    inside it is a DataError naming the file and line)."""
+    root = Path(data_root)
+    shaped = root.is_dir() and (root / SPLIT_FILE).is_file() and (root / VIDEO_DIR).is_dir() and (root / POSE_DIR).is_dir()
+    check(shaped, name, str(data_root), f"an FPHA-shaped folder holding {SPLIT_FILE}, {VIDEO_DIR}/ and {POSE_DIR}/")
+    FPHA(root)
 
 
 def _known(nb: Path, params: dict) -> dict:

@@ -19,6 +19,7 @@ import pytest
 
 import conftest
 from conftest import make_tiny_fpha
+from corrupt import A, B, C, D, copy, depth, edit_bytes, edit_line, flip_idat, half, remove, set_token, skel, write_bytes, write_image
 from handfuse.camera import FPHA_DEPTH
 from handfuse.errors import DataError
 from handfuse.fpha import FPHA, IGNORED, POSE_DIR, SPLIT_FILE, VIDEO_DIR, check_png_header
@@ -31,17 +32,7 @@ from handfuse.skeleton import ACTION_INDEX, NUM_JOINTS
 #   4 Test 2
 #   5 Subject_2/open_juice_bottle/2 0     C: 5 frames
 #   6 Subject_3/high_five/2 44            D: 3 frames
-A, B, C, D = "Subject_1/open_juice_bottle/1", "Subject_1/close_milk/1", "Subject_2/open_juice_bottle/2", "Subject_3/high_five/2"
 FRAMES = {A: 4, B: 3, C: 5, D: 3}
-
-
-def skel(key: str) -> str:
-    return f"{POSE_DIR}/{key}/skeleton.txt"
-
-
-def depth(key: str, t: int | str) -> str:
-    name = f"depth_{t:04d}.png" if isinstance(t, int) else t
-    return f"{VIDEO_DIR}/{key}/depth/{name}"
 
 
 def ref_of(fpha: FPHA, key: str):
@@ -202,64 +193,6 @@ def test_projection_round_trips():
 
 
 # ----------------------------------------------------------------------------- corruptions
-
-
-def edit_line(rel: str, line: int, edit: Callable[[str], str]) -> Callable[[Path], None]:
-    """Replace 1-based ``line`` of a text file by ``edit(line)`` (which may add lines with '\\n')."""
-    def corrupt(root: Path) -> None:
-        path = root / rel
-        lines = path.read_text().split("\n")
-        lines[line - 1] = edit(lines[line - 1])
-        path.write_text("\n".join(lines))
-    return corrupt
-
-
-def set_token(rel: str, line: int, column: int, value: str) -> Callable[[Path], None]:
-    """Set the 1-based ``column`` of ``line`` (in a whitespace-separated text file) to ``value``."""
-    def edit(text: str) -> str:
-        tokens = text.split()
-        tokens[column - 1] = value
-        return " ".join(tokens)
-    return edit_line(rel, line, edit)
-
-
-def write_bytes(rel: str, data: bytes) -> Callable[[Path], None]:
-    return lambda root: (root / rel).write_bytes(data)
-
-
-def edit_bytes(rel: str, edit: Callable[[bytes], bytes]) -> Callable[[Path], None]:
-    def corrupt(root: Path) -> None:
-        path = root / rel
-        path.write_bytes(edit(path.read_bytes()))
-    return corrupt
-
-
-def remove(rel: str) -> Callable[[Path], None]:
-    return lambda root: (root / rel).unlink()
-
-
-def copy(src: str, dst: str) -> Callable[[Path], None]:
-    return lambda root: shutil.copyfile(root / src, root / dst)
-
-
-def write_image(rel: str, image: np.ndarray) -> Callable[[Path], None]:
-    ok, buf = cv2.imencode(".png", image)
-    assert ok
-    return write_bytes(rel, buf.tobytes())
-
-
-def half(data: bytes) -> bytes:
-    return data[: len(data) // 2]
-
-
-def flip_idat(data: bytes) -> bytes:
-    """Invert 8 bytes in the middle of the IDAT chunk, leaving the header and IEND intact."""
-    at = data.index(b"IDAT")
-    length = int.from_bytes(data[at - 4 : at], "big")
-    mid = at + 4 + length // 2
-    out = data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 8]) + data[mid + 8 :]
-    assert out[:33] == data[:33] and out[-12:] == data[-12:] and out != data
-    return out
 
 
 class Case(NamedTuple):

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

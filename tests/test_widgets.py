@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import make_tiny_frame, random_fusion_models
@@ -24,7 +23,6 @@ from handfuse.fpha import FPHA
 from handfuse.fusion import Pretrained
 from handfuse.methods import build, method_config
 from handfuse.methods.baseline import SequentialBaseline
-from handfuse.models.film import FiLM
 from handfuse.paths import ensure_synthetic
 from handfuse.preprocess import crop, joints_to_crop_pixels
 from handfuse.skeleton import ACTIONS, CENTRE_JOINT
