@@ -7,6 +7,7 @@ sources).  It stops at the first failing notebook and names it and the cell.
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -31,28 +32,42 @@ def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
 
 def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu",
               seeds: int | None = None) -> list[Path]:
-    import papermill
-
     check_params(preset, data_root, seed, device, seeds)  # before any work starts
     if data_root is None:
         ensure_synthetic(preset)  # once, with its own progress bar, before any notebook runs (seed seeds models)
     out.mkdir(parents=True, exist_ok=True)
     params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed,
               "device": device, **({"seeds": seeds} if seeds is not None else {})}
+    for stale in out.glob("*.running.ipynb"):  # left by a run that was killed: never a result
+        stale.unlink()
     done = []
     for nb in tqdm(notebooks(), desc=f"reproduce ({preset})", unit="notebook"):
-        target = out / nb.name
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(str(nb), str(target), parameters=_known(nb, params), cwd=str(nb.parent),
-                                       progress_bar={"desc": f"  {nb.stem} cells", "leave": False},
-                                       store_widget_state=False)  # live widgets need a kernel; their state is MBs of plotly.js
-        except papermill.PapermillExecutionError as e:
-            raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue});"
-                                 f" the executed copy with the traceback is {target}") from None
-        tqdm.write(f"  {nb.name}: {time.perf_counter() - start:.0f} s -> {target}")
-        done.append(target)
+        done.append(_execute(nb, out, _known(nb, params)))
     return done
+
+
+def _execute(nb: Path, out: Path, parameters: dict) -> Path:
+    """Run one notebook into ``out``.  The executed copy is written as ``NN_name.running.ipynb``
+    while it runs (papermill saves after every cell) and renamed to ``NN_name.ipynb`` only when every
+    cell passed, or to ``NN_name.failed.ipynb`` (with the traceback) when one failed: a copy under
+    the notebook's own name is always complete, and a previous run's is removed first."""
+    import papermill
+
+    target, running, failed = (out / f"{nb.stem}{suffix}.ipynb" for suffix in ("", ".running", ".failed"))
+    for old in (target, failed):
+        old.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(nb), str(running), parameters=parameters, cwd=str(nb.parent),
+                                   progress_bar={"desc": f"  {nb.stem} cells", "leave": False},
+                                   store_widget_state=False)  # live widgets need a kernel; their state is MBs of plotly.js
+    except papermill.PapermillExecutionError as e:
+        os.replace(running, failed)
+        raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue});"
+                             f" the executed copy with the traceback is {failed}") from None
+    os.replace(running, target)
+    tqdm.write(f"  {nb.name}: {time.perf_counter() - start:.0f} s -> {target}")
+    return target
 
 
 def check_params(preset: str, data_root: str | Path | None, seed: int, device: str, seeds: int | None) -> None:

@@ -158,6 +158,9 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
     main = rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
     config = {**(config or {}), "train": asdict(cfg), **({"processes": world} if world > 1 else {})}
+    if run_dir is not None and main:  # temporary files of a killed write: never a checkpoint
+        for stale in run_dir.glob(".*.tmp-*"):
+            stale.unlink(missing_ok=True)
     if run_dir is not None and (run_dir / RESULT).is_file() and (run_dir / BEST).is_file():
         done = json.loads((run_dir / RESULT).read_text())
         if done.get("config") == _jsonable(config):

@@ -1,6 +1,9 @@
-"""Shared fixtures: a tiny hand-made FPHA tree (independent of the synthetic generator)."""
+"""Shared fixtures: a tiny hand-made FPHA tree (independent of the synthetic generator), and the
+network guard (tests/netguard.py) installed for the whole session, kernels included."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,22 @@ import torch
 from handfuse.camera import FPHA_DEPTH
 from handfuse.fpha import SequenceRef, write_depth_png, write_skeleton_file, write_split_file, FPHA
 from handfuse.skeleton import ACTION_INDEX, NUM_JOINTS
+
+import netguard
+
+
+def _guard_the_network() -> None:
+    """The guard here, and in every IPython kernel started from here (nbval's, papermill's)
+    through a startup file in a private IPYTHONDIR that the kernels inherit."""
+    netguard.install()
+    ipython = Path(tempfile.mkdtemp(prefix="handfuse-ipython-"))
+    startup = ipython / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-netguard.py").write_text(netguard.STARTUP.format(tests=str(Path(__file__).parent)))
+    os.environ["IPYTHONDIR"] = str(ipython)
+
+
+_guard_the_network()
 
 def random_fusion_models(seed: int, attention: bool, film: str = "both", preset: str = "smoke"):
     """Random "pre-trained" models of a preset for the fusion methods: a plain HPE, a FiLM-conditioned
