@@ -236,6 +236,35 @@ def test_finetuning_runs_through_fit_and_is_deterministic(data, tmp_path):
     assert len(names) == 4  # options, training settings and seed each name their own folder
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_is_deterministic_across_runs_and_resume_and_seeds(data, tmp_path, monkeypatch, name):
+    fpha, cache, _, _ = data
+    cfg = method_config(name, p_eq=0.5) if name == "feedback" else method_config(name)
+
+    def tune(folder: str, seed: int = 0):
+        models = _models(10 + seed, False)
+        models.results = {"hpe": FitResult(), "hpe_film": FitResult(), "har": FitResult()}
+        return finetune(name, models, fpha, PRESET, cfg, seed, cache=cache, root=tmp_path / folder, progress=False)[1]
+
+    straight, again = tune("a"), tune("b")
+    batches = FusionTask.batches
+
+    def killed_in_epoch_1(self, split, epoch, train_cfg):
+        if split == "train" and epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+        return batches(self, split, epoch, train_cfg)
+
+    monkeypatch.setattr(FusionTask, "batches", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        tune("c")
+    monkeypatch.setattr(FusionTask, "batches", batches)
+    resumed, other = tune("c"), tune("d", seed=1)
+    for run in (again, resumed):
+        assert run.test == straight.test
+        assert [h["train_loss"] for h in run.history] == [h["train_loss"] for h in straight.history]
+    assert other.test != straight.test
+
+
 def test_fusion_task_batches_cover_the_split(data):
     fpha, cache, _, _ = data
     task = FusionTask({"train": SequenceDataset(cache, fpha.train)})
