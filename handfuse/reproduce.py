@@ -33,8 +33,10 @@ def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
 def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu",
               seeds: int | None = None) -> list[Path]:
     check_params(preset, data_root, seed, device, seeds)  # before any work starts
+    start = time.perf_counter()
     if data_root is None:
         ensure_synthetic(preset)  # once, with its own progress bar, before any notebook runs (seed seeds models)
+    seconds = {"data": time.perf_counter() - start}
     out.mkdir(parents=True, exist_ok=True)
     params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed,
               "device": device, **({"seeds": seeds} if seeds is not None else {})}
@@ -42,8 +44,30 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
         stale.unlink()
     done = []
     for nb in tqdm(notebooks(), desc=f"reproduce ({preset})", unit="notebook"):
+        t0 = time.perf_counter()
         done.append(_execute(nb, out, _known(nb, params)))
+        seconds[nb.stem] = time.perf_counter() - t0
+    _write_timings(out, preset, params, seconds, time.perf_counter() - start)
     return done
+
+
+def _write_timings(out: Path, preset: str, params: dict, seconds: dict, total: float) -> None:
+    """``out/timings.json``: wall seconds of the data step and of each notebook, and the total, with
+    the machine (what ``python -m benchmarks`` reports as the reproduction's time)."""
+    import datetime
+    import json
+    import platform
+
+    import torch
+
+    record = {"preset": preset, "parameters": params, "seconds": seconds, "total_minutes": total / 60,
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "torch": torch.__version__, "threads": torch.get_num_threads()},
+              "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    tmp = out / ".timings.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / "timings.json")
+    tqdm.write(f"reproduction ({preset}): {total / 60:.1f} min; timings in {out / 'timings.json'}")
 
 
 def _execute(nb: Path, out: Path, parameters: dict) -> Path:

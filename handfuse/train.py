@@ -195,8 +195,9 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
         model.train()
-        losses, e0 = [], time.perf_counter()
-        for batch in task.batches("train", epoch, cfg):
+        losses, e0, waited = [], time.perf_counter(), 0.0
+        for batch, wait in _waited(task.batches("train", epoch, cfg)):
+            waited += wait  # the model idles while the next batch is assembled (and augmented)
             with autocast(device, cfg.amp):
                 loss = step(_to(batch, device))
             opt.zero_grad(set_to_none=True)
@@ -218,7 +219,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
             train_loss = float(t) / world
         result.history.append({"epoch": epoch, "train_loss": train_loss, "lr": cfg.lr_at(epoch),
                                **{f"val_{k}": v for k, v in val.items() if np.isscalar(v)},
-                               "seconds": time.perf_counter() - e0})
+                               "seconds": time.perf_counter() - e0, "data_seconds": waited})
         bar.set_postfix(train_loss=f"{result.history[-1]['train_loss']:.4f}", **{task.metric: f"{val[task.metric]:.3f}"})
         if run_dir is not None and main:
             save_checkpoint(run_dir / CHECKPOINT, {
@@ -237,6 +238,17 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         _write_json(run_dir / RESULT, asdict(result))
     distributed.barrier()
     return result
+
+
+def _waited(batches: Iterable[dict]):
+    """(batch, seconds spent producing it) for each batch of ``batches``."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        if batch is None:
+            return
+        yield batch, time.perf_counter() - t0
 
 
 class _Loss(torch.nn.Module):
