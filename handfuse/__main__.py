@@ -30,7 +30,7 @@ def _reproduce(args) -> None:
     from .reproduce import reproduce
 
     reproduce(preset=args.preset, out=Path(args.out), data_root=args.data_root, seed=args.seed, device=args.device,
-              seeds=args.seeds)
+              seeds=args.seeds, only=args.notebooks)
 
 
 def _value(text: str):
@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (bf16 autocast)")
     p.add_argument("--seeds", type=int, default=None, help="model seeds per method (default: each notebook's, 3)")
+    p.add_argument("--notebooks", nargs="+", metavar="NN", default=None,
+                   help="run only these numbered notebooks, e.g. --notebooks 00 01 (default: all, in order)")
     p.set_defaults(func=_reproduce)
     p = sub.add_parser("train", help="train one model or fine-tune one fusion method (torchrun for several processes)")
     p.add_argument("what", choices=["hpe", "har", "fusion"])

@@ -31,8 +31,11 @@ def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
 
 
 def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu",
-              seeds: int | None = None) -> list[Path]:
+              seeds: int | None = None, only: list[str] | None = None) -> list[Path]:
+    """Run the numbered notebooks (``only``: those whose number is listed) into ``out``; see the module
+    docstring.  Returns the executed copies."""
     check_params(preset, data_root, seed, device, seeds)  # before any work starts
+    chosen = select(notebooks(), only)
     start = time.perf_counter()
     if data_root is None:
         ensure_synthetic(preset)  # once, with its own progress bar, before any notebook runs (seed seeds models)
@@ -43,7 +46,7 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
     for stale in out.glob("*.running.ipynb"):  # left by a run that was killed: never a result
         stale.unlink()
     done = []
-    for nb in tqdm(notebooks(), desc=f"reproduce ({preset})", unit="notebook"):
+    for nb in tqdm(chosen, desc=f"reproduce ({preset})", unit="notebook"):
         t0 = time.perf_counter()
         done.append(_execute(nb, out, _known(nb, params)))
         seconds[nb.stem] = time.perf_counter() - t0
@@ -92,6 +95,16 @@ def _execute(nb: Path, out: Path, parameters: dict) -> Path:
     os.replace(running, target)
     tqdm.write(f"  {nb.name}: {time.perf_counter() - start:.0f} s -> {target}")
     return target
+
+
+def select(found: list[Path], only: list[str] | None) -> list[Path]:
+    """The notebooks whose two-digit number is in ``only`` (all when None), in order."""
+    if only is None:
+        return found
+    numbers = [nb.name[:2] for nb in found]
+    for n in only:
+        check(n in numbers, "--notebooks", n, f"the number of a notebook: one of {numbers}")
+    return [nb for nb in found if nb.name[:2] in only]
 
 
 def check_params(preset: str, data_root: str | Path | None, seed: int, device: str, seeds: int | None) -> None:

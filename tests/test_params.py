@@ -109,6 +109,7 @@ REFUSED = [
     (["synth", "--out", "{out}", "--seed", "-1"], "--seed", "an integer >= 0"),
     (["train", "hpe", "--seed", "-1"], "--seed", "an integer >= 0"),
     (["reproduce", "--out", "{out}", "--seed", "-5"], "--seed", "an integer >= 0"),
+    (["reproduce", "--out", "{out}", "--notebooks", "00", "09"], "--notebooks", "the number of a notebook"),
     # paths
     (["train", "hpe", "--data-root", "{tmp}"], "--data-root", "an FPHA-shaped folder holding data_split_action_recognition.txt"),
     (["train", "har", "--data-root", "{tmp}/absent"], "--data-root", "an FPHA-shaped folder"),
