@@ -102,8 +102,8 @@ def p_eq_explorer(model: nn.Module, data: SequenceDataset, labels: list[str] | N
     item = lru_cache(CACHED_SEQUENCES)(lambda i: data[i])
     ends = lru_cache(CACHED_SEQUENCES)(lambda i: {p: p_eq_curves(model, item(i), p) for p in (0.0, 1.0)})
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("mean 3D joint error per frame (mm)",
-                                                        "action probability after each frame"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("3D error per frame (mm)", "P(action) after each frame"),
+                        horizontal_spacing=0.12)
     fig.add_scatter(mode="lines+markers", name="this p_eq", line={"color": "#1f77b4", "width": 3}, row=1, col=1)
     fig.add_scatter(mode="lines", name="p_eq = 1 (w_eq fed)", line={"color": "grey", "dash": "dot"}, row=1, col=1)
     fig.add_scatter(mode="lines", name="p_eq = 0 (prediction fed)", line={"color": "grey", "dash": "dash"}, row=1, col=1)
@@ -123,9 +123,9 @@ def p_eq_explorer(model: nn.Module, data: SequenceDataset, labels: list[str] | N
         others = [c for c in top_classes(now["probs"], label, k) if c != label]
         frames = np.arange(len(now["probs"]))
         with figure.batch_update():
-            for trace, curve in zip(figure.data[:3], (now, fixed[1.0], fixed[0.0])):
-                trace.x, trace.y = frames, curve["frame_error_mm"]
-            figure.data[0].name = f"p_eq = {p:.2f}"
+            names = (f"p_eq = {p:.2f}", "p_eq = 1 (w_eq fed)", "p_eq = 0 (prediction fed)")
+            for trace, curve, name in zip(figure.data[:3], (now, fixed[1.0], fixed[0.0]), names):
+                trace.update(x=frames, y=curve["frame_error_mm"], name=name)  # names re-sent: see frame_scrubber
             for trace, c in zip(figure.data[3:], [label] + others):
                 trace.x, trace.y = frames, now["probs"][:, c]
                 trace.name = ACTIONS[c] + (" (true)" if c == label else "")
@@ -294,11 +294,14 @@ def frame_scrubber(model: nn.Module, data: SequenceDataset, k: int = 5, fps: flo
             true_2d.x, true_2d.y = xy[:, 0], xy[:, 1]
             for trace, new in zip(skeleton_3d, skeleton_traces_3d(pred, true)):
                 trace.x, trace.y, trace.z = new.x, new.y, new.z
-            figure.data[-2].y = errors
+            # colours and names are re-sent with the data: a FigureWidget's front end can drop the
+            # styling of traces that were created empty (seen in JupyterLab: one-colour bars, "trace 1")
+            figure.data[-2].update(y=errors, marker={"color": [_joint_colour(j) for j in range(len(JOINTS))]})
             figure.data[-1].update(x=probs[shown], y=[ACTIONS[c] for c in shown],
                                    marker={"color": [TRUE_COLOUR if c == label else OTHER_COLOUR for c in shown]})
-            figure.layout.title.text = (f"sequence {i}, frame {t + 1}/{T}: predicted {ACTIONS[int(probs.argmax())]}, "
-                                        f"true {ACTIONS[label]}, mean error {errors.mean():.1f} mm{_suffix(source)}")
+            figure.layout.title.text = (f"sequence {i}, frame {t + 1}/{T}{_suffix(source)}<br><sup>predicted "
+                                        f"{ACTIONS[int(probs.argmax())]}, true {ACTIONS[label]}, mean error "
+                                        f"{errors.mean():.1f} mm</sup>")
         explorer.status.value = (f"sequence prediction (all frames): {ACTIONS[int(out['sequence_probs'].argmax())]}; "
                                  f"sequence mean error {out['frame_error_mm'].mean():.2f} mm")
 

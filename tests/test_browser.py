@@ -1,0 +1,295 @@
+"""The interactive notebooks in a real browser, as a person uses them.
+
+JupyterLab (:func:`handfuse.lab.running_lab`: loopback, a random token) serves a
+temporary copy of the notebooks; Debian's headless Chromium, driven by Playwright,
+opens each notebook that uses :mod:`handfuse.widgets`, runs it in the ``smoke``
+preset (the server, and so its kernels, inherit ``HANDFUSE_PRESET``,
+``HANDFUSE_FIGURES`` and ``HANDFUSE_RUNS`` from ``make test``) through
+``notebook:run-all-cells``, and checks what is on the page: every explorer drawn,
+with its slider, dropdown and plotly plot, and the p_eq slider and the sequence
+dropdown changing the plotted numbers (read from the plot's ``_fullData``).
+Screenshots go to ``$HANDFUSE_ARTEFACTS`` (default: a temporary folder), and the
+path is printed.
+
+Chromium must be ``/usr/bin/chromium`` (``scripts/ensure-chromium.sh``, which
+``make test`` runs first, installs it); Playwright's own browsers are never used.
+Without it the test fails, it does not skip.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from handfuse.lab import get, listening_addresses, running_lab
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+# every cell rendered (no virtual scrolling: widgets off screen exist in the DOM), no news pop-up
+LAB_SETTINGS = {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
+                "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
+STEP_MS = 60_000  # one page action or render; generous for a loaded 2-core machine
+RUN_ALL_MS = 240_000  # a whole notebook in the smoke preset: about 40 s here, trained from scratch
+EXPLORER = ".jp-OutputArea-output > .widget-vbox"  # what every handfuse.widgets explorer displays as
+KERNEL_IDLE = "window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle'"
+# at least n explorer plots, each drawn with its traces (plotly fills _fullData once it has plotted)
+PLOTS_DRAWN = (f"n => {{ const plots = document.querySelectorAll('{EXPLORER} .js-plotly-plot');"
+               " return plots.length >= n && Array.from(plots).every(p => p._fullData && p._fullData.length > 0); }")
+
+
+def notebook_code(path: Path) -> list[str]:
+    """The sources of a notebook's code cells."""
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def widget_calls(cells: list[str]) -> list[str]:
+    """The calls to functions imported from ``handfuse.widgets`` in a notebook's code cells, in order."""
+    trees = [ast.parse(source) for source in cells]
+    names = {alias.asname or alias.name for tree in trees for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module == "handfuse.widgets" for alias in node.names}
+    calls = []
+    for tree in trees:  # cell by cell, in reading order within a cell
+        found = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names]
+        calls += [n.func.id for n in sorted(found, key=lambda n: (n.lineno, n.col_offset))]
+    return calls
+
+
+def interactive_notebooks() -> list[str]:
+    """The notebooks that display widgets: a new one is tested by calling one."""
+    return sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb") if widget_calls(notebook_code(p)))
+
+
+def notebooks_calling(function: str) -> list[str]:
+    return [n for n in interactive_notebooks() if function in widget_calls(notebook_code(ROOT / "notebooks" / n))]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory) -> Path:
+    """Where screenshots and the server log go: $HANDFUSE_ARTEFACTS, or a temporary folder."""
+    env = os.environ.get("HANDFUSE_ARTEFACTS")
+    folder = Path(env) / "browser" if env else tmp_path_factory.mktemp("browser")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, artefacts):
+    """JupyterLab serving a copy of the notebooks (the sources are never run in place): (url, token)."""
+    served = tmp_path_factory.mktemp("served")
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        shutil.copy(nb, served / nb.name)
+    with running_lab(served, LAB_SETTINGS, log=artefacts / "jupyterlab.log") as (url, token):
+        yield url, token
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: the browser test needs Debian's chromium. Run `bash scripts/ensure-chromium.sh`"
+                    " (`make test` does it first); `playwright install` is not used.")
+    expect.set_options(timeout=STEP_MS)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class Ran:
+    """A notebook opened in JupyterLab and run through: its page, the uncaught page errors, and what
+    ``notebook:run-all-cells`` resolved to (true when every cell ran without an error)."""
+    page: Page
+    errors: list[str]
+    ok: object
+
+
+def open_and_run(browser, url: str, token: str, name: str) -> Ran:
+    """Open ``name`` in JupyterLab, wait for its kernel, run all cells, wait for the kernel to go idle."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(STEP_MS)
+    ran = Ran(page, [], None)
+    page.on("pageerror", lambda err: ran.errors.append(str(err)))
+    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    page.wait_for_function(KERNEL_IDLE)
+    start = time.perf_counter()
+    page.evaluate("window.__ranAll = undefined; window.jupyterapp.commands.execute('notebook:run-all-cells')"
+                  ".then(ok => { window.__ranAll = ok; }, err => { window.__ranAll = String(err); })")
+    page.wait_for_function("window.__ranAll !== undefined", timeout=RUN_ALL_MS)
+    page.wait_for_function(KERNEL_IDLE)
+    ran.ok = page.evaluate("window.__ranAll")
+    print(f"{name}: run all in {time.perf_counter() - start:.1f} s")
+    return ran
+
+
+@pytest.fixture(scope="module")
+def run_notebook(lab, browser):
+    """``run(name)``: :func:`open_and_run`, once per notebook and module."""
+    done: dict[str, Ran] = {}
+
+    def run(name: str) -> Ran:
+        if name not in done:
+            done[name] = open_and_run(browser, *lab, name)
+        return done[name]
+
+    yield run
+    for ran in done.values():
+        ran.page.close()
+
+
+def show(capsys, text: str) -> None:
+    """Print past pytest's capture, so that the artefact paths appear in a passing run too."""
+    with capsys.disabled():
+        print(f"\n{text}")
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def test_the_interactive_notebooks_are_found():
+    assert "07_explore.ipynb" in interactive_notebooks()
+    assert notebooks_calling("p_eq_explorer"), "no notebook shows the p_eq explorer"
+    assert widget_calls(["from handfuse.widgets import a, b as c\nx = a(1)", "c(2); d(3)"]) == ["a", "c"]
+
+
+def test_lab_refuses_requests_without_its_token_and_listens_on_loopback_only(lab):
+    url, token = lab
+    assert get(f"{url}/api/kernels?token={token}") == 200
+    assert get(f"{url}/api/kernels") == 403
+    assert get(f"{url}/api/kernels?token={'0' * len(token)}") == 403
+    assert len(token) >= 32
+    port = int(url.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"127.0.0.1"}
+
+
+def _pids_with(text: str) -> list[int]:
+    """The processes whose command line contains ``text`` (Linux ``/proc``)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def test_lab_shuts_down_with_its_kernels(tmp_path, lab):
+    with running_lab(tmp_path) as (url, token):
+        request = urllib.request.Request(f"{url}/api/kernels?token={token}", method="POST", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            kernel = json.loads(reply.read())["id"]
+        pids = _pids_with(f"kernel-{kernel}.json")
+        assert len(pids) == 1, pids  # the kernel process is running
+        port = int(url.rsplit(":", 1)[1])
+        assert listening_addresses(port) == {"127.0.0.1"} and token != lab[1]  # a fresh token per server
+    time.sleep(0.5)
+    assert not Path(f"/proc/{pids[0]}").exists() and not _pids_with(f"kernel-{kernel}.json")
+    assert listening_addresses(port) == set()
+
+
+# ----------------------------------------------------------------------------- the notebooks in Chromium
+
+
+@pytest.mark.parametrize("name", interactive_notebooks())
+def test_notebook_runs_and_renders_its_widgets(name, run_notebook, artefacts, capsys):
+    ran = run_notebook(name)
+    page = ran.page
+    assert ran.ok is True, f"run all cells of {name} did not succeed: {ran.ok}"
+    expect(page.locator(".jp-OutputArea-output", has_text="checks passed")).to_have_count(1)
+
+    calls = widget_calls(notebook_code(ROOT / "notebooks" / name))
+    explorers = page.locator(EXPLORER)
+    expect(explorers).to_have_count(len(calls))  # one rendered explorer per call
+    page.wait_for_function(PLOTS_DRAWN, arg=len(calls))
+    for k in range(len(calls)):
+        box = explorers.nth(k)
+        expect(box.locator(".js-plotly-plot svg.main-svg").first).to_be_visible()
+        expect(box.locator(".widget-dropdown select")).to_have_count(1)
+        assert box.locator(".widget-dropdown select option").count() > 1, f"{calls[k]}: a dropdown of one sequence"
+        traces = box.locator(".js-plotly-plot").evaluate("el => el._fullData.filter(t => t.visible !== false).length")
+        assert traces > 0, f"{calls[k]}: a plot without traces"
+        box.screenshot(path=artefacts / f"{Path(name).stem}-{k}-{calls[k]}.png")
+    sliders = page.locator(f"{EXPLORER} .widget-slider")
+    expect(sliders.first.locator(".noUi-handle")).to_be_visible()
+    assert sliders.count() >= 1
+    explorers.first.scroll_into_view_if_needed()
+    shot = artefacts / f"{Path(name).stem}.png"
+    page.screenshot(path=shot)
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+    assert not ran.errors, ran.errors
+    show(capsys, f"{name}: screenshots in {artefacts} ({shot.name} and one per widget)")
+
+
+def _p_eq_explorer(page: Page):
+    return page.locator(EXPLORER, has=page.locator(".widget-slider", has_text="p_eq"))
+
+
+def _plotted(explorer) -> dict:
+    """The p_eq explorer's per-frame errors as the browser holds them: ``y`` at the slider's p_eq (trace 0),
+    ``ends`` at p_eq = 1 and p_eq = 0 (traces 1 and 2, by p_eq as the readout shows it), its name and title."""
+    return explorer.locator(".js-plotly-plot").evaluate(
+        "el => ({name: el._fullData[0].name, y: Array.from(el._fullData[0].y), title: el.layout.title.text,"
+        " ends: {'1.00': Array.from(el._fullData[1].y), '0.00': Array.from(el._fullData[2].y)}})")
+
+
+@pytest.mark.parametrize("name", notebooks_calling("p_eq_explorer"))
+def test_moving_the_p_eq_slider_changes_the_plotted_values(name, run_notebook, artefacts, capsys):
+    page = run_notebook(name).page
+    explorer = _p_eq_explorer(page)
+    expect(explorer).to_have_count(1)
+    page.wait_for_function(PLOTS_DRAWN, arg=1)
+    readout = explorer.locator(".widget-slider .widget-readout")
+    before, shown = _plotted(explorer), readout.inner_text().strip()
+    assert before["name"] == f"p_eq = {shown}"  # the plot is the slider's
+    assert shown not in before["ends"] or before["y"] == before["ends"][shown]
+
+    handle = explorer.locator(".noUi-handle")
+    handle.focus()
+    handle.press("End" if shown == "0.00" else "Home")  # the keyboard, as a person would
+    expect(readout).not_to_have_text(shown)
+    moved = readout.inner_text().strip()
+    page.wait_for_function("([el, name]) => el._fullData?.[0]?.name === name",
+                           arg=[explorer.locator(".js-plotly-plot").element_handle(), f"p_eq = {moved}"])
+    after = _plotted(explorer)
+    assert len(after["y"]) == len(before["y"]) and after["y"] != before["y"], (before, after)
+    assert after["y"] == after["ends"][moved]  # Home/End: the curve drawn is the one of that end
+    assert after["y"][0] == pytest.approx(before["y"][0], rel=1e-5)  # frame 0 is always fed w_eq
+    assert f"p_eq = {moved}" in after["title"]
+    status = explorer.locator(".widget-html").first.inner_text()
+    assert f"mean error {sum(after['y']) / len(after['y']):.2f} mm" in status  # the kernel's numbers are the plot's
+    explorer.scroll_into_view_if_needed()
+    shot = artefacts / f"{Path(name).stem}-p_eq-moved.png"
+    page.screenshot(path=shot)
+    show(capsys, f"{name}: p_eq {shown} -> {moved}; screenshot {shot}")
+
+
+@pytest.mark.parametrize("name", notebooks_calling("p_eq_explorer"))
+def test_choosing_another_sequence_redraws_the_p_eq_plot(name, run_notebook):
+    page = run_notebook(name).page
+    explorer = _p_eq_explorer(page)
+    page.wait_for_function(PLOTS_DRAWN, arg=1)
+    select = explorer.locator(".widget-dropdown select")
+    before = _plotted(explorer)
+    texts, current = select.evaluate("el => [Array.from(el.options).map(o => o.text), el.selectedIndex]")
+    chosen = texts[1 if current != 1 else 0]  # "index: action"
+    select.select_option(label=chosen)
+    index, action = (part.strip() for part in chosen.replace("\xa0", " ").split(":"))  # ipywidgets keeps spaces as nbsp
+    page.wait_for_function("([el, text]) => !!el.layout?.title?.text?.includes(text) && el._fullData?.length > 0",
+                           arg=[explorer.locator(".js-plotly-plot").element_handle(), f"sequence {index}:"])
+    after = _plotted(explorer)
+    assert after["y"] != before["y"] and action in after["title"]
