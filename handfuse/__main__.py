@@ -91,6 +91,10 @@ def _train_config(args):
     # the method's config is used by fusion only, but --method is checked for all
     cfg = method_config(args.method, attention=args.attention, **{"film": preset.film, **options})
     check(args.film in FILM_PLACEMENTS, "--film", args.film, f"one of {FILM_PLACEMENTS}")
+    from .models.registry import HARS, HPES
+
+    check(args.hpe_model in HPES, "--hpe-model", args.hpe_model, f"a registered pose estimator, one of {sorted(HPES)}")
+    check(args.har_model in HARS, "--har-model", args.har_model, f"a registered action recogniser, one of {sorted(HARS)}")
     check_seed(args.seed)
     check_device(args.device)  # refuses cuda without CUDA
     if args.runs is not None:
@@ -125,17 +129,18 @@ def _train(args) -> None:
     if args.what == "hpe":
         from .standalone import pretrain_hpe
 
-        _, result = pretrain_hpe(fpha, preset, args.film, args.seed, args.device)
+        _, result = pretrain_hpe(fpha, preset, args.film, args.seed, args.device, model=args.hpe_model)
         scores = {"error_mm": result.test["error_mm"]}
     elif args.what == "har":
         from .standalone import pretrain_har
 
-        _, result = pretrain_har(fpha, preset, args.attention, args.seed, args.device)
+        _, result = pretrain_har(fpha, preset, args.attention, args.seed, args.device, model=args.har_model)
         scores = {"accuracy": result.test["accuracy"]}
     else:
         from . import fusion
 
-        models = fusion.pretrained(fpha, preset, args.seed, cfg.attention, cfg.film, args.device)
+        models = fusion.pretrained(fpha, preset, args.seed, cfg.attention, cfg.film, args.device,
+                                   hpe_model=args.hpe_model, har_model=args.har_model)
         _, result = fusion.finetune(args.method, models, fpha, preset, cfg, args.seed, args.device)
         scores = {k: result.test[k] for k in ("error_mm", "accuracy", "loss")}
     if rank == 0:
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--film", default="none", help="hpe: FiLM placement (none, blocks, fc, both)")
     p.add_argument("--attention", action="store_true", help="har / fusion: temporal attention")
     p.add_argument("--method", default="baseline", help="fusion: a registered method name")
+    p.add_argument("--hpe-model", default="deepprior", help="hpe / fusion: a registered pose estimator (deepprior, resnet)")
+    p.add_argument("--har-model", default="lstm", help="har / fusion: a registered action recogniser (lstm, transformer)")
     p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="fusion: FusionConfig fields, e.g. p_eq=0.9 eta=0.5")
     p.add_argument("--train", nargs="*", action="extend", metavar="KEY=VALUE", help="TrainConfig overrides, e.g. epochs=3 batch_size=8")
     p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")

@@ -20,6 +20,8 @@ from .errors import ConfigError
 from .errors import check as _check
 from .models.har import HARConfig
 from .models.hpe import HPEConfig
+from .models.resnet_hpe import ResNetHPEConfig
+from .models.transformer_har import TransformerHARConfig
 from .train import TrainConfig
 
 T = TypeVar("T")
@@ -111,11 +113,15 @@ class Preset:
     train_har: TrainConfig = field(default_factory=TrainConfig)
     train_fuse: TrainConfig = field(default_factory=TrainConfig)  # fine-tuning a fusion method end to end
     film: str = "both"  # FiLM placement of the conditioned HPE the workbook uses (the original's best: both)
+    # the second pose estimator and action recogniser (handfuse.models.registry: "resnet", "transformer")
+    resnet_hpe: ResNetHPEConfig = field(default_factory=ResNetHPEConfig)
+    transformer_har: TransformerHARConfig = field(default_factory=TransformerHARConfig)
 
     def __post_init__(self):
         _check(self.film in ("blocks", "fc", "both"), "film", self.film, "one of ('blocks', 'fc', 'both')")
-        _check(self.hpe.crop == self.preprocess.crop, "hpe.crop", self.hpe.crop,
-               f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")
+        for name in ("hpe", "resnet_hpe"):
+            _check(getattr(self, name).crop == self.preprocess.crop, f"{name}.crop", getattr(self, name).crop,
+                   f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")
 
 
 _HAR_TRAIN = dict(batch_size=20, lr=3e-3)  # the original's HAR optimiser settings (Adam)
@@ -130,6 +136,8 @@ PRESETS: dict[str, Preset] = {
         train_hpe=TrainConfig(epochs=2, batch_size=32, max_batches=4, patience=2),
         train_har=TrainConfig(epochs=3, patience=3, **_HAR_TRAIN),
         train_fuse=TrainConfig(epochs=2, patience=2, max_batches=3, **_FUSE_TRAIN),
+        resnet_hpe=ResNetHPEConfig(crop=32, stem_channels=8, widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), fc=64),
+        transformer_har=TransformerHARConfig(d_model=32, heads=2, layers=1, ff=64, dropout=0.0),
     ),
     "cpu": Preset(
         "cpu",
@@ -145,6 +153,10 @@ PRESETS: dict[str, Preset] = {
         # at a third of the CPU time (tiny batches keep the CNN's kernels from running at speed)
         train_fuse=TrainConfig(epochs=3, patience=3, batch_size=16, lr=2e-4, weight_decay=1e-5, schedule="cosine"),
         film="fc",  # FC-only FiLM: the conv trunk runs once per frame, so feedback costs ~ the baseline's time
+        # ResNet-18's layout at a quarter of its widths: 18 MFLOPs per frame (DeepPrior++ here: 31)
+        resnet_hpe=ResNetHPEConfig(crop=64),
+        # 2 blocks of width 64: 2.2 MFLOPs per 16-frame sequence, as the LSTM's
+        transformer_har=TransformerHARConfig(),
     ),
     "paper": Preset(
         "paper",
@@ -155,6 +167,8 @@ PRESETS: dict[str, Preset] = {
         train_hpe=TrainConfig(epochs=60, batch_size=128, patience=8),
         train_har=TrainConfig(epochs=150, patience=25, **_HAR_TRAIN),
         train_fuse=TrainConfig(epochs=20, patience=5, **_FUSE_TRAIN),
+        resnet_hpe=ResNetHPEConfig(crop=128, stem_channels=32, stem_kernel=7, widths=(32, 64, 128, 256)),
+        transformer_har=TransformerHARConfig(d_model=128, heads=4, layers=3, ff=256),
     ),
 }
 

@@ -31,6 +31,7 @@ from .datasets import SequenceDataset, collate_sequences
 from .fpha import FPHA
 from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .metrics import mean_ci95
+from .models.registry import DEFAULT_HAR, DEFAULT_HPE
 from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
 from .tasks import sequence_batches
 from .train import FitResult, TrainConfig, fit, run_digest
@@ -42,17 +43,32 @@ EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across
 class Pretrained:
     """The starting points of one seed: the HPE for unconditioned use (``hpe``: the baseline, the
     ensemble's first pass), the FiLM-conditioned one (``hpe_film``: feedback, the ensemble's second
-    pass), the HAR, and their fit results (``results``: ``hpe``, ``hpe_film``, ``har``)."""
+    pass), the HAR, and their fit results (``results``: ``hpe``, ``hpe_film``, ``har``), with the
+    registered names of the two models (:mod:`handfuse.models.registry`)."""
 
     hpe: nn.Module
     hpe_film: nn.Module
     har: nn.Module
     results: dict[str, FitResult]
+    hpe_model: str = DEFAULT_HPE
+    har_model: str = DEFAULT_HAR
+
+    @property
+    def pair(self) -> str:
+        """``""`` for the default pair (DeepPrior++ and the LSTM), else ``"<hpe>-<har>"``: run names carry it."""
+        return pair_name(self.hpe_model, self.har_model)
+
+
+def pair_name(hpe_model: str, har_model: str) -> str:
+    """``""`` for the default pair, else ``"<hpe>-<har>"`` (e.g. ``"resnet-transformer"``)."""
+    return "" if (hpe_model, har_model) == (DEFAULT_HPE, DEFAULT_HAR) else f"{hpe_model}-{har_model}"
 
 
 def pretrained(fpha: FPHA, preset: Preset, seed: int, attention: bool = False, film: str = "both",
-               device: str = "cpu", cache: CropCache | None = None, progress: bool = True) -> Pretrained:
-    """The pre-trained models every method of one seed starts from.
+               device: str = "cpu", cache: CropCache | None = None, progress: bool = True,
+               hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR) -> Pretrained:
+    """The pre-trained models every method of one seed starts from: the pose estimator and the
+    action recogniser registered as ``hpe_model`` and ``har_model``.
 
     One HPE is pre-trained per seed: the FiLM-conditioned one (placement ``film``), fed w_eq.  Fed
     w_eq, each FiLM is a constant per-channel affine, so this *is* a plain DeepPrior++ HPE; it serves
@@ -60,9 +76,9 @@ def pretrained(fpha: FPHA, preset: Preset, seed: int, attention: bool = False, f
     differs between them is only what they add (the fed action, the second pass), not a second
     pre-training run's luck; it also halves the pre-training time.  ``01_standalone`` pre-trains a
     plain HPE beside it and shows that the two reach the same error."""
-    hpe_film, r_film = pretrain_hpe(fpha, preset, film, seed, device, cache, progress=progress)
-    har, r_har = pretrain_har(fpha, preset, attention, seed, device, progress=progress)
-    return Pretrained(hpe_film, hpe_film, har, {"hpe": r_film, "hpe_film": r_film, "har": r_har})
+    hpe_film, r_film = pretrain_hpe(fpha, preset, film, seed, device, cache, progress=progress, model=hpe_model)
+    har, r_har = pretrain_har(fpha, preset, attention, seed, device, progress=progress, model=har_model)
+    return Pretrained(hpe_film, hpe_film, har, {"hpe": r_film, "hpe_film": r_film, "har": r_har}, hpe_model, har_model)
 
 
 @dataclass
@@ -86,10 +102,12 @@ class FusionTask:
         return {k: r[k] for k in ("loss", "error_mm", "accuracy")}
 
 
-def run_name(name: str, config: dict, train: TrainConfig, seed: int) -> str:
+def run_name(name: str, config: dict, train: TrainConfig, seed: int, pair: str = "") -> str:
     """``fuse-<method>-<8 hex>-seed<seed>``: one folder per resolved configuration (method options,
-    training settings and pre-trained models; see :func:`handfuse.train.run_digest`)."""
-    return f"fuse-{name}-{run_digest({**config, 'train': asdict(train)})}-seed{seed}"
+    training settings and pre-trained models; see :func:`handfuse.train.run_digest`).  A pair of
+    models other than the default is named too: ``fuse-<method>-<hpe>-<har>-<8 hex>-seed<seed>``."""
+    method = f"{name}-{pair}" if pair else name
+    return f"fuse-{method}-{run_digest({**config, 'train': asdict(train)})}-seed{seed}"
 
 
 def _build(name: str, models: Pretrained, preset: Preset, cfg: FusionConfig, seed: int) -> nn.Module:
@@ -107,7 +125,7 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     train_cfg = replace(preset.train_fuse, seed=seed, device=device)
     config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
               "pretrained": {k: r.config for k, r in models.results.items()}}
-    run = models_dir(preset, root) / run_name(name, config, train_cfg, seed)
+    run = models_dir(preset, root) / run_name(name, config, train_cfg, seed, models.pair)
     result = fit(model, FusionTask(data), train_cfg, run, config, progress=progress)
     return model, result
 
@@ -142,12 +160,14 @@ def scalars(scores: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, SequenceDataset], trained: bool = True,
-        device: str = "cpu", cache: CropCache | None = None, progress: bool = True, **options) -> dict:
-    """One method, one seed: pre-trained models, fine-tuned (``trained``) or chained as they are,
-    scored on ``tests``.  ``options`` are FusionConfig fields.  Returns a JSON-ready record
-    (``model`` holds the method itself, to drop before writing).  ``film`` defaults to the preset's."""
+        device: str = "cpu", cache: CropCache | None = None, progress: bool = True, hpe_model: str = DEFAULT_HPE,
+        har_model: str = DEFAULT_HAR, **options) -> dict:
+    """One method, one seed: pre-trained models (the registered ``hpe_model`` and ``har_model``),
+    fine-tuned (``trained``) or chained as they are, scored on ``tests``.  ``options`` are
+    FusionConfig fields.  Returns a JSON-ready record (``model`` holds the method itself, to drop
+    before writing).  ``film`` defaults to the preset's."""
     cfg = method_config(name, **{"film": preset.film, **options})
-    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress)
+    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model)
     if trained:
         model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress)
     else:
@@ -156,7 +176,8 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
                   "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
                   "har_accuracy": models.results["har"].test["accuracy"]}
-    return {"method": name, "seed": seed, "trained": trained, "config": asdict(cfg), "test": scalars(scores),
+    return {"method": name, "seed": seed, "trained": trained, "hpe_model": hpe_model, "har_model": har_model,
+            "config": asdict(cfg), "test": scalars(scores),
             "pretrained": standalone,
             "history": fitted.history if fitted else [], "val": fitted.val if fitted else {},
             "train_seconds": fitted.seconds if fitted else 0.0,
@@ -167,12 +188,14 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
 
 def run_seeds(name: str, fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
               trained: bool = True, device: str = "cpu", cache: CropCache | None = None, progress: bool = True,
-              keep_model: bool = False, **options) -> list[dict]:
+              keep_model: bool = False, hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
+              **options) -> list[dict]:
     """:func:`run` for each seed, with a progress bar; the live models are dropped unless ``keep_model``."""
-    label = f"{name}{'' if trained else ' (untrained)'}"
+    pair = pair_name(hpe_model, har_model)
+    label = f"{name}{f' [{pair}]' if pair else ''}{'' if trained else ' (untrained)'}"
     records = []
     for seed in tqdm(seeds, desc=label, unit="seed", disable=not progress):
-        record = run(name, fpha, preset, seed, tests, trained, device, cache, progress, **options)
+        record = run(name, fpha, preset, seed, tests, trained, device, cache, progress, hpe_model, har_model, **options)
         records.append(record if keep_model else jsonable(record))
     return records
 

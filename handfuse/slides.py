@@ -227,7 +227,7 @@ def attention_effect_figure(rows: dict[str, dict], source: str, seeds: int, cent
         pairs = [rows[k + suffix][centre]["accuracy"] for k in keys]
         means = np.array([p[0] for p in pairs])
         hw = np.array([0.0 if p[1] is None or math.isnan(p[1]) else p[1] for p in pairs])
-        bars = ax.bar(x + offset, means, 0.38, yerr=hw, capsize=4, color=colour, label=f"{label} ({source})")
+        ax.bar(x + offset, means, 0.38, yerr=hw, capsize=4, color=colour, label=f"{label} ({source})")
         for xi, top, m in zip(x + offset, means + hw, means):  # the value above its interval
             ax.text(xi, top + 1.5, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
         original = [(xi + offset, report.ROWS[k + suffix][2]) for xi, k in zip(x, keys)]

@@ -17,8 +17,8 @@ from .cache import CropCache, get_cache
 from .config import Preset
 from .datasets import PoseSequenceDataset
 from .fpha import FPHA
-from .models.har import PoseLSTM
-from .models.hpe import HPE
+from .models.interfaces import ActionRecogniser, PoseEstimator, PosePrior
+from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
 from .paths import runs_dir
 from .tasks import HARTask, HPETask, split_train_val
 from .train import FitResult, fit, run_digest
@@ -39,36 +39,56 @@ def _run_config(fpha: FPHA, preset: Preset, **parts) -> dict:
             **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in parts.items()}}
 
 
+def _model_parts(kind: str, model: str, default: str, cfg) -> dict:
+    """The run config's model entries: ``{kind: cfg}``, plus ``{kind}_model`` for any model but the
+    default (so that the default's run configs, and the folders of runs already made, stay as they were)."""
+    return {kind: cfg} if model == default else {f"{kind}_model": model, kind: cfg}
+
+
+def _prefix(kind: str, model: str, default: str, variant: str) -> str:
+    """``hpe-fc``, or ``hpe-resnet-fc`` for a model other than the default."""
+    return f"{kind}-{variant}" if model == default else f"{kind}-{model}-{variant}"
+
+
 def pretrain_hpe(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, device: str = "cpu",
                  cache: CropCache | None = None, root: str | Path | None = None,
-                 progress: bool = True) -> tuple[HPE, FitResult]:
-    """The DeepPrior++ HPE, plain (``film="none"``) or FiLM-conditioned and fed w_eq = 1/45."""
+                 progress: bool = True, model: str = DEFAULT_HPE) -> tuple[PoseEstimator, FitResult]:
+    """The pose estimator registered as ``model`` (:data:`handfuse.models.registry.HPES`; default
+    DeepPrior++), plain (``film="none"``) or FiLM-conditioned and fed w_eq = 1/45.  A model with a
+    pose prior fits it to the training poses first."""
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    cfg_model = replace(preset.hpe, film=film)
+    entry = hpe_entry(model)
+    cfg_model = replace(entry.config(preset), film=film)
     cfg_train = replace(preset.train_hpe, seed=seed, device=device)
     task = HPETask(cache, splits(fpha, preset, seed), augment=preset.augment)
     torch.manual_seed(seed)
-    model = HPE(cfg_model)
-    train_rows = task.data["train"].rows
-    joints = torch.from_numpy(cache.joints[train_rows] - cache.centres[train_rows][:, None]) / task.half_cube
-    model.init_pca(joints)  # the prior, from the training poses only; frozen while pre-training
-    if device == "cpu" and model.channels_last_safe:
-        model.to_channels_last()
-    config = _run_config(fpha, preset, hpe=cfg_model, augment=preset.augment)
-    run = models_dir(preset, root) / f"hpe-{film}-{run_digest({**config, 'train': asdict(cfg_train)})}-seed{seed}"
-    result = fit(model, task, cfg_train, run, config, progress=progress)
-    return model, result
+    net = entry.build(cfg_model)
+    if isinstance(net, PosePrior):
+        train_rows = task.data["train"].rows
+        joints = torch.from_numpy(cache.joints[train_rows] - cache.centres[train_rows][:, None]) / task.half_cube
+        net.init_pca(joints)  # the prior, from the training poses only; frozen while pre-training
+    if device == "cpu" and net.channels_last_safe:
+        net.to_channels_last()
+    config = _run_config(fpha, preset, **_model_parts("hpe", model, DEFAULT_HPE, cfg_model), augment=preset.augment)
+    name = _prefix("hpe", model, DEFAULT_HPE, film)
+    run = models_dir(preset, root) / f"{name}-{run_digest({**config, 'train': asdict(cfg_train)})}-seed{seed}"
+    result = fit(net, task, cfg_train, run, config, progress=progress)
+    return net, result
 
 
 def pretrain_har(fpha: FPHA, preset: Preset, attention: bool = False, seed: int = 0, device: str = "cpu",
-                 root: str | Path | None = None, progress: bool = True) -> tuple[PoseLSTM, FitResult]:
-    """The pose LSTM on ground-truth pose sequences, with or without temporal attention."""
-    cfg_model = replace(preset.har, attention=attention)
+                 root: str | Path | None = None, progress: bool = True,
+                 model: str = DEFAULT_HAR) -> tuple[ActionRecogniser, FitResult]:
+    """The action recogniser registered as ``model`` (:data:`handfuse.models.registry.HARS`; default
+    the pose LSTM) on ground-truth pose sequences, with or without temporal attention."""
+    entry = har_entry(model)
+    cfg_model = replace(entry.config(preset), attention=attention)
     cfg_train = replace(preset.train_har, seed=seed, device=device)
     data = {name: PoseSequenceDataset(fpha, refs) for name, refs in splits(fpha, preset, seed).items()}
     torch.manual_seed(seed)
-    model = PoseLSTM(cfg_model)
-    config = _run_config(fpha, preset, har=cfg_model)
-    run = models_dir(preset, root) / f"har-{'att' if attention else 'last'}-{run_digest({**config, 'train': asdict(cfg_train)})}-seed{seed}"
-    result = fit(model, HARTask(data), cfg_train, run, config, progress=progress)
-    return model, result
+    net = entry.build(cfg_model)
+    config = _run_config(fpha, preset, **_model_parts("har", model, DEFAULT_HAR, cfg_model))
+    name = _prefix("har", model, DEFAULT_HAR, "att" if attention else "last")
+    run = models_dir(preset, root) / f"{name}-{run_digest({**config, 'train': asdict(cfg_train)})}-seed{seed}"
+    result = fit(net, HARTask(data), cfg_train, run, config, progress=progress)
+    return net, result

@@ -30,29 +30,51 @@ def _guard_the_network() -> None:
 
 _guard_the_network()
 
-def random_fusion_models(seed: int, attention: bool, film: str = "both", preset: str = "smoke"):
+def random_fusion_models(seed: int, attention: bool, film: str = "both", preset: str = "smoke",
+                         hpe_model: str = "deepprior", har_model: str = "lstm"):
     """Random "pre-trained" models of a preset for the fusion methods: a plain HPE, a FiLM-conditioned
     one whose FiLM layers get random weights (so that what feedback feeds really changes the pose;
-    zero-initialised FiLMs would make "the fed action matters" pass by accident), and a HAR."""
+    zero-initialised FiLMs would make "the fed action matters" pass by accident), and a HAR: the
+    estimator and recogniser registered as ``hpe_model`` and ``har_model``."""
     from dataclasses import replace
 
     from handfuse.config import get_preset
     from handfuse.fusion import Pretrained
     from handfuse.models.film import FiLM
-    from handfuse.models.har import PoseLSTM
-    from handfuse.models.hpe import HPE
+    from handfuse.models.interfaces import PosePrior
+    from handfuse.models.registry import har_entry, hpe_entry
 
-    P = get_preset(preset)
+    P, make_hpe, make_har = get_preset(preset), hpe_entry(hpe_model), har_entry(har_model)
     torch.manual_seed(seed)
     poses = torch.randn(64, 21, 3) * 0.3
-    hpe, hpe_film = HPE(P.hpe), HPE(replace(P.hpe, film=film))
+    hpe, hpe_film = make_hpe.build(make_hpe.config(P)), make_hpe.build(replace(make_hpe.config(P), film=film))
     for m in (hpe, hpe_film):
-        m.init_pca(poses)
+        if isinstance(m, PosePrior):
+            m.init_pca(poses)
         m.eval()  # random running stats would otherwise be updated by the first forward
     for m in hpe_film.modules():
         if isinstance(m, FiLM):
             torch.nn.init.normal_(m.linear.weight, std=2.0)
-    return Pretrained(hpe, hpe_film, PoseLSTM(replace(P.har, attention=attention)), {})
+    har = make_har.build(replace(make_har.config(P), attention=attention))
+    return Pretrained(hpe, hpe_film, har, {}, hpe_model, har_model)
+
+
+@pytest.fixture(scope="session")
+def smoke_fusion_data(tmp_path_factory):
+    """The smoke benchmark, its crop cache, six test sequences and their collated batch (with padding):
+    (fpha, cache, sequences, batch), shared by the fusion tests."""
+    from handfuse.cache import get_cache
+    from handfuse.config import get_preset
+    from handfuse.datasets import SequenceDataset, collate_sequences
+    from handfuse.paths import ensure_synthetic
+
+    fpha = FPHA(ensure_synthetic("smoke"))
+    cache = get_cache(fpha, get_preset("smoke").preprocess, cache_dir=tmp_path_factory.mktemp("cache"), workers=1,
+                      progress=False)
+    seqs = SequenceDataset(cache, fpha.test[:6])
+    batch = collate_sequences([seqs[i] for i in range(len(seqs))])
+    assert not bool(batch["mask"].all()), "the test batch must contain padding"
+    return fpha, cache, seqs, batch
 
 
 # The test models are tiny: one thread is as fast as two, and it does not collapse (100x, measured)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import shutil
 import time
 import urllib.request

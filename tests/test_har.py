@@ -131,7 +131,7 @@ def test_stepping_reproduces_the_full_forward(attention, layers):
         for t in range(joints.shape[1]):
             logits_t, state = model.step(joints[:, t], state)
             steps.append(logits_t)
-            hidden.append(state[0][-1])
+            hidden.append(model.hidden(state))
         steps, hidden = torch.stack(steps, 1), torch.stack(hidden, 1)  # (B, T, C), (B, T, H)
         torch.testing.assert_close(steps[mask], full["step_logits"][mask], atol=1e-5, rtol=1e-5)
         logits, weights = model.readout(steps, hidden, mask)

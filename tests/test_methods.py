@@ -15,18 +15,16 @@ import pytest
 import torch
 
 from conftest import random_fusion_models
-from handfuse.cache import get_cache
+from fusion_checks import (check_deterministic_evaluation, check_ensemble_first_pass,
+                           check_feedback_fed_w_eq_is_the_conditioned_hpe, check_feedback_feeds_the_previous_action,
+                           check_forward_backward, check_untrained_baseline_is_the_hpe)
 from handfuse.config import get_preset
-from handfuse.datasets import SequenceDataset, collate_sequences
+from handfuse.datasets import SequenceDataset
 from handfuse.errors import ConfigError
-from handfuse.fpha import FPHA
 from handfuse.fusion import FusionTask, Pretrained, aggregate, finetune, run_name
 from handfuse.methods import METHODS, build, evaluate_sequences, method_config
-from handfuse.methods.baseline import SequentialBaseline
 from handfuse.methods.noise import perturb
 from handfuse.models.film import FiLM
-from handfuse.paths import ensure_synthetic
-from handfuse.tasks import HPETask
 from handfuse.train import FitResult
 
 PRESET = get_preset("smoke")
@@ -37,14 +35,9 @@ def _models(seed: int, attention: bool, film: str = "both") -> Pretrained:
     return random_fusion_models(seed, attention, film)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    fpha = FPHA(ensure_synthetic("smoke"))
-    cache = get_cache(fpha, PRESET.preprocess, cache_dir=tmp_path_factory.mktemp("cache"), workers=1, progress=False)
-    seqs = SequenceDataset(cache, fpha.test[:6])
-    batch = collate_sequences([seqs[i] for i in range(len(seqs))])
-    assert not bool(batch["mask"].all()), "the test batch must contain padding"
-    return fpha, cache, seqs, batch
+@pytest.fixture
+def data(smoke_fusion_data):
+    return smoke_fusion_data  # (fpha, cache, sequences, batch): see conftest
 
 
 def _forward(model, batch):
@@ -56,44 +49,19 @@ def _forward(model, batch):
 def test_forward_backward_over_the_registry(name, attention, data):
     _, _, _, batch = data
     model = build(name, _models(0, attention), HALF, method_config(name, attention=attention, p_eq=0.5))
-    model.train()
-    out = _forward(model, batch)
-    B, T = batch["mask"].shape
-    assert out["joints_mm"].shape == (B, T, 21, 3) and out["logits"].shape == (B, 45)
-    assert bool(torch.isfinite(out["joints_mm"]).all()) and bool(torch.isfinite(out["logits"]).all())
-    assert bool((out["joints_mm"][~batch["mask"]] == 0).all()), "padding frames must stay zero"
-    assert (out["attention"] is not None) == attention
-    loss = model.loss(out, batch)
-    loss.backward()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert trainable and any(float(p.grad.abs().sum()) > 0 for p in trainable if p.grad is not None)
+    check_forward_backward(model, batch, attention)
     assert model.har.classifier.weight.grad.abs().sum() > 0
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    assert all(p.grad is None for p in frozen)
 
 
 def test_untrained_baseline_reproduces_the_standalone_hpe_error(data):
     fpha, cache, seqs, _ = data
-    models = _models(1, False)
-    refs = fpha.test[:6]
-    chained = evaluate_sequences(build("baseline", models, HALF), seqs, batch_size=4)
-    alone = HPETask(cache, {"test": refs}).evaluate(models.hpe, "test", None)
-    assert chained["error_mm"] == pytest.approx(alone["error_mm"], rel=1e-6)
+    check_untrained_baseline_is_the_hpe(_models(1, False), cache, seqs, fpha.test[:6], HALF)
 
 
 @pytest.mark.parametrize("film", ["both", "fc", "blocks"])
 def test_feedback_with_p_eq_1_is_the_w_eq_conditioned_hpe(film, data):
     _, _, _, batch = data
-    models = _models(2, True, film)
-    reference = _forward(SequentialBaseline(models.hpe_film, models.har, HALF).eval(), batch)  # fed w_eq (None)
-    for training, cfg in ((True, method_config("feedback", p_eq=1.0, film=film)),
-                          (False, method_config("feedback", eval_feed="w_eq", film=film))):
-        model = build("feedback", models, HALF, cfg).train(training)
-        with torch.no_grad():
-            out = _forward(model, batch)
-        torch.testing.assert_close(out["joints_mm"], reference["joints_mm"], atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(out["logits"], reference["logits"], atol=1e-4, rtol=1e-5)
-        assert bool(out["fed_w_eq"][batch["mask"]].all())
+    check_feedback_fed_w_eq_is_the_conditioned_hpe(_models(2, True, film), batch, film, HALF)
 
 
 @pytest.mark.parametrize("film", ["both", "fc", "blocks"])
@@ -101,38 +69,12 @@ def test_feedback_feeds_frame_t_the_action_after_frame_t_minus_1(film, data):
     """Every frame's pose, recomputed one at a time from the previous step's logits (the naive
     unroll), equals what the batched implementation returned: the fast paths change no number."""
     _, _, _, batch = data
-    models = _models(3, False, film)
-    model = build("feedback", models, HALF, method_config("feedback", film=film)).eval()
-    with torch.no_grad():
-        out = _forward(model, batch)
-        hpe = model.hpe
-        for b in range(len(batch["mask"])):
-            n = int(batch["length"][b])
-            actions = torch.cat([torch.full((1, 45), 1 / 45), torch.softmax(out["step_logits"][b, : n - 1], -1)])
-            naive = hpe(batch["depth"][b, :n], actions)["joints"] * HALF + batch["centre"][b, :n, None]
-            torch.testing.assert_close(out["joints_mm"][b, :n], naive, atol=1e-4, rtol=1e-5)
-        w_eq = _forward(build("feedback", models, HALF, method_config("feedback", eval_feed="w_eq", film=film)).eval(),
-                        batch)
-    moved = (out["joints_mm"] - w_eq["joints_mm"]).norm(dim=-1)[batch["mask"]]
-    assert float(moved[batch["mask"][batch["mask"]]].max()) > 1.0, "feeding predictions changed no pose"
+    check_feedback_feeds_the_previous_action(_models(3, False, film), batch, film, HALF)
 
 
 def test_ensemble_with_eta_zeta_0_is_its_first_pass(data):
     _, _, _, batch = data
-    models = _models(4, True)
-    first = _forward(SequentialBaseline(models.hpe, models.har, HALF).eval(), batch)
-    model = build("ensemble", models, HALF, method_config("ensemble", eta=0.0, zeta=0.0, attention=True)).eval()
-    with torch.no_grad():
-        out = _forward(model, batch)
-    torch.testing.assert_close(out["joints_mm"], first["joints_mm"])
-    torch.testing.assert_close(out["logits"], torch.log_softmax(first["logits"], -1), atol=1e-5, rtol=1e-5)
-    # and the second pass is HPE2 fed the first pass's sequence action on every frame
-    mask = batch["mask"]
-    fed = torch.softmax(first["logits"], -1)[:, None].expand(*mask.shape, 45)[mask]
-    with torch.no_grad():
-        second = model.hpe2(batch["depth"][mask], fed)["joints"] * HALF + batch["centre"][mask][:, None]
-    torch.testing.assert_close(out["second"]["joints_mm"][mask], second, atol=1e-4, rtol=1e-5)
-    assert float((second - first["joints_mm"][mask].detach()).norm(dim=-1).max()) > 1.0
+    check_ensemble_first_pass(_models(4, True), batch, HALF, attention=True)
 
 
 def test_ensemble_mixes_the_two_passes(data):
@@ -149,14 +91,7 @@ def test_ensemble_mixes_the_two_passes(data):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_evaluation_is_deterministic_and_never_draws_a_coin(name, data):
     _, _, seqs, _ = data
-    model = build(name, _models(6, False), HALF, method_config(name, p_eq=0.5))
-    state = torch.get_rng_state()
-    first = evaluate_sequences(model, seqs, batch_size=4)
-    assert torch.equal(state, torch.get_rng_state()), "evaluation drew random numbers"
-    torch.manual_seed(123)
-    second = evaluate_sequences(model, seqs, batch_size=3)  # other batches, other padding
-    np.testing.assert_allclose(first["logits"], second["logits"], atol=1e-4)
-    assert first["error_mm"] == pytest.approx(second["error_mm"], rel=1e-6)
+    check_deterministic_evaluation(build(name, _models(6, False), HALF, method_config(name, p_eq=0.5)), seqs)
 
 
 def test_training_coin_feeds_predictions_at_rate_1_minus_p_eq(data):

@@ -1,4 +1,5 @@
-"""The two halves learn on the smoke benchmark, through the same code the notebooks use."""
+"""The two halves learn on the smoke benchmark, through the same code the notebooks use: every
+registered pose estimator and action recogniser (handfuse.models.registry)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,8 @@ from handfuse.cache import get_cache
 from handfuse.config import get_preset
 from handfuse.datasets import FrameDataset, PoseSequenceDataset, collate_sequences
 from handfuse.fpha import FPHA
-from handfuse.models.har import PoseLSTM
-from handfuse.models.hpe import HPE
+from handfuse.models.interfaces import PosePrior
+from handfuse.models.registry import HARS, HPES, har_entry, hpe_entry
 from handfuse.paths import ensure_synthetic
 from handfuse.standalone import pretrain_har
 
@@ -33,34 +34,41 @@ def _descend(model, loss_fn, steps: int, lr: float) -> tuple[float, float]:
     return first, loss_fn().item()
 
 
-def test_a_tiny_hpe_learns_on_smoke_crops(smoke, tmp_path):
+@pytest.mark.parametrize("name", sorted(HPES))
+def test_a_tiny_hpe_learns_on_smoke_crops(name, smoke, tmp_path):
     fpha, preset = smoke
     cache = get_cache(fpha, preset.preprocess, cache_dir=tmp_path, workers=1, progress=False)
     ds = FrameDataset(cache, fpha.train)
     batch = ds.batch(np.random.default_rng(0).permutation(len(ds))[:32])
     torch.manual_seed(0)
-    model = HPE(preset.hpe)
-    model.init_pca(batch["joints"])
+    entry = hpe_entry(name)
+    model = entry.build(entry.config(preset))
+    if isinstance(model, PosePrior):
+        model.init_pca(batch["joints"])
     model.eval()  # no dropout: a fixed batch must be fitted
     first, last = _descend(model, lambda: model.loss(model(batch["depth"]), batch["joints"]), 100, 3e-3)
     assert last < 0.5 * first, (first, last)
 
 
-def test_a_tiny_har_learns_on_smoke_poses(smoke):
+@pytest.mark.parametrize("name", sorted(HARS))
+def test_a_tiny_har_learns_on_smoke_poses(name, smoke):
     fpha, preset = smoke
     ds = PoseSequenceDataset(fpha, fpha.train[:24])
     batch = collate_sequences([ds[i] for i in range(len(ds))])
     torch.manual_seed(0)
-    model = PoseLSTM(preset.har)
+    entry = har_entry(name)
+    model = entry.build(entry.config(preset))
     first, last = _descend(model, lambda: model.loss(model(batch["joints"], batch["mask"]), batch["label"]), 80, 1e-2)
     assert last < 0.5 * first, (first, last)
 
 
-def test_pretraining_writes_a_run_that_reloads_identically(smoke, tmp_path):
+@pytest.mark.parametrize("name", sorted(HARS))
+def test_pretraining_writes_a_run_that_reloads_identically(name, smoke, tmp_path):
     fpha, preset = smoke
-    model, first = pretrain_har(fpha, preset, attention=True, root=tmp_path, progress=False)
-    assert len(list(tmp_path.glob("har-att-*-seed0/best.pt"))) == 1
-    again, second = pretrain_har(fpha, preset, attention=True, root=tmp_path, progress=False)
+    model, first = pretrain_har(fpha, preset, attention=True, root=tmp_path, progress=False, model=name)
+    prefix = "har-att-" if name == "lstm" else f"har-{name}-att-"  # the default's folder names are unchanged
+    assert [p.parent.name.startswith(prefix) for p in tmp_path.glob("*/best.pt")] == [True]
+    again, second = pretrain_har(fpha, preset, attention=True, root=tmp_path, progress=False, model=name)
     assert second.test == first.test and second.history == first.history
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from ..datasets import pose_features
+from ..models.interfaces import ActionRecogniser, PoseEstimator
 from .common import FusionConfig, FusionMethod, scatter_frames
 
 
 class SequentialBaseline(FusionMethod):
-    def __init__(self, hpe: nn.Module, har: nn.Module, half_cube_mm: float, cfg: FusionConfig = FusionConfig()):
+    def __init__(self, hpe: PoseEstimator, har: ActionRecogniser, half_cube_mm: float, cfg: FusionConfig = FusionConfig()):
         super().__init__(cfg, half_cube_mm)
         self.hpe, self.har = hpe, har
         self.set_trainable(self.hpe, cfg.train_hpe)

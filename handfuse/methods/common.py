@@ -1,5 +1,9 @@
 """What every fusion method shares: its options, the joint loss, frozen normalisation, evaluation.
 
+The methods reach the models only through the interfaces of
+:mod:`handfuse.models.interfaces` (a pose estimator, an action recogniser), so every
+method runs with every registered pair (``tests/test_generality.py``).
+
 A fusion method is an ``nn.Module`` whose forward takes a batch of whole
 sequences, ``depth`` (B, T, 1, S, S), ``centre`` (B, T, 3) mm (the crop centres)
 and ``mask`` (B, T) (True on valid frames, a prefix of each row), and returns at
@@ -33,6 +37,7 @@ from torch import nn
 
 from ..datasets import SequenceDataset, collate_sequences
 from ..models.film import uniform_action
+from ..models.interfaces import PosePrior
 from ..errors import check
 from ..metrics import accuracy
 from .noise import perturb
@@ -172,8 +177,8 @@ class FusionMethod(nn.Module):
 
     def set_trainable(self, module: nn.Module, trainable: bool) -> None:
         module.requires_grad_(trainable)
-        if hasattr(module, "freeze_pca"):
-            module.freeze_pca(True)  # the pose prior stays fixed, as in pre-training
+        if isinstance(module, PosePrior):  # an estimator with a pose prior (optional)
+            module.freeze_pca(True)  # the prior stays fixed, as in pre-training
 
 
 def conditioned_copy(hpe: nn.Module, cfg: FusionConfig) -> nn.Module:

@@ -30,19 +30,19 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..datasets import pose_features
 from ..errors import ConfigError
 from ..models.film import uniform_action
+from ..models.interfaces import ActionRecogniser, PoseEstimator
 from .common import FusionConfig, FusionMethod, conditioned_copy, scatter_frames, w_eq_mask
 
 
 class TwoHPEEnsemble(FusionMethod):
-    def __init__(self, hpe1: nn.Module, hpe2: nn.Module, har: nn.Module, half_cube_mm: float,
+    def __init__(self, hpe1: PoseEstimator, hpe2: PoseEstimator, har: ActionRecogniser, half_cube_mm: float,
                  cfg: FusionConfig = FusionConfig()):
         super().__init__(cfg, half_cube_mm)
-        if getattr(hpe2.cfg, "film", "none") == "none":
+        if not hpe2.accepts_action:
             raise ConfigError("hpe.film", "none", "a FiLM placement for HPE2 ('blocks', 'fc' or 'both')")
         self.hpe1, self.hpe2, self.har = hpe1, hpe2, har
         self.set_trainable(self.hpe1, cfg.train_hpe1)
@@ -54,7 +54,7 @@ class TwoHPEEnsemble(FusionMethod):
         return cls(copy.deepcopy(models.hpe), conditioned_copy(models.hpe_film, cfg), copy.deepcopy(models.har),
                    half_cube_mm, cfg)
 
-    def _pass(self, hpe: nn.Module, depth, centre, mask, action=None) -> tuple[torch.Tensor, dict]:
+    def _pass(self, hpe: PoseEstimator, depth, centre, mask, action=None) -> tuple[torch.Tensor, dict]:
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in hpe.parameters())
         with torch.set_grad_enabled(needs_grad):
             pose = hpe(depth[mask], action)["joints"]  # an unconditioned HPE ignores action=None

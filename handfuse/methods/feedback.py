@@ -29,18 +29,18 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from ..datasets import pose_features
 from ..errors import ConfigError
 from ..models.film import uniform_action
+from ..models.interfaces import ActionRecogniser, PoseEstimator
 from .common import FusionConfig, FusionMethod, conditioned_copy, frame_index, scatter_frames, w_eq_mask
 
 
 class ActionFeedback(FusionMethod):
-    def __init__(self, hpe: nn.Module, har: nn.Module, half_cube_mm: float, cfg: FusionConfig = FusionConfig()):
+    def __init__(self, hpe: PoseEstimator, har: ActionRecogniser, half_cube_mm: float, cfg: FusionConfig = FusionConfig()):
         super().__init__(cfg, half_cube_mm)
-        if getattr(hpe.cfg, "film", "none") == "none":
+        if not hpe.accepts_action:
             raise ConfigError("hpe.film", "none", "a FiLM placement ('blocks', 'fc' or 'both'): feedback conditions the HPE")
         self.hpe, self.har = hpe, har
         self.set_trainable(self.hpe, cfg.train_hpe)
@@ -84,7 +84,7 @@ class ActionFeedback(FusionMethod):
             x_t = pose_features(torch.stack([joints[0], j_t], 1))[:, 1]  # (B, 21, 3)
             logits_t, state = self.har.step(x_t, state)  # (B, 45)
             step_logits.append(logits_t)
-            hidden.append(state[0][-1])  # (B, H)
+            hidden.append(self.har.hidden(state))  # (B, H)
             action = self.fed_action(logits_t)
         valid = mask[..., None]
         joints = torch.where(mask[..., None, None], torch.stack(joints, 1), 0.0)  # (B, T, 21, 3)

@@ -29,6 +29,16 @@ def uniform_action(batch: int, device: torch.device | str | None = None,
     return torch.full((batch, NUM_ACTIONS), 1.0 / NUM_ACTIONS, device=device, dtype=dtype)
 
 
+def action_or_w_eq(action: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """The action (batch, 45) a conditioned network reads: ``action`` checked, or w_eq when None
+    (on ``like``'s device and dtype)."""
+    if action is None:
+        return uniform_action(batch, like.device, like.dtype)
+    if action.shape != (batch, NUM_ACTIONS):
+        raise ValueError(f"action must be ({batch}, {NUM_ACTIONS}), got {tuple(action.shape)}")
+    return action
+
+
 class FiLM(nn.Module):
     """``y = (1 + gamma(w)) * x + beta(w)`` per channel; ``gamma, beta = Linear(w)``, zero at init."""
 

@@ -31,8 +31,11 @@ padded one.
 :meth:`PoseLSTM.init_state` and :meth:`PoseLSTM.step` run the same network one
 frame at a time (for action feedback, where the action after frame t conditions
 the pose estimate of frame t+1); stepping reproduces the per-step logits of the
-full forward, and :meth:`PoseLSTM.readout` turns stepped outputs into the same
-sequence logits.
+full forward, :meth:`PoseLSTM.hidden` reads ``h_t`` from a stepped state, and
+:meth:`PoseLSTM.readout` turns stepped outputs into the same sequence logits: the
+``ActionRecogniser`` interface of :mod:`handfuse.models.interfaces` (registered as
+``"lstm"``).  :func:`sequence_readout` and :func:`sequence_loss` are shared with
+the other recognisers.
 
 Loss (:meth:`PoseLSTM.loss`): cross-entropy on the sequence logits, as the
 original.  ``step_loss > 0`` adds that weight times the mean cross-entropy of
@@ -48,6 +51,7 @@ from torch import nn
 
 from ..errors import check, is_int
 from ..skeleton import NUM_ACTIONS, NUM_JOINTS
+from .flops import forward_flops
 
 IN_FEATURES = NUM_JOINTS * 3  # 63 numbers per frame
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (layers, B, hidden)
@@ -118,11 +122,7 @@ class PoseLSTM(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequence logits (B, C) and attention weights (B, T) (None without attention) from the
         per-step logits (B, T, C), the top LSTM layer's outputs (B, T, H) and the mask (B, T)."""
-        if self.attention is None:
-            last = lengths_of(mask) - 1  # (B,)
-            return step_logits[torch.arange(len(last), device=last.device), last], None  # (B, C)
-        weights = self.attention(step_logits, hidden, mask)  # (B, T)
-        return torch.einsum("bt,btc->bc", weights, step_logits), weights  # (B, C)
+        return sequence_readout(self.attention, step_logits, hidden, mask)
 
     def forward(self, joints: torch.Tensor, mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
@@ -131,34 +131,14 @@ class PoseLSTM(nn.Module):
         Returns ``step_logits`` (B, T, C) (zero on padding), ``logits`` (B, C), ``attention``
         (B, T) or None, ``hidden`` (B, T, H) the top layer's outputs (zero on padding), and
         ``loss`` when ``labels`` (B,) are given."""
-        B, T = joints.shape[:2]
-        x = joints.reshape(B, T, IN_FEATURES)  # (B, T, 63)
-        if mask is None:
-            mask = torch.ones(B, T, dtype=torch.bool, device=joints.device)
-        if mask.shape != (B, T):
-            raise ValueError(f"mask {tuple(mask.shape)} must be (B, T) = {(B, T)}")
-        lengths_of(mask)  # refuses holes and empty sequences
-        valid = mask[..., None]  # (B, T, 1)
-        hidden, _ = self.lstm(torch.where(valid, x, 0.0))  # (B, T, H); causal, so padding comes too late
-        hidden = torch.where(valid, hidden, 0.0)
-        step_logits = torch.where(valid, self.classifier(self.drop(hidden)), 0.0)  # (B, T, C)
-        logits, weights = self.readout(step_logits, hidden, mask)
-        result = {"step_logits": step_logits, "logits": logits, "attention": weights, "hidden": hidden}
-        if labels is not None:
-            result["loss"] = self.loss(result, labels, mask)
-        return result
+        x, mask = sequence_input(joints, mask)  # (B, T, 63), (B, T)
+        hidden, _ = self.lstm(x)  # (B, T, H); causal, so padding comes too late
+        return sequence_outputs(self, hidden, mask, labels)
 
     def loss(self, out: dict, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy of ``out["logits"]`` against ``labels`` (B,), plus ``step_loss`` times the
         mean cross-entropy over valid steps of ``out["step_logits"]`` (needs ``mask`` if padded)."""
-        loss = F.cross_entropy(out["logits"], labels)
-        if self.cfg.step_loss > 0:
-            step_logits = out["step_logits"]  # (B, T, C)
-            if mask is None:
-                mask = torch.ones(step_logits.shape[:2], dtype=torch.bool, device=step_logits.device)
-            per_step = F.cross_entropy(step_logits[mask], labels[:, None].expand(mask.shape)[mask])
-            loss = loss + self.cfg.step_loss * per_step
-        return loss
+        return sequence_loss(out, labels, mask, self.cfg.step_loss)
 
     def init_state(self, batch: int) -> State:
         """The zero LSTM state (h, c) for ``batch`` sequences, each (layers, B, hidden)."""
@@ -168,7 +148,77 @@ class PoseLSTM(nn.Module):
 
     def step(self, joints_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One frame ``joints_t`` (B, 21, 3) -> its step logits (B, C) and the new state.
-        The top layer's output ``h_t`` (B, H), which :meth:`readout` needs, is ``state[0][-1]``."""
+        The top layer's output ``h_t`` (B, H), which :meth:`readout` needs, is :meth:`hidden` of it."""
         x = joints_t.reshape(len(joints_t), 1, IN_FEATURES)  # (B, 1, 63)
         out, state = self.lstm(x, state)  # (B, 1, H)
         return self.classifier(self.drop(out[:, 0])), state  # (B, C)
+
+    def hidden(self, state: State) -> torch.Tensor:
+        """The top layer's output ``h_t`` (B, H) of the last step, from a state :meth:`step` returned."""
+        return state[0][-1]
+
+
+def sequence_input(joints: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joints (B, T, 21, 3) and a mask (B, T) (None: all valid; holes and empty sequences refused)
+    -> the flat inputs (B, T, 63), zero on padding, and the mask."""
+    B, T = joints.shape[:2]
+    if mask is None:
+        mask = torch.ones(B, T, dtype=torch.bool, device=joints.device)
+    if mask.shape != (B, T):
+        raise ValueError(f"mask {tuple(mask.shape)} must be (B, T) = {(B, T)}")
+    lengths_of(mask)  # refuses holes and empty sequences
+    return torch.where(mask[..., None], joints.reshape(B, T, IN_FEATURES), 0.0), mask
+
+
+def sequence_outputs(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """The common end of a recogniser's forward, from its per-step features ``hidden`` (B, T, H):
+    ``model.classifier`` per step, ``model.readout`` over the steps, and ``model.loss`` given labels;
+    everything is zero on padding.  See :meth:`PoseLSTM.forward` for the outputs."""
+    valid = mask[..., None]  # (B, T, 1)
+    hidden = torch.where(valid, hidden, 0.0)
+    step_logits = torch.where(valid, model.classifier(model.drop(hidden)), 0.0)  # (B, T, C)
+    logits, weights = model.readout(step_logits, hidden, mask)
+    result = {"step_logits": step_logits, "logits": logits, "attention": weights, "hidden": hidden}
+    if labels is not None:
+        result["loss"] = model.loss(result, labels, mask)
+    return result
+
+
+def sequence_readout(attention: TemporalAttention | None, step_logits: torch.Tensor, hidden: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sequence logits (B, C) of any recogniser with per-step logits (B, T, C) and features
+    (B, T, H): the last valid step's logits (``attention`` None; weights None) or the
+    ``attention``-weighted sum over the valid steps (weights (B, T))."""
+    if attention is None:
+        last = lengths_of(mask) - 1  # (B,)
+        return step_logits[torch.arange(len(last), device=last.device), last], None  # (B, C)
+    weights = attention(step_logits, hidden, mask)  # (B, T)
+    return torch.einsum("bt,btc->bc", weights, step_logits), weights  # (B, C)
+
+
+def sequence_loss(out: dict, labels: torch.Tensor, mask: torch.Tensor | None, step_loss: float) -> torch.Tensor:
+    """Cross-entropy of ``out["logits"]`` (B, C) against ``labels`` (B,), plus ``step_loss`` times the
+    mean cross-entropy of ``out["step_logits"]`` (B, T, C) over the valid steps of ``mask`` (B, T)."""
+    loss = F.cross_entropy(out["logits"], labels)
+    if step_loss > 0:
+        step_logits = out["step_logits"]  # (B, T, C)
+        if mask is None:
+            mask = torch.ones(step_logits.shape[:2], dtype=torch.bool, device=step_logits.device)
+        per_step = F.cross_entropy(step_logits[mask], labels[:, None].expand(mask.shape)[mask])
+        loss = loss + step_loss * per_step
+    return loss
+
+
+def count_sequence_flops(model: nn.Module, steps: int) -> int:
+    """Forward FLOPs of any action recogniser on one sequence of ``steps`` frames (eval mode; a
+    multiply-add counts 2).  ``torch.utils.flop_counter`` counts matrix products but not a fused
+    ``nn.LSTM`` (one opaque kernel on CPU), so each LSTM's gate products are added by hand:
+    ``2 * 4H * (input + H)`` per step and layer."""
+    p = next(model.parameters())
+    counter = forward_flops(model, torch.zeros(1, steps, NUM_JOINTS, 3, device=p.device, dtype=p.dtype))
+    counted = counter.get_flop_counts()  # per module path, e.g. "PoseLSTM.lstm"
+    lstm = sum(2 * 4 * m.hidden_size * ((m.input_size if i == 0 else m.hidden_size) + m.hidden_size) * steps
+               for name, m in model.named_modules() if isinstance(m, nn.LSTM)
+               and not any(k.endswith("." + name) and sum(v.values()) for k, v in counted.items())
+               for i in range(m.num_layers))
+    return int(counter.get_total_flops()) + lstm

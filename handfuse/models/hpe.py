@@ -51,6 +51,9 @@ whole sequence's frames go through it in one batch and the per-step action
 feedback only re-runs the cheap head.  With ``"blocks"`` the trunk needs the
 action.  On CPU ``model.to(memory_format=torch.channels_last)`` (or
 :meth:`HPE.to_channels_last`) is markedly faster; inputs are converted to match.
+
+Interfaces: :class:`HPE` is a ``PoseEstimator`` with a ``PosePrior``
+(:mod:`handfuse.models.interfaces`), registered as ``"deepprior"``.
 """
 from __future__ import annotations
 
@@ -59,11 +62,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import check, is_int
 from ..skeleton import NUM_ACTIONS, NUM_JOINTS
-from .film import FiLM, uniform_action
+from .film import FiLM, action_or_w_eq
+from .flops import forward_flops
 
 POSE_DIM = NUM_JOINTS * 3  # 63
 FILM_PLACEMENTS = ("none", "blocks", "fc", "both")
@@ -115,6 +118,14 @@ class HPEConfig:
         return self.film in ("fc", "both")
 
 
+def channels_last_safe(model: nn.Module) -> bool:
+    """Whether every conv of ``model`` has at least 16 channels.  With fewer (the smoke preset's 2-8),
+    torch 2.13's CPU channels_last convolution backward corrupts memory for odd batch sizes ("double
+    free or corruption", a segfault), so such tiny models stay in the default format."""
+    return all(min(m.in_channels, m.out_channels) >= 16 for m in model.modules()
+               if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+
+
 class Bottleneck(nn.Module):
     """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1, plus the
     input, or a strided 1x1 projection of the pre-activated input when the shape changes.  An optional
@@ -141,7 +152,28 @@ class Bottleneck(nn.Module):
         return h + skip
 
 
-class HPE(nn.Module):
+class SplitAtAction:
+    """``before_action`` / ``after_action`` (the PoseEstimator interface's speed split) for an
+    estimator built as ``trunk(depth, action)`` -> ``fc1`` -> ``_head_from_fc1(h, action, target)``,
+    whose FiLM sits in the trunk's blocks (``cfg.film_blocks``) and/or in the FC head."""
+
+    def before_action(self, depth: torch.Tensor) -> torch.Tensor:
+        """The part of the forward that ignores the action, per frame (B, ...): the first FC layer's
+        output with FiLM in the FC layers (or none), the crops themselves with FiLM in the blocks.
+        Action feedback computes it once for every frame and re-runs only :meth:`after_action`."""
+        if self.cfg.film_blocks:
+            return depth
+        return self.fc1(self.trunk(depth))  # (B, fc)
+
+    def after_action(self, x: torch.Tensor, action: torch.Tensor | None = None,
+                     target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Finish the forward from :meth:`before_action`'s output: the same outputs as ``forward``."""
+        if self.cfg.film_blocks:
+            return self(x, action, target)
+        return self._head_from_fc1(x, action, target)
+
+
+class HPE(SplitAtAction, nn.Module):
     """DeepPrior++-style pose estimator; see the module docstring."""
 
     def __init__(self, cfg: HPEConfig = HPEConfig()):
@@ -220,18 +252,16 @@ class HPE(nn.Module):
 
     @property
     def channels_last_safe(self) -> bool:
-        """Whether every conv has at least 16 channels.  With fewer (the smoke preset's 2-8), torch
-        2.13's CPU channels_last convolution backward corrupts memory for odd batch sizes ("double
-        free or corruption", a segfault), so such tiny models stay in the default format."""
-        return all(min(m.in_channels, m.out_channels) >= 16 for m in self.modules()
-                   if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+        """Whether every conv has at least 16 channels (see :func:`channels_last_safe`)."""
+        return channels_last_safe(self)
+
+    @property
+    def accepts_action(self) -> bool:
+        """Whether an action conditions the output (FiLM somewhere): the pose-estimator interface."""
+        return self.cfg.film != "none"
 
     def _action(self, action: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
-        if action is None:
-            return uniform_action(batch, like.device, like.dtype)
-        if action.shape != (batch, NUM_ACTIONS):
-            raise ValueError(f"action must be ({batch}, {NUM_ACTIONS}), got {tuple(action.shape)}")
-        return action
+        return action_or_w_eq(action, batch, like)
 
     def trunk(self, depth: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         """Depth crops (B, 1, S, S) -> features (B, feature_dim).  ``action`` (B, 45) is only read
@@ -253,21 +283,6 @@ class HPE(nn.Module):
         """Features (B, feature_dim) -> ``pca`` (B, pca_dim), ``joints`` (B, 21, 3) and, given target
         joints (B, 21, 3), ``loss``.  ``action`` (B, 45) is only read with FC FiLM (None: w_eq)."""
         return self._head_from_fc1(self.fc1(features), action, target)
-
-    def before_action(self, depth: torch.Tensor) -> torch.Tensor:
-        """The part of the forward that ignores the action, per frame (B, ...): the first FC layer's
-        output with FiLM in the FC layers (or none), the crops themselves with FiLM in the blocks.
-        Action feedback computes it once for every frame and re-runs only :meth:`after_action`."""
-        if self.cfg.film_blocks:
-            return depth
-        return self.fc1(self.trunk(depth))  # (B, fc)
-
-    def after_action(self, x: torch.Tensor, action: torch.Tensor | None = None,
-                     target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Finish the forward from :meth:`before_action`'s output: the same outputs as ``forward``."""
-        if self.cfg.film_blocks:
-            return self(x, action, target)
-        return self._head_from_fc1(x, action, target)
 
     def _head_from_fc1(self, h: torch.Tensor, action: torch.Tensor | None, target: torch.Tensor | None) -> dict:
         # h: (B, fc), the first FC layer's output, before its FiLM and ReLU
@@ -339,19 +354,12 @@ class _Joints(nn.Module):
         return self.model(depth)["joints"]
 
 
-def count_flops(model: HPE) -> int:
-    """Forward FLOPs per frame (a multiply-add counts 2; convolutions and matrix products only,
-    as ``torch.utils.flop_counter`` counts), measured on one frame in eval mode."""
+def count_flops(model: nn.Module) -> int:
+    """Forward FLOPs per frame of any pose estimator (a multiply-add counts 2; convolutions and matrix
+    products only, as ``torch.utils.flop_counter`` counts), measured on one frame in eval mode."""
     p = next(model.parameters())
     x = torch.zeros(1, 1, model.cfg.crop, model.cfg.crop, device=p.device, dtype=p.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
+    return int(forward_flops(model, x).get_total_flops())
 
 
 def hpe_flops(cfg: HPEConfig) -> int:
