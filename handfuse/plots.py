@@ -228,3 +228,30 @@ def grid_figure(values: list[float], error_mm: np.ndarray, accuracy: np.ndarray,
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def generality_figure(tables: dict[str, dict], methods: list[str], source: str, seeds: int):
+    """Per pair of models (``tables``: pair label -> rows as ``report.results_table`` takes them), the
+    test accuracy (left) and pose error (right) of each method, bars with 95 % intervals over seeds
+    (ground-truth crop centres)."""
+    pairs = list(tables)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / len(methods)
+    x = np.arange(len(pairs))
+    for ax, metric, label in ((axes[0], "accuracy", "action accuracy (%)"), (axes[1], "error_mm", "pose error (mm)")):
+        for m, name in enumerate(methods):
+            cells = [tables[p][name]["gt"][metric] for p in pairs]  # [mean, half-width] each
+            means = np.array([c[0] for c in cells])
+            hw = np.array([0.0 if not np.isfinite(c[1]) else c[1] for c in cells])
+            ax.bar(x + (m - (len(methods) - 1) / 2) * width, means, width * 0.95, yerr=hw, capsize=3, label=name)
+        ax.set_xticks(x, pairs, fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        low = min(tables[p][n]["gt"][metric][0] for p in pairs for n in methods)
+        high = max(tables[p][n]["gt"][metric][0] for p in pairs for n in methods)
+        pad = 0.25 * (high - low) + 1.0
+        ax.set_ylim(max(0.0, low - pad), high + pad)
+    axes[0].legend(fontsize=8, ncol=2)
+    fig.suptitle(f"Every method with every pair of models ({source}, 95 % intervals over {seeds} seeds)")
+    fig.tight_layout()
+    return fig

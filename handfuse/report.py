@@ -61,28 +61,40 @@ def results_table(rows: dict[str, dict], source: str, seeds: int) -> str:
     return head + "\n".join(lines) + note
 
 
-def compare(name_a: str, runs_a: list[dict], name_b: str, runs_b: list[dict], metric: str, centre: str = "gt") -> str:
-    """A plain sentence: is ``a`` better than ``b`` on ``metric`` ("accuracy" or "error_mm")?
-
-    Runs of the same seed start from the same pre-trained models, so the test is *paired*: the
-    95 % t-interval of the per-seed differences.  "Better" or "worse" only when it excludes zero."""
+def paired(runs_a: list[dict], runs_b: list[dict], metric: str, centre: str = "gt") -> dict:
+    """Is ``a`` better than ``b`` on ``metric`` ("accuracy" or "error_mm")?  Runs of the same seed start
+    from the same pre-trained models, so the test is *paired*: the 95 % t-interval of the per-seed
+    differences.  Returns ``mean_a``, ``mean_b``, ``diff`` (a - b; accuracy in points), ``hw`` (its
+    half-width), ``seeds`` and ``verdict``: "better" or "worse" only when the interval excludes zero,
+    else "no difference" ("one seed" when there is nothing to pair)."""
     from .metrics import mean_ci95
 
-    scale, unit, higher = (100.0, "points", True) if metric == "accuracy" else (1.0, "mm", False)
+    scale, higher = (100.0, True) if metric == "accuracy" else (1.0, False)
     by_seed = {r["seed"]: scale * r["test"][centre][metric] for r in runs_b}
     pairs = [(scale * r["test"][centre][metric], by_seed[r["seed"]]) for r in runs_a if r["seed"] in by_seed]
     if not pairs:
-        raise ValueError(f"{name_a} and {name_b} share no seed: nothing to compare")
+        raise ValueError("the two sets of runs share no seed: nothing to compare")
     mean_a, mean_b = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
     diff, hw = mean_ci95([a - b for a, b in pairs])
-    what = "accuracy" if metric == "accuracy" else "pose error"
-    head = f"{name_a}'s {what} ({mean_a:.2f}) against {name_b}'s ({mean_b:.2f}): {diff:+.2f} {unit}"
     if len(pairs) < 2 or math.isnan(hw):
+        verdict = "one seed"
+    elif abs(diff) <= hw:
+        verdict = "no difference"
+    else:
+        verdict = "better" if (diff > 0) == higher else "worse"
+    return {"mean_a": mean_a, "mean_b": mean_b, "diff": diff, "hw": hw, "seeds": len(pairs), "verdict": verdict}
+
+
+def compare(name_a: str, runs_a: list[dict], name_b: str, runs_b: list[dict], metric: str, centre: str = "gt") -> str:
+    """A plain sentence: is ``a`` better than ``b`` on ``metric``?  (:func:`paired` says how it is decided.)"""
+    p = paired(runs_a, runs_b, metric, centre)
+    unit, what = ("points", "accuracy") if metric == "accuracy" else ("mm", "pose error")
+    head = f"{name_a}'s {what} ({p['mean_a']:.2f}) against {name_b}'s ({p['mean_b']:.2f}): {p['diff']:+.2f} {unit}"
+    if p["verdict"] == "one seed":
         return head + " in a single seed, which cannot tell a difference from noise."
-    if abs(diff) <= hw:
-        return head + f" ± {hw:.2f} over {len(pairs)} paired seeds, **not distinguishable from zero**."
-    better = (diff > 0) == higher
-    return head + f" ± {hw:.2f} over {len(pairs)} paired seeds: **{'better' if better else 'worse'}**."
+    if p["verdict"] == "no difference":
+        return head + f" ± {p['hw']:.2f} over {p['seeds']} paired seeds, **not distinguishable from zero**."
+    return head + f" ± {p['hw']:.2f} over {p['seeds']} paired seeds: **{p['verdict']}**."
 
 
 # ----------------------------------------------------------------------------- the summary of a whole run
