@@ -193,3 +193,4 @@ VALID = [
 def test_valid_options_reach_the_work(args, reached, tiny, tmp_path):
     with pytest.raises(WorkStarted, match=f"^{reached}$"):
         main(argv(args, tiny, tmp_path))
+

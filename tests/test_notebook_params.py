@@ -1,0 +1,25 @@
+"""A bad notebook parameter (papermill's -p) stops the notebook in its set-up cell, before any work,
+with one error naming the parameter (the CLI's options: tests/test_params.py)."""
+from __future__ import annotations
+
+import pytest
+
+from handfuse.paths import REPO
+
+
+@pytest.mark.parametrize("notebook, params, name", [
+    ("03_feedback", {"p_eq_sweep": [1.0, 1.5]}, "fusion.p_eq"),
+    ("04_ensemble", {"eta_zeta_grid": [0.1, -0.5]}, "fusion.eta"),
+    ("02_baseline", {"device": "cuda"}, "--device"),
+    ("07_explore", {"sequence": -1}, "sequence"),
+])
+def test_a_bad_notebook_parameter_stops_the_notebook_before_any_work(tmp_path, monkeypatch, notebook, params, name):
+    import papermill
+
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "runs"))  # the kernel inherits it
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        papermill.execute_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"preset": "smoke", **params}, cwd=str(REPO / "notebooks"),
+                                   progress_bar=False, kernel_name="python3")
+    assert f"parameter '{name}'" in failed.value.evalue and failed.value.ename == "ConfigError", failed.value.evalue
+    assert not (tmp_path / "runs").exists(), "a refused parameter must not start any work"
