@@ -155,3 +155,24 @@ def test_generate_refuses_to_overwrite(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(FileExistsError, match="already exists"):
         generate(tmp_path / "x", TINY, progress=False)
+
+
+def test_a_frame_rendered_and_measured_near_its_change_equals_the_whole_frame():
+    """The generator's speed path (render_over's changed rectangle, the sensor's per-sequence
+    backdrop) gives bit for bit what rendering and measuring the whole frame gives."""
+    from handfuse.synth.render import HAND, TABLE, Renderer, Scene, SensorModel
+
+    renderer, sensor = Renderer(), SensorModel()
+    normal = np.array([0.0, 0.5, 0.866])  # a table seen from above, ~740 mm away on the optical axis
+    table = renderer.render(Scene(plane=(normal / np.linalg.norm(normal), 640.0)))
+    hand = Scene(capsules=[(np.array([-20.0, 10.0, 420.0]), np.array([35.0, -15.0, 450.0]), 12.0, HAND),
+                           (np.array([35.0, -15.0, 450.0]), np.array([60.0, -40.0, 470.0]), 8.0, HAND)])
+    zbuf, ids, changed = renderer.render_over(hand, table)
+    assert changed is not None and (ids == HAND).any() and (ids == TABLE).any()
+    outside = np.ones(zbuf.shape, dtype=bool)
+    outside[changed] = False
+    assert np.array_equal(zbuf[outside], table[0][outside]) and outside.any()
+    assert np.array_equal(zbuf, renderer.render(hand, table)[0])
+    whole = sensor.measure(zbuf, np.random.default_rng(3))
+    near = sensor.measure(zbuf, np.random.default_rng(3), backdrop=sensor.backdrop(table[0]), changed=changed)
+    assert np.array_equal(whole, near) and (whole > 0).any()

@@ -95,10 +95,12 @@ def write_sequence(root: Path, cfg: SynthConfig, ref: SequenceRef) -> int:
         sensor = R.SensorModel(jitter=cfg.depth_noise, dropout=cfg.dropout)
         radius, vis = joint_radius(shape), []
         background = _renderer.render(frames.clutter)  # the static table and clutter, once per sequence
+        backdrop = sensor.backdrop(background[0])  # and the sensor's terms of it
         for t in range(len(frames)):
-            zbuf, ids = _renderer.render(frame_scene(frames, t), background)
+            zbuf, ids, changed = _renderer.render_over(frame_scene(frames, t), background)
             vis.append(visibility(zbuf, ids, frames.joints[t], radius))
-            write_depth_png(depth_dir / f"depth_{t:04d}.png", sensor.measure(zbuf, rng), cfg.png_compression)
+            depth = sensor.measure(zbuf, rng, backdrop=backdrop, changed=changed)
+            write_depth_png(depth_dir / f"depth_{t:04d}.png", depth, cfg.png_compression)
         (extras_dir / "visibility.txt").write_text("\n".join(vis) + "\n", encoding="ascii")
     return len(frames)
 
