@@ -73,8 +73,22 @@ FILM_PLACEMENTS = ("none", "blocks", "fc", "both")
 LOSSES = ("pca", "joints")
 
 
+class FiLMPlaced:
+    """``film_blocks`` / ``film_fc`` of a pose estimator's config, from its ``film`` placement."""
+
+    film: str
+
+    @property
+    def film_blocks(self) -> bool:
+        return self.film in ("blocks", "both")
+
+    @property
+    def film_fc(self) -> bool:
+        return self.film in ("fc", "both")
+
+
 @dataclass(frozen=True)
-class HPEConfig:
+class HPEConfig(FiLMPlaced):
     """The pose estimator.  Defaults are the original's network on the cpu preset's 64-pixel crop."""
 
     crop: int = 64  # S, input is (B, 1, S, S); the original used 128
@@ -108,14 +122,6 @@ class HPEConfig:
                f"an integer in 1..{POSE_DIM}")
         check(self.film in FILM_PLACEMENTS, "hpe.film", self.film, f"one of {FILM_PLACEMENTS}")
         check(self.loss in LOSSES, "hpe.loss", self.loss, f"one of {LOSSES}")
-
-    @property
-    def film_blocks(self) -> bool:
-        return self.film in ("blocks", "both")
-
-    @property
-    def film_fc(self) -> bool:
-        return self.film in ("fc", "both")
 
 
 def channels_last_safe(model: nn.Module) -> bool:

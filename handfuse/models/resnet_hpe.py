@@ -39,13 +39,13 @@ from torch import nn
 from ..errors import check, is_int
 from ..skeleton import NUM_ACTIONS, NUM_JOINTS
 from .film import FiLM, action_or_w_eq
-from .hpe import FILM_PLACEMENTS, SplitAtAction, channels_last_safe
+from .hpe import FILM_PLACEMENTS, FiLMPlaced, SplitAtAction, channels_last_safe
 
 POSE_DIM = NUM_JOINTS * 3  # 63
 
 
 @dataclass(frozen=True)
-class ResNetHPEConfig:
+class ResNetHPEConfig(FiLMPlaced):
     """The ResNet regressor.  Defaults: ResNet-18's layout (2 basic blocks in each of 4 groups) at
     a quarter of its widths, on the cpu preset's 64-pixel crop."""
 
@@ -78,14 +78,6 @@ class ResNetHPEConfig:
         check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, "resnet_hpe.dropout",
               self.dropout, "a probability in [0, 1)")
         check(self.film in FILM_PLACEMENTS, "resnet_hpe.film", self.film, f"one of {FILM_PLACEMENTS}")
-
-    @property
-    def film_blocks(self) -> bool:
-        return self.film in ("blocks", "both")
-
-    @property
-    def film_fc(self) -> bool:
-        return self.film in ("fc", "both")
 
 
 class BasicBlock(nn.Module):
