@@ -17,7 +17,7 @@ the records of several seeds into means and 95 % intervals.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,7 @@ class FusionTask:
     metric: str = "loss"
     higher_is_better: bool = False
     eval_batch: int = EVAL_BATCH
+    scored: dict = field(default_factory=dict)  # split -> the full scores of its last evaluation
 
     def batches(self, split, epoch, cfg):
         return sequence_batches(self.data[split], epoch, cfg, salt=2)
@@ -98,7 +99,7 @@ class FusionTask:
         return model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
 
     def evaluate(self, model, split, cfg):
-        r = evaluate_sequences(model, self.data[split], self.eval_batch)
+        r = self.scored[split] = evaluate_sequences(model, self.data[split], self.eval_batch)
         return {k: r[k] for k in ("loss", "error_mm", "accuracy")}
 
 
@@ -117,8 +118,11 @@ def _build(name: str, models: Pretrained, preset: Preset, cfg: FusionConfig, see
 
 def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: FusionConfig, seed: int,
              device: str = "cpu", cache: CropCache | None = None, root: str | Path | None = None,
-             progress: bool = True) -> tuple[nn.Module, FitResult]:
-    """Method ``name`` built from ``models`` and fine-tuned end to end (``preset.train_fuse``)."""
+             progress: bool = True, scored: dict | None = None) -> tuple[nn.Module, FitResult]:
+    """Method ``name`` built from ``models`` and fine-tuned end to end (``preset.train_fuse``).
+
+    ``scored``, if given, receives the full scores (:func:`evaluate_sequences`) of the test split
+    when this call trained the run and so scored it; a finished run loaded from disk leaves it empty."""
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
     model = _build(name, models, preset, cfg, seed)
     data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, seed).items()}
@@ -126,7 +130,10 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
               "pretrained": {k: r.config for k, r in models.results.items()}}
     run = models_dir(preset, root) / run_name(name, config, train_cfg, seed, models.pair)
-    result = fit(model, FusionTask(data), train_cfg, run, config, progress=progress)
+    task = FusionTask(data)
+    result = fit(model, task, train_cfg, run, config, progress=progress)
+    if scored is not None and "test" in task.scored:
+        scored[task.data["test"]] = task.scored["test"]
     return model, result
 
 
@@ -138,9 +145,22 @@ def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progre
     return {"gt": SequenceDataset(cache, fpha.test), "depth": SequenceDataset(depth, fpha.test)}
 
 
-def evaluate(model: nn.Module, tests: dict[str, SequenceDataset]) -> dict[str, dict]:
-    """Test error (mm), accuracy and per-sequence details of ``model`` for each crop centre."""
-    return {centre: evaluate_sequences(model, data, batch_size=EVAL_BATCH) for centre, data in tests.items()}
+def evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict | None = None) -> dict[str, dict]:
+    """Test error (mm), accuracy and per-sequence details of ``model`` for each crop centre.
+
+    ``scored`` maps datasets already scored with these very weights (by :func:`finetune`) to their
+    scores; a test set holding the same sequences of the same crops is not scored again."""
+    out = {}
+    for centre, data in tests.items():
+        done = [r for d, r in (scored or {}).items() if _same_frames(d, data)]
+        out[centre] = done[0] if done else evaluate_sequences(model, data, batch_size=EVAL_BATCH)
+    return out
+
+
+def _same_frames(a: SequenceDataset, b: SequenceDataset) -> bool:
+    """Whether two datasets yield the same items: the same sequences of the same crop cache."""
+    return (a.cache.path.resolve() == b.cache.path.resolve() and a.max_len == b.max_len
+            and a.with_depth == b.with_depth and np.array_equal(a.seq_indices, b.seq_indices))
 
 
 @contextmanager
@@ -168,11 +188,12 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     before writing).  ``film`` defaults to the preset's."""
     cfg = method_config(name, **{"film": preset.film, **options})
     models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model)
+    scored = {}  # the gt test split, if fine-tuning just scored it with the selected weights
     if trained:
-        model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress)
+        model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress, scored=scored)
     else:
         model, fitted = _build(name, models, preset, cfg, seed).to(device), None
-    scores = evaluate(model, tests)
+    scores = evaluate(model, tests, scored)
     standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
                   "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
                   "har_accuracy": models.results["har"].test["accuracy"]}

@@ -21,6 +21,7 @@ from fusion_checks import (check_deterministic_evaluation, check_ensemble_first_
 from handfuse.config import get_preset
 from handfuse.datasets import SequenceDataset
 from handfuse.errors import ConfigError
+from handfuse import fusion as fusion_module
 from handfuse.fusion import FusionTask, Pretrained, aggregate, finetune, run_name
 from handfuse.methods import METHODS, build, evaluate_sequences, method_config
 from handfuse.methods.noise import perturb
@@ -169,6 +170,33 @@ def test_finetuning_runs_through_fit_and_is_deterministic(data, tmp_path):
     names = {run_name("feedback", config, train, 0), run_name("feedback", {**config, "fusion": asdict(replace(cfg, p_eq=0.6))}, train, 0),
              run_name("feedback", config, replace(train, lr=2 * train.lr), 0), run_name("feedback", config, train, 1)}
     assert len(names) == 4  # options, training settings and seed each name their own folder
+
+
+def test_the_test_split_scored_by_finetuning_is_reused_exactly_and_only_then(data, tmp_path, monkeypatch):
+    fpha, cache, _, _ = data
+    cfg = method_config("feedback", p_eq=0.5)
+    models = _models(11, False)
+    models.results = {"hpe": FitResult(), "hpe_film": FitResult(), "har": FitResult()}
+    scored = {}
+    model, result = finetune("feedback", models, fpha, PRESET, cfg, 0, cache=cache, root=tmp_path, progress=False,
+                             scored=scored)
+    assert len(scored) == 1
+    gt = SequenceDataset(cache, fpha.test)  # the notebooks' test set: the same sequences, another object
+    other = SequenceDataset(cache, fpha.test[:-1])
+    calls = []
+    monkeypatch.setattr(fusion_module, "evaluate_sequences",
+                        lambda m, d, batch_size: calls.append(d) or evaluate_sequences(m, d, batch_size))
+    scores = fusion_module.evaluate(model, {"gt": gt, "fewer": other}, scored)
+    assert calls == [other]  # the gt split was not scored again; the one holding other sequences was
+    fresh = evaluate_sequences(model, gt, fusion_module.EVAL_BATCH)
+    assert scores["gt"]["error_mm"] == fresh["error_mm"] == result.test["error_mm"]
+    assert np.array_equal(scores["gt"]["logits"], fresh["logits"])
+    # a finished run loaded from disk scores nothing while fitting: its caller must score it
+    again = {}
+    loaded_models = _models(11, False)
+    loaded_models.results = models.results
+    finetune("feedback", loaded_models, fpha, PRESET, cfg, 0, cache=cache, root=tmp_path, progress=False, scored=again)
+    assert again == {}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
