@@ -10,7 +10,9 @@ preset, and the estimated generation time of each preset on this machine's
 cores (frames / measured rate / workers), with the measured wall time of the
 smoke preset.  ``hpe``: HPE inference and training against a matmul
 (:mod:`benchmarks.hpe_speed`).  ``fusion``: fine-tuning throughput of every
-fusion method against the baseline (:mod:`benchmarks.fusion_speed`).  ``workflow``: HAR
+fusion method against the baseline (:mod:`benchmarks.fusion_speed`).  ``scaling``: how the
+HPE's and every method's cost grows with sequence length and crop size, with
+``figures/bench_scaling.png`` (:mod:`benchmarks.scaling`).  ``workflow``: HAR
 training, data starvation of the training loops, widget latency and the last reproduction's
 minutes (:mod:`benchmarks.workflow_speed`).
 """
@@ -54,8 +56,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
-    ap.add_argument("--stages", nargs="+", default=["data", "hpe", "fusion", "workflow"],
-                    choices=["data", "hpe", "fusion", "workflow"])
+    ap.add_argument("--stages", nargs="+", default=["data", "hpe", "fusion", "scaling", "workflow"],
+                    choices=["data", "hpe", "fusion", "scaling", "workflow"])
     args = ap.parse_args()
     out = Path(args.out)
     results: dict = json.loads(out.read_text()) if out.is_file() else {}  # keep stages not re-run
@@ -77,6 +79,12 @@ def main() -> None:
 
         results["fusion"] = fusion_run("cpu", repeats=args.repeats)
         fusion_report(results["fusion"])
+    if "scaling" in args.stages:
+        from .scaling import report as scaling_report
+        from .scaling import run as scaling_run
+
+        results["scaling"] = scaling_run("cpu", repeats=args.repeats)
+        scaling_report(results["scaling"])
     if "workflow" in args.stages:
         from .workflow_speed import report as workflow_report
         from .workflow_speed import run as workflow_run

@@ -18,7 +18,6 @@ a prediction: the full step-by-step unroll); noisy feedback; the ensemble.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 
 import torch
@@ -33,7 +32,7 @@ from handfuse.models.har import PoseLSTM
 from handfuse.models.hpe import HPE
 from handfuse.paths import ensure_synthetic
 
-from .timing import timed
+from .timing import report_and_save, timed
 
 VARIANTS = [  # (label, method, FusionConfig options)
     ("baseline", "baseline", {}),
@@ -53,7 +52,8 @@ def _models(preset, film: str) -> Pretrained:
     hpe, hpe_film = HPE(preset.hpe), HPE(replace(preset.hpe, film=film))
     for m in (hpe, hpe_film):
         m.init_pca(torch.randn(256, 21, 3) * 0.3)
-        m.to_channels_last()
+        if m.channels_last_safe:  # as the training code: not for the smoke preset's 8-channel convs
+            m.to_channels_last()
     return Pretrained(hpe, hpe_film, PoseLSTM(preset.har), {})
 
 
@@ -117,11 +117,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args()
-    r = run(args.preset, args.batches, args.repeats)
-    report(r)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+    report_and_save(run(args.preset, args.batches, args.repeats), report, args.json)
 
 
 if __name__ == "__main__":

@@ -247,9 +247,11 @@ def generality_figure(tables: dict[str, dict], methods: list[str], source: str, 
         ax.set_xticks(x, pairs, fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-        low = min(tables[p][n]["gt"][metric][0] for p in pairs for n in methods)
-        high = max(tables[p][n]["gt"][metric][0] for p in pairs for n in methods)
-        pad = 0.25 * (high - low) + 1.0
+        # the axis holds every interval whole (a whisker running off the axis reads as a bigger one)
+        ends = [(c[0] - h, c[0] + h) for p in pairs for n in methods
+                for c in [tables[p][n]["gt"][metric]] for h in [c[1] if np.isfinite(c[1]) else 0.0]]
+        low, high = min(e[0] for e in ends), max(e[1] for e in ends)
+        pad = 0.08 * (high - low) + 0.2
         ax.set_ylim(max(0.0, low - pad), high + pad)
     axes[0].legend(fontsize=8, ncol=2)
     fig.suptitle(f"Every method with every pair of models ({source}, 95 % intervals over {seeds} seeds)")

@@ -1,6 +1,8 @@
 """The DeepPrior++-style pose estimator and its FiLM conditioning (handfuse.models.hpe, .film)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -305,7 +307,10 @@ def test_tiny_models_stay_out_of_channels_last():
     from handfuse.config import get_preset
 
     assert not HPE(get_preset("smoke").hpe).channels_last_safe  # 2-8 channels: torch's CPU backward crashes
-    assert HPE(get_preset("cpu").hpe).channels_last_safe
+    assert HPE(get_preset("paper").hpe).channels_last_safe
+    # the cpu preset's first bottleneck narrows 32 channels to 8, so it stays contiguous too
+    assert not HPE(get_preset("cpu").hpe).channels_last_safe
+    assert HPE(replace(get_preset("cpu").hpe, widths=(64, 64, 128, 128))).channels_last_safe
 
 
 def test_frozen_inference_matches_eager_and_is_a_snapshot():

@@ -1,0 +1,38 @@
+"""The scaling benchmark runs end to end (smoke preset, one repeat) and fits the slopes it reports.
+
+Its timings are not checked here (timed tests on shared CPUs fail at random); only that every
+method is measured at every length and size, the slopes are the fits of those numbers, and the
+figure is written."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import scaling
+
+
+def test_slope_recovers_a_power_law():
+    xs = [8, 16, 32]
+    assert scaling.slope(xs, [3.0 * x**1.0 for x in xs]) == pytest.approx(1.0)
+    assert scaling.slope(xs, [0.5 * x**2.0 for x in xs]) == pytest.approx(2.0)
+    assert scaling.slope(xs, [7.0 for _ in xs]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scaling_benchmark_measures_every_method_length_and_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("HANDFUSE_FIGURES", str(tmp_path))
+    r = scaling.run("smoke", repeats=1, figure=True)
+    assert r["lengths"] == list(scaling.LENGTHS)
+    assert r["crop_sizes"] == [16, 32, 48]  # half, one and a half times the smoke preset's 32-pixel crop
+    labels = [label for label, _, _ in scaling.METHODS]
+    assert list(r["rows"]) == labels + ["HPE trunk (forward only)"]
+    for label in labels:
+        row = r["rows"][label]
+        assert len(row["seconds_by_T"]) == 3 and len(row["seconds_by_S"]) == 3
+        assert all(math.isfinite(t) and t > 0 for t in row["seconds_by_T"] + row["seconds_by_S"])
+        # the S sweep's middle point is the T sweep's T = 16 point: the same measurement, not a second one
+        assert row["seconds_by_S"][1] == row["seconds_by_T"][scaling.LENGTHS.index(scaling.T_FIXED)]
+        assert row["slope_T"] == pytest.approx(float(np.polyfit(np.log(r["lengths"]), np.log(row["seconds_by_T"]), 1)[0]))
+    assert sorted(p.split("/")[-1] for p in r["figure"]) == ["bench_scaling.pdf", "bench_scaling.png"]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in ("bench_scaling.png", "bench_scaling.pdf"))
