@@ -104,9 +104,15 @@ def p_eq_explorer(model: nn.Module, data: SequenceDataset, labels: list[str] | N
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("3D error per frame (mm)", "P(action) after each frame"),
                         horizontal_spacing=0.12)
+    # the two reference curves are created with their data: their names never change afterwards, so an
+    # update would not re-send them, and a front end drops the names of traces created empty ("trace 1")
+    start = ends(sequence)
+    steps = np.arange(len(start[1.0]["frame_error_mm"]))
     fig.add_scatter(mode="lines+markers", name="this p_eq", line={"color": "#1f77b4", "width": 3}, row=1, col=1)
-    fig.add_scatter(mode="lines", name="p_eq = 1 (w_eq fed)", line={"color": "grey", "dash": "dot"}, row=1, col=1)
-    fig.add_scatter(mode="lines", name="p_eq = 0 (prediction fed)", line={"color": "grey", "dash": "dash"}, row=1, col=1)
+    fig.add_scatter(x=steps, y=start[1.0]["frame_error_mm"], mode="lines", name="p_eq = 1 (w_eq fed)",
+                    line={"color": "grey", "dash": "dot"}, row=1, col=1)
+    fig.add_scatter(x=steps, y=start[0.0]["frame_error_mm"], mode="lines", name="p_eq = 0 (prediction fed)",
+                    line={"color": "grey", "dash": "dash"}, row=1, col=1)
     fig.add_scatter(mode="lines+markers", name="true class", line={"color": TRUE_COLOUR, "width": 4}, row=1, col=2)
     for j in range(k):
         fig.add_scatter(mode="lines", line={"color": qualitative.Plotly[1 + j % 9], "width": 1.5}, row=1, col=2)

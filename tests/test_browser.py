@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import time
 import urllib.request
@@ -222,6 +223,9 @@ def test_notebook_runs_and_renders_its_widgets(name, run_notebook, artefacts, ca
         assert box.locator(".widget-dropdown select option").count() > 1, f"{calls[k]}: a dropdown of one sequence"
         traces = box.locator(".js-plotly-plot").evaluate("el => el._fullData.filter(t => t.visible !== false).length")
         assert traces > 0, f"{calls[k]}: a plot without traces"
+        # every legend entry carries its name: plotly's "trace N" means the front end lost one
+        legend = box.locator(".js-plotly-plot .legendtext").all_text_contents()  # SVG: no innerText
+        assert not [t for t in legend if re.fullmatch(r"trace \d+", t.strip())], f"{calls[k]}: unnamed traces {legend}"
         box.screenshot(path=artefacts / f"{Path(name).stem}-{k}-{calls[k]}.png")
     sliders = page.locator(f"{EXPLORER} .widget-slider")
     expect(sliders.first.locator(".noUi-handle")).to_be_visible()
