@@ -54,24 +54,21 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
     model.train()
     opt = torch.optim.Adam(p for p in model.parameters() if p.requires_grad)
 
-    def train():
-        loss = model.loss(run(x), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def train_on(frames: torch.Tensor, joints: torch.Tensor):
+        def train():
+            loss = model.loss(run(frames), joints)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return train
 
-    t_train = timed(train, repeats, warmup=2)
+    t_train = timed(train_on(x, target), repeats, warmup=2)
     own = get_preset(preset).train_hpe.batch_size  # the batch the preset pre-trains with
-    x_own = torch.randn(own, 1, model.cfg.crop, model.cfg.crop).clamp(-1, 1)
-    target_own = torch.randn(own, 21, 3) * 0.3
-
-    def train_own():
-        loss = model.loss(run(x_own), target_own)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    t_own = timed(train_own, repeats, warmup=2) if own != batch else t_train
+    if own != batch:
+        x_own = torch.randn(own, 1, model.cfg.crop, model.cfg.crop).clamp(-1, 1)
+        t_own = timed(train_on(x_own, torch.randn(own, 21, 3) * 0.3), repeats, warmup=2)
+    else:
+        t_own = t_train
     frozen = {}
     if channels_last:  # the inference fast path: compiled with inductor freezing (BN folded, weights pre-packed)
         model.eval()

@@ -127,16 +127,15 @@ def plot(r: dict):
         if "seconds_by_T" in v:
             a.plot(r["lengths"], v["seconds_by_T"], "o-", label=f"{label} (slope {v['slope_T']:.2f})")
         b.plot(r["crop_sizes"], v["seconds_by_S"], "o-", label=f"{label} (slope {v['slope_S']:.2f})")
-    for ax, xs, expect, what in ((a, r["lengths"], 1, "sequence length T (frames)"),
-                                 (b, r["crop_sizes"], 2, "crop size S (pixels)")):
+    for ax, xs, key, expect, what in ((a, r["lengths"], "seconds_by_T", 1, "sequence length T (frames)"),
+                                      (b, r["crop_sizes"], "seconds_by_S", 2, "crop size S (pixels)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.minorticks_off()
         ax.set_xlabel(what)
         ax.set_ylabel("seconds per training step" if ax is a else "seconds per step (trunk: per forward)")
-        y0 = min(min(v[f"seconds_by_{'T' if ax is a else 'S'}"]) for v in r["rows"].values()
-                 if f"seconds_by_{'T' if ax is a else 'S'}" in v)
+        y0 = min(min(v[key]) for v in r["rows"].values() if key in v)
         ref = [y0 * (x / xs[0]) ** expect for x in xs]
         ax.plot(xs, ref, "k:", label=f"slope {expect} (reference)")
         ax.legend(fontsize=7)

@@ -248,9 +248,9 @@ def generality_figure(tables: dict[str, dict], methods: list[str], source: str, 
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
         # the axis holds every interval whole (a whisker running off the axis reads as a bigger one)
-        ends = [(c[0] - h, c[0] + h) for p in pairs for n in methods
-                for c in [tables[p][n]["gt"][metric]] for h in [c[1] if np.isfinite(c[1]) else 0.0]]
-        low, high = min(e[0] for e in ends), max(e[1] for e in ends)
+        cells = np.array([tables[p][n]["gt"][metric] for p in pairs for n in methods], dtype=float)  # (n, 2)
+        means, hw = cells[:, 0], np.nan_to_num(cells[:, 1], nan=0.0, posinf=0.0)
+        low, high = float((means - hw).min()), float((means + hw).max())
         pad = 0.08 * (high - low) + 0.2
         ax.set_ylim(max(0.0, low - pad), high + pad)
     axes[0].legend(fontsize=8, ncol=2)
