@@ -308,9 +308,14 @@ def test_tiny_models_stay_out_of_channels_last():
 
     assert not HPE(get_preset("smoke").hpe).channels_last_safe  # 2-8 channels: torch's CPU backward crashes
     assert HPE(get_preset("paper").hpe).channels_last_safe
-    # the cpu preset's first bottleneck narrows 32 channels to 8, so it stays contiguous too
-    assert not HPE(get_preset("cpu").hpe).channels_last_safe
-    assert HPE(replace(get_preset("cpu").hpe, widths=(64, 64, 128, 128))).channels_last_safe
+    # the cpu preset's first bottleneck would narrow 32 channels to 8; its floor of 16 keeps it safe
+    assert HPE(get_preset("cpu").hpe).channels_last_safe
+    narrow = HPE(replace(get_preset("cpu").hpe, min_mid=1))
+    assert not narrow.channels_last_safe and narrow.blocks[0].conv1.out_channels == 8
+    floored = HPE(get_preset("cpu").hpe)
+    assert [b.conv2.in_channels for b in floored.blocks] == [16, 16, 32, 32]  # max(width // 4, 16)
+    with pytest.raises(ConfigError, match="hpe.min_mid"):
+        replace(get_preset("cpu").hpe, min_mid=0)
 
 
 def test_frozen_inference_matches_eager_and_is_a_snapshot():

@@ -96,6 +96,7 @@ class HPEConfig(FiLMPlaced):
     widths: tuple[int, ...] = (64, 128, 256, 256)  # output channels of each residual group
     strides: tuple[int, ...] = (2, 2, 2, 1)  # stride of each group's first block
     blocks: tuple[int, ...] = (5, 5, 5, 5)  # bottleneck blocks per group (the original: 5)
+    min_mid: int = 1  # floor of a bottleneck's inner width, width // 4 (16 keeps narrow nets channels_last-safe)
     pool: int = 4  # the last map is average-pooled to pool x pool before the head (1: global)
     fc: int = 1024  # width of the two hidden FC layers
     dropout: float = 0.3
@@ -107,6 +108,8 @@ class HPEConfig(FiLMPlaced):
         for name in ("widths", "strides", "blocks"):  # lists (from JSON) become tuples: hashable, comparable
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check(is_int(self.crop) and self.crop >= 16, "hpe.crop", self.crop, "an integer >= 16 (pixels)")
+        check(is_int(self.min_mid) and self.min_mid >= 1, "hpe.min_mid", self.min_mid,
+              "an integer >= 1 (channels; 1: every bottleneck narrows to width // 4, as the original)")
         check(is_int(self.stem_channels) and self.stem_channels >= 1, "hpe.stem_channels", self.stem_channels,
                "an integer >= 1")
         check(len(self.widths) >= 1 and all(is_int(w) and w >= 1 for w in self.widths), "hpe.widths",
@@ -137,9 +140,9 @@ class Bottleneck(nn.Module):
     input, or a strided 1x1 projection of the pre-activated input when the shape changes.  An optional
     FiLM modulates the block's input (both paths see the modulated features)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, cond_dim: int = 0):
+    def __init__(self, c_in: int, c_out: int, stride: int, cond_dim: int = 0, min_mid: int = 1):
         super().__init__()
-        mid = max(c_out // 4, 1)
+        mid = max(c_out // 4, min_mid)
         self.film = FiLM(cond_dim, c_in) if cond_dim else None
         self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, mid, 1, bias=False)
         self.bn2, self.conv2 = nn.BatchNorm2d(mid), nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
@@ -195,7 +198,7 @@ class HPE(SplitAtAction, nn.Module):
         blocks, c_in = [], cfg.stem_channels
         for width, stride, n in zip(cfg.widths, cfg.strides, cfg.blocks):
             for i in range(n):
-                blocks.append(Bottleneck(c_in, width, stride if i == 0 else 1, cond))
+                blocks.append(Bottleneck(c_in, width, stride if i == 0 else 1, cond, cfg.min_mid))
                 c_in = width
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.BatchNorm2d(c_in)  # pre-activation nets end with BN-ReLU
