@@ -10,6 +10,11 @@ What the notebooks 02-04 call.  For one method, one configuration and one seed:
    resolved configuration, so a finished run is loaded, not trained again;
 3. :func:`evaluate` scores it on the test split once per crop centre: ``"gt"`` (the
    ground-truth middle MCP, as the original) and ``"depth"`` (found from depth alone).
+   The scores are stored beside the runs (``models/scores/``), keyed by the weights (the
+   fingerprint of the run's ``result.json``, or of the pre-trained runs' for an untrained
+   chain), the method's configuration and the test frames, so a notebook that reuses a
+   finished run (``03`` reuses ``02``'s baselines, ``06`` the study's runs) loads its
+   scores instead of evaluating the same weights on the same frames again.
 
 :func:`run` does all three and returns a JSON-ready record; :func:`aggregate` turns
 the records of several seeds into means and 95 % intervals.
@@ -19,6 +24,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import hashlib
 
 import numpy as np
 import torch
@@ -34,7 +41,7 @@ from .metrics import mean_ci95
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
 from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
 from .tasks import sequence_batches
-from .train import FitResult, TrainConfig, fit, run_digest
+from .train import RESULT, FitResult, TrainConfig, fit, load_checkpoint, run_digest, save_checkpoint
 
 EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across them
 
@@ -145,16 +152,69 @@ def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progre
     return {"gt": SequenceDataset(cache, fpha.test), "depth": SequenceDataset(depth, fpha.test)}
 
 
-def evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict | None = None) -> dict[str, dict]:
+def evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict | None = None,
+             store: ScoreStore | None = None) -> dict[str, dict]:
     """Test error (mm), accuracy and per-sequence details of ``model`` for each crop centre.
 
     ``scored`` maps datasets already scored with these very weights (by :func:`finetune`) to their
-    scores; a test set holding the same sequences of the same crops is not scored again."""
+    scores; a test set holding the same sequences of the same crops is not scored again.  With a
+    ``store``, scores found there are loaded and fresh ones are saved to it."""
     out = {}
     for centre, data in tests.items():
         done = [r for d, r in (scored or {}).items() if _same_frames(d, data)]
-        out[centre] = done[0] if done else evaluate_sequences(model, data, batch_size=EVAL_BATCH)
+        if done:
+            out[centre] = done[0]
+        elif store is not None and (found := store.load(model, data)) is not None:
+            out[centre] = found
+        else:
+            out[centre] = evaluate_sequences(model, data, batch_size=EVAL_BATCH)
+        if store is not None:
+            store.save(model, data, out[centre])
     return out
+
+
+class ScoreStore:
+    """Test scores of one set of weights (``weights``: a fingerprint of where they came from), one
+    file per method configuration and test set in ``folder``; written atomically, loaded with
+    ``weights_only=True``.  Evaluation is deterministic, so a stored score *is* the evaluation."""
+
+    def __init__(self, folder: Path, weights: str):
+        self.folder, self.weights = Path(folder), weights
+
+    def _path(self, model: nn.Module, data: SequenceDataset) -> Path:
+        frames = {"cache": str(data.cache.path.resolve()), "max_len": data.max_len, "with_depth": data.with_depth,
+                  "sequences": hashlib.sha256(np.ascontiguousarray(data.seq_indices, np.int64).tobytes()).hexdigest()}
+        return self.folder / f"{run_digest({'weights': self.weights, 'method': asdict(model.cfg), 'frames': frames})}.pt"
+
+    def load(self, model: nn.Module, data: SequenceDataset) -> dict | None:
+        path = self._path(model, data)
+        if not path.is_file():
+            return None
+        s = load_checkpoint(path)
+        return {**{k: float(s[k]) for k in ("error_mm", "accuracy", "loss")},
+                "logits": s["logits"].numpy(), "labels": s["labels"].numpy(),
+                "frame_error_mm": [e.numpy() for e in s["frame_error_mm"]],
+                "attention": [None if a is None else a.numpy() for a in s["attention"]]}
+
+    def save(self, model: nn.Module, data: SequenceDataset, scores: dict) -> None:
+        path = self._path(model, data)
+        if path.is_file():
+            return
+        save_checkpoint(path, {**{k: float(scores[k]) for k in ("error_mm", "accuracy", "loss")},
+                               "logits": torch.from_numpy(np.asarray(scores["logits"])),
+                               "labels": torch.from_numpy(np.asarray(scores["labels"])),
+                               "frame_error_mm": [torch.from_numpy(np.asarray(e)) for e in scores["frame_error_mm"]],
+                               "attention": [None if a is None else torch.from_numpy(np.asarray(a)) for a in scores["attention"]]})
+
+
+def _fingerprint(*runs: FitResult) -> str:
+    """Where a set of weights came from: the bytes of each run's ``result.json`` (a run trained
+    again writes another), or, for a run kept in memory only, the result itself."""
+    h = hashlib.sha256()
+    for r in runs:
+        path = Path(r.run_dir) / RESULT if r.run_dir else None
+        h.update(path.read_bytes() if path is not None and path.is_file() else repr(asdict(r)).encode())
+    return h.hexdigest()
 
 
 def _same_frames(a: SequenceDataset, b: SequenceDataset) -> bool:
@@ -191,9 +251,11 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     scored = {}  # the gt test split, if fine-tuning just scored it with the selected weights
     if trained:
         model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress, scored=scored)
+        weights = _fingerprint(fitted)
     else:
         model, fitted = _build(name, models, preset, cfg, seed).to(device), None
-    scores = evaluate(model, tests, scored)
+        weights = f"untrained, seed {seed}, " + _fingerprint(*(models.results[k] for k in ("hpe", "hpe_film", "har")))
+    scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights))
     standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
                   "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
                   "har_accuracy": models.results["har"].test["accuracy"]}

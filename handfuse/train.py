@@ -175,7 +175,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
     opt = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = FitResult(config=_jsonable(config), run_dir=str(run_dir or ""))
     start_epoch, best_state, stale = 0, None, 0
-    best = -math.inf
+    best, best_val = -math.inf, None  # best_val: the selected epoch's validation scores, if this call computed them
     if run_dir is not None and (run_dir / CHECKPOINT).is_file():
         ck = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
         if ck["config"] != json.dumps(result.config, sort_keys=True):
@@ -208,7 +208,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         score = sign * val[task.metric]
         improved = score > best
         if improved:
-            best, stale, result.best_epoch = score, 0, epoch
+            best, stale, result.best_epoch, best_val = score, 0, epoch, val
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -230,7 +230,9 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    result.val = task.evaluate(model, "val", cfg)
+    # the selected weights' validation scores: those of their epoch (evaluation is deterministic), or
+    # computed again when that epoch ran before a resume
+    result.val = best_val if best_val is not None else task.evaluate(model, "val", cfg)
     result.test = task.evaluate(model, "test", cfg)  # once, with the selected weights
     result.seconds = sum(h["seconds"] for h in result.history)  # training time over all epochs, resumes included
     if run_dir is not None and main:

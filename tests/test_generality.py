@@ -286,6 +286,27 @@ def test_transformer_stepping_reproduces_the_whole_sequence(attention, positions
         torch.testing.assert_close(weights, full["attention"], atol=1e-6, rtol=1e-5)
 
 
+def test_transformer_steps_through_a_key_value_cache_that_carries_gradients():
+    """Each step runs one token against the cache: the cache grows by one step per frame, and in
+    training mode (no dropout) the stepped logits and their gradients are the whole forward's."""
+    model = _transformer(dropout=0.0).train()
+    joints, _ = _sequences([6, 6], seed=2)
+    joints.requires_grad_(True)
+    state = model.init_state(2)
+    steps = []
+    for t in range(6):
+        logits_t, state = model.step(joints[:, t], state)
+        steps.append(logits_t)
+        assert [tuple(k.shape) for k, _ in state[0]] == [(2, model.cfg.heads, t + 1, model.cfg.d_model // model.cfg.heads)] * model.cfg.layers
+    stepped = torch.stack(steps, 1)
+    (grad_step,) = torch.autograd.grad(stepped.square().sum(), joints)
+    full = model(joints)["step_logits"]
+    (grad_full,) = torch.autograd.grad(full.square().sum(), joints)
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_step, grad_full, atol=1e-5, rtol=1e-4)
+    assert float(grad_step[:, -1].abs().sum()) > 0  # the last frame reaches its own logits
+
+
 def test_transformer_positions_matter_and_learned_ones_have_a_length_limit():
     model = _transformer().eval()
     joints = torch.randn(1, 1, NUM_JOINTS, 3).expand(1, 6, NUM_JOINTS, 3)  # the same pose six times

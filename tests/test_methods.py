@@ -199,6 +199,41 @@ def test_the_test_split_scored_by_finetuning_is_reused_exactly_and_only_then(dat
     assert again == {}
 
 
+def test_stored_scores_are_the_evaluation_and_follow_the_weights(data, tmp_path, monkeypatch):
+    """A stored score is loaded only for the same weights, method options and test frames, and it
+    equals the evaluation it replaces, per-sequence details included."""
+    fpha, cache, _, _ = data
+    model = build("feedback", _models(12, True), HALF, method_config("feedback", p_eq=0.5, attention=True))
+    calls = []
+    monkeypatch.setattr(fusion_module, "evaluate_sequences",
+                        lambda m, d, batch_size: calls.append(d) or evaluate_sequences(m, d, batch_size))
+    store = fusion_module.ScoreStore(tmp_path, "weights A")
+    first = fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)}, store=store)["gt"]
+    again = fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)},
+                                   store=fusion_module.ScoreStore(tmp_path, "weights A"))["gt"]
+    assert len(calls) == 1
+    assert {k: again[k] for k in ("error_mm", "accuracy", "loss")} == {k: first[k] for k in ("error_mm", "accuracy", "loss")}
+    assert np.array_equal(again["logits"], first["logits"]) and np.array_equal(again["labels"], first["labels"])
+    assert all(np.array_equal(a, b) for a, b in zip(again["frame_error_mm"], first["frame_error_mm"], strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(again["attention"], first["attention"], strict=True))
+    # other weights, other options of the same weights, other frames: each evaluated, each stored on its own
+    fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)}, store=fusion_module.ScoreStore(tmp_path, "weights B"))
+    with fusion_module.options(model, eval_feed="w_eq"):
+        fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)}, store=store)
+    fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test[:-1])}, store=store)
+    assert len(calls) == 4 and len(list(tmp_path.glob("*.pt"))) == 4
+
+
+def test_weights_fingerprint_changes_when_a_run_is_trained_again(tmp_path):
+    (tmp_path / "result.json").write_text('{"seconds": 1.0}')
+    run = FitResult(run_dir=str(tmp_path))
+    before = fusion_module._fingerprint(run)
+    assert fusion_module._fingerprint(FitResult(run_dir=str(tmp_path))) == before
+    (tmp_path / "result.json").write_text('{"seconds": 1.5}')  # what a second training run writes
+    assert fusion_module._fingerprint(run) != before
+    assert fusion_module._fingerprint(FitResult(test={"error_mm": 1.0})) != fusion_module._fingerprint(FitResult(test={"error_mm": 2.0}))
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_is_deterministic_across_runs_and_resume_and_seeds(data, tmp_path, monkeypatch, name):
     fpha, cache, _, _ = data

@@ -128,6 +128,26 @@ def test_early_stopping_selects_the_best_epoch():
     assert len(r.history) == 1 + 1 + CFG.patience
 
 
+def test_selected_validation_scores_are_the_selected_weights_own(tmp_path):
+    """The validation scores of the selected epoch are reused, not computed again; after a resume that
+    selected an epoch from before the kill, they are computed again.  Both equal a fresh evaluation."""
+    task = ToyTask()
+    model, r = _run(task=task)
+    assert task.evals["val"] == len(r.history)  # one per epoch, none after
+    assert r.val == ToyTask().evaluate(model, "val", CFG)
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 20})
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, cfg=cfg, task=ToyTask(drift=True, crash_at=(3, 0)))  # the best epoch (1) is checkpointed
+    resumed_task = ToyTask(drift=True)
+    resumed_task.evals["val"] = 3  # validation stays worse: no later epoch is selected
+    model, resumed = _run(tmp_path, cfg=cfg, task=resumed_task)
+    assert resumed.best_epoch == 1 and len(resumed.history) == 2 + CFG.patience
+    assert resumed_task.evals["val"] == 3 + (len(resumed.history) - 3) + 1  # the resumed epochs, then the selected weights
+    check = ToyTask(drift=True)
+    check.evals["val"] = resumed_task.evals["val"] - 1  # the same drift as that last evaluation
+    assert resumed.val == check.evaluate(model, "val", cfg)
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(3)}})

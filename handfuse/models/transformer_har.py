@@ -25,10 +25,13 @@ Readout and loss: the LSTM's own (:func:`handfuse.models.har.sequence_readout`,
 ``[y_t; h_t]`` (:class:`handfuse.models.har.TemporalAttention`), and cross-entropy
 plus an optional per-step term.
 
-Stepping: the state is the prefix of inputs so far (and the last step's h_t);
-each :meth:`TransformerHAR.step` re-encodes the whole prefix and keeps its last
-output.  That is O(T^2) per sequence, cheap at the T <= 40 of the cpu preset (a
-key-value cache would make it O(T)); it equals the whole-sequence forward.
+Stepping: the state is a key-value cache, each layer's keys and values of the
+steps so far (and the last step's h_t).  Each :meth:`TransformerHAR.step` runs the
+new frame's token alone through the blocks, attending to the cached keys, so a
+sequence costs O(T) token passes, as the whole-sequence forward, not the O(T^2)
+of re-encoding the prefix at every step.  In eval mode it equals the
+whole-sequence forward (a test checks it); in training mode each token draws its
+dropout once, as in the whole-sequence forward.
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ from ..skeleton import NUM_ACTIONS
 from .har import IN_FEATURES, TemporalAttention, sequence_input, sequence_loss, sequence_outputs, sequence_readout
 
 POSITIONS = ("sinusoidal", "learned")
-State = tuple[torch.Tensor, torch.Tensor]  # the inputs so far (B, t, 63) and the last step's h_t (B, d_model)
+# per layer the keys and values of the steps so far, each (B, heads, t, d_model / heads), and the last h_t (B, d_model)
+State = tuple[tuple[tuple[torch.Tensor, torch.Tensor], ...], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -94,15 +98,34 @@ class CausalSelfAttention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # (B, h, T, D/h) each
+
+    def _mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        # q: (B, h, T_q, D/h); k, v: (B, h, T_k, D/h); allowed: broadcastable to (B, h, T_q, T_k), None: all
+        B, _, T, dh = q.shape
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, h, T_q, T_k)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = self.drop(torch.softmax(scores, dim=-1))
+        return self.proj((weights @ v).transpose(1, 2).reshape(B, T, self.heads * dh))  # (B, T_q, D)
+
     def forward(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         # x: (B, T, D); keys: (B, T) bool, the steps that may be attended to
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, T, D/h) each
-        scores = q @ k.transpose(-1, -2) / math.sqrt(D // self.heads)  # (B, h, T, T)
+        T = x.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T) query t, key s <= t
         allowed = causal[None, None] & keys[:, None, None, :]  # (B, 1, T, T); a step always sees step 0
-        weights = self.drop(torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1))
-        return self.proj((weights @ v).transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        return self._mix(*self._qkv(x), allowed)
+
+    def step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One new token x (B, 1, D) against the cached keys and values (B, h, t, D/h) of the steps
+        before it -> its output (B, 1, D) and the cache with its own key and value appended."""
+        q, k, v = self._qkv(x)
+        k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (B, h, t + 1, D/h)
+        return self._mix(q, k, v, None), (k, v)  # every cached step precedes it: nothing to mask
 
 
 class Block(nn.Module):
@@ -118,6 +141,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), keys))  # (B, T, D)
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`forward` for one new token (B, 1, D), with the attention's key-value cache."""
+        a, cache = self.attn.step(self.norm1(x), cache)
+        x = x + self.drop(a)
+        return x + self.drop(self.mlp(self.norm2(x))), cache
 
 
 class TransformerHAR(nn.Module):
@@ -166,17 +196,24 @@ class TransformerHAR(nn.Module):
         return sequence_loss(out, labels, mask, self.cfg.step_loss)
 
     def init_state(self, batch: int) -> State:
-        """No inputs yet (B, 0, 63) and a zero h (B, D)."""
+        """An empty key-value cache (B, heads, 0, d_model / heads) per layer and a zero h (B, D)."""
         p = self.classifier.weight
-        return (torch.zeros(batch, 0, IN_FEATURES, device=p.device, dtype=p.dtype),
-                torch.zeros(batch, self.cfg.d_model, device=p.device, dtype=p.dtype))
+        empty = torch.zeros(batch, self.cfg.heads, 0, self.cfg.d_model // self.cfg.heads, device=p.device, dtype=p.dtype)
+        return tuple((empty, empty) for _ in self.blocks), torch.zeros(batch, self.cfg.d_model, device=p.device, dtype=p.dtype)
 
     def step(self, joints_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One frame (B, 21, 3) -> its step logits (B, C) and the new state (the prefix re-encoded)."""
-        prefix = torch.cat([state[0], joints_t.reshape(len(joints_t), 1, IN_FEATURES)], 1)  # (B, t+1, 63)
-        keys = torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)
-        h_t = self.encode(prefix, keys)[:, -1]  # (B, D): causal, so the prefix is all it needs
-        return self.classifier(self.drop(h_t)), (prefix, h_t)
+        """One frame (B, 21, 3) -> its step logits (B, C) and the new state: the frame's token alone
+        runs through the blocks, attending to the cached keys and values of the steps before it."""
+        caches, _ = state
+        t = caches[0][0].shape[2]  # steps so far
+        x = joints_t.reshape(len(joints_t), 1, IN_FEATURES)  # (B, 1, 63)
+        h = self.drop(self.embed(x) + self._positions(t + 1, x)[t])  # (B, 1, D)
+        new = []
+        for block, cache in zip(self.blocks, caches):
+            h, cache = block.step(h, cache)
+            new.append(cache)
+        h_t = self.norm(h)[:, 0]  # (B, D)
+        return self.classifier(self.drop(h_t)), (tuple(new), h_t)
 
     def hidden(self, state: State) -> torch.Tensor:
         """The last step's h_t (B, D)."""
