@@ -4,7 +4,8 @@ measured in the same process (timings here are noisy, so only ratios within one 
 Sizes: the ``cpu`` preset's HPE (64-px crops, one bottleneck block per group) and the ``paper`` one
 (128-px crops, five blocks per group, the original's network).  Memory formats: contiguous and
 channels_last; ``--compile`` adds torch.compile (off by default: docs/perf.md found it no faster).
-Training counts 3x the forward FLOPs (forward + backward).
+Training counts 3x the forward FLOPs (forward + backward).  Each timed run is ``STEPS`` calls (a
+single step of the cpu preset's net lasts tens of milliseconds, too short to time alone here).
 
     python -m benchmarks.hpe_speed [--repeats 5] [--compile]
 """
@@ -27,6 +28,16 @@ def matmul_gflops(repeats: int, n: int = 2048) -> float:
     return 2 * n**3 / t / 1e9
 
 
+STEPS = 4  # calls per timed run: one step of a small model lasts tens of ms, too short to time alone on a shared VM
+
+
+def _steps(fn):
+    def run():
+        for _ in range(STEPS):
+            fn()
+    return run
+
+
 def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, batch: int = 64) -> dict:
     torch.manual_seed(0)
     model = HPE(get_preset(preset).hpe)
@@ -43,14 +54,14 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
         with torch.inference_mode():
             run(x)
 
-    t_inf = timed(infer, repeats, warmup=2)
+    t_inf = timed(_steps(infer), repeats, warmup=2)
     big = torch.randn(4 * batch, 1, model.cfg.crop, model.cfg.crop).clamp(-1, 1)
 
     def infer_big():
         with torch.inference_mode():
             run(big)
 
-    t_big = timed(infer_big, repeats, warmup=2)
+    t_big = timed(_steps(infer_big), repeats, warmup=2)
     model.train()
     opt = torch.optim.Adam(p for p in model.parameters() if p.requires_grad)
 
@@ -62,13 +73,14 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
             opt.step()
         return train
 
-    t_train = timed(train_on(x, target), repeats, warmup=2)
+    t_train = timed(_steps(train_on(x, target)), repeats, warmup=2)
     own = get_preset(preset).train_hpe.batch_size  # the batch the preset pre-trains with
     if own != batch:
         x_own = torch.randn(own, 1, model.cfg.crop, model.cfg.crop).clamp(-1, 1)
-        t_own = timed(train_on(x_own, torch.randn(own, 21, 3) * 0.3), repeats, warmup=2)
+        t_own = timed(_steps(train_on(x_own, torch.randn(own, 21, 3) * 0.3)), repeats, warmup=2)
     else:
         t_own = t_train
+    n = STEPS * batch  # frames per timed run
     frozen = {}
     if channels_last:  # the inference fast path: compiled with inductor freezing (BN folded, weights pre-packed)
         model.eval()
@@ -82,18 +94,19 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
             with torch.inference_mode():
                 fast(x)
 
-        t_fz = timed(infer_frozen, repeats, warmup=2)
-        frozen = {"frozen_infer_fps": batch / t_fz[0], "frozen_infer_fps_spread": [batch / t_fz[2], batch / t_fz[1]],
-                  "frozen_infer_gflops": flops * batch / t_fz[0] / 1e9, "frozen_compile_s": compile_s,
+        t_fz = timed(_steps(infer_frozen), repeats, warmup=2)
+        frozen = {"frozen_infer_fps": n / t_fz[0], "frozen_infer_fps_spread": [n / t_fz[2], n / t_fz[1]],
+                  "frozen_infer_gflops": flops * n / t_fz[0] / 1e9, "frozen_compile_s": compile_s,
                   "frozen_max_abs_diff": same,
                   # frames after which compiling has paid for itself against eager channels_last
-                  "frozen_break_even_frames": compile_s / ((t_inf[0] - t_fz[0]) / batch) if t_fz[0] < t_inf[0] else None}
+                  "frozen_break_even_frames": compile_s / ((t_inf[0] - t_fz[0]) / n) if t_fz[0] < t_inf[0] else None}
     return {**frozen, "gflop_per_frame": flops / 1e9,
-            "infer_fps": batch / t_inf[0], "infer_fps_spread": [batch / t_inf[2], batch / t_inf[1]],
-            "infer_fps_batch256": 4 * batch / t_big[0],
-            "train_fps": batch / t_train[0], "train_fps_spread": [batch / t_train[2], batch / t_train[1]],
-            "train_batch_own": own, "train_fps_own": own / t_own[0], "train_gflops_own": 3 * flops * own / t_own[0] / 1e9,
-            "infer_gflops": flops * batch / t_inf[0] / 1e9, "train_gflops": 3 * flops * batch / t_train[0] / 1e9}
+            "infer_fps": n / t_inf[0], "infer_fps_spread": [n / t_inf[2], n / t_inf[1]],
+            "infer_fps_batch256": 4 * n / t_big[0],
+            "train_fps": n / t_train[0], "train_fps_spread": [n / t_train[2], n / t_train[1]],
+            "train_batch_own": own, "train_fps_own": STEPS * own / t_own[0],
+            "train_gflops_own": 3 * flops * STEPS * own / t_own[0] / 1e9,
+            "infer_gflops": flops * n / t_inf[0] / 1e9, "train_gflops": 3 * flops * n / t_train[0] / 1e9}
 
 
 def run(repeats: int = 5, compile_: bool = False) -> dict:
