@@ -57,6 +57,14 @@ def _models(preset, film: str) -> Pretrained:
     return Pretrained(hpe, hpe_film, PoseLSTM(preset.har), {})
 
 
+def train_step(model, opt: torch.optim.Optimizer, batch: dict) -> None:
+    """One fine-tuning step of a fusion method on a collated batch: forward, joint loss, backward, Adam."""
+    loss = model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
     preset = get_preset(preset_name)
     fpha = FPHA(ensure_synthetic(preset_name))
@@ -75,10 +83,7 @@ def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
         def train_epoch():
             model.train()
             for batch in fixed:
-                loss = model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(model, opt, batch)
 
         def evaluate():
             model.eval()

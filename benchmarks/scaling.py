@@ -28,7 +28,7 @@ import torch
 from handfuse.config import get_preset
 from handfuse.methods import build, method_config
 
-from .fusion_speed import _models
+from .fusion_speed import _models, train_step
 from .timing import report_and_save, timed
 
 LENGTHS = (8, 16, 32)
@@ -67,14 +67,7 @@ def _method_step(preset, name: str, options: dict, T: int, S: int, repeats: int)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = _batch(preset.train_fuse.batch_size, T, S, half, torch.Generator().manual_seed(0))
     model.train()
-
-    def step():
-        loss = model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return timed(step, repeats, warmup=1)[0]
+    return timed(lambda: train_step(model, opt, batch), repeats, warmup=1)[0]
 
 
 def _trunk_forward(preset, S: int, frames: int, repeats: int) -> float:

@@ -21,11 +21,10 @@ the records of several seeds into means and 95 % intervals.
 """
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import hashlib
 
 import numpy as np
 import torch
@@ -162,15 +161,17 @@ def evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict |
     out = {}
     for centre, data in tests.items():
         done = [r for d, r in (scored or {}).items() if _same_frames(d, data)]
-        if done:
-            out[centre] = done[0]
-        elif store is not None and (found := store.load(model, data)) is not None:
+        found = store.load(model, data) if store is not None and not done else None
+        if found is not None:
             out[centre] = found
-        else:
-            out[centre] = evaluate_sequences(model, data, batch_size=EVAL_BATCH)
+            continue
+        out[centre] = done[0] if done else evaluate_sequences(model, data, batch_size=EVAL_BATCH)
         if store is not None:
             store.save(model, data, out[centre])
     return out
+
+
+_SCALARS = ("error_mm", "accuracy", "loss")  # the scalar scores of evaluate_sequences
 
 
 class ScoreStore:
@@ -182,16 +183,15 @@ class ScoreStore:
         self.folder, self.weights = Path(folder), weights
 
     def _path(self, model: nn.Module, data: SequenceDataset) -> Path:
-        frames = {"cache": str(data.cache.path.resolve()), "max_len": data.max_len, "with_depth": data.with_depth,
-                  "sequences": hashlib.sha256(np.ascontiguousarray(data.seq_indices, np.int64).tobytes()).hexdigest()}
-        return self.folder / f"{run_digest({'weights': self.weights, 'method': asdict(model.cfg), 'frames': frames})}.pt"
+        key = {"weights": self.weights, "method": asdict(model.cfg), "frames": _frames_key(data)}
+        return self.folder / f"{run_digest(key)}.pt"
 
     def load(self, model: nn.Module, data: SequenceDataset) -> dict | None:
         path = self._path(model, data)
         if not path.is_file():
             return None
         s = load_checkpoint(path)
-        return {**{k: float(s[k]) for k in ("error_mm", "accuracy", "loss")},
+        return {**{k: float(s[k]) for k in _SCALARS},
                 "logits": s["logits"].numpy(), "labels": s["labels"].numpy(),
                 "frame_error_mm": [e.numpy() for e in s["frame_error_mm"]],
                 "attention": [None if a is None else a.numpy() for a in s["attention"]]}
@@ -200,7 +200,7 @@ class ScoreStore:
         path = self._path(model, data)
         if path.is_file():
             return
-        save_checkpoint(path, {**{k: float(scores[k]) for k in ("error_mm", "accuracy", "loss")},
+        save_checkpoint(path, {**{k: float(scores[k]) for k in _SCALARS},
                                "logits": torch.from_numpy(np.asarray(scores["logits"])),
                                "labels": torch.from_numpy(np.asarray(scores["labels"])),
                                "frame_error_mm": [torch.from_numpy(np.asarray(e)) for e in scores["frame_error_mm"]],
@@ -217,10 +217,15 @@ def _fingerprint(*runs: FitResult) -> str:
     return h.hexdigest()
 
 
+def _frames_key(data: SequenceDataset) -> dict:
+    """What a dataset yields, as a comparable key: the crop cache, the sequences and how they are read."""
+    return {"cache": str(data.cache.path.resolve()), "max_len": data.max_len, "with_depth": data.with_depth,
+            "sequences": hashlib.sha256(np.ascontiguousarray(data.seq_indices, np.int64).tobytes()).hexdigest()}
+
+
 def _same_frames(a: SequenceDataset, b: SequenceDataset) -> bool:
     """Whether two datasets yield the same items: the same sequences of the same crop cache."""
-    return (a.cache.path.resolve() == b.cache.path.resolve() and a.max_len == b.max_len
-            and a.with_depth == b.with_depth and np.array_equal(a.seq_indices, b.seq_indices))
+    return _frames_key(a) == _frames_key(b)
 
 
 @contextmanager
