@@ -11,13 +11,15 @@ Reported: sequences/s (median of ``--repeats``, with the min-max spread), the
 ratio to the baseline measured in the same run, and the evaluation rate
 (sequences/s, the deterministic forward under ``inference_mode``).
 
-Rows: baseline; feedback with FiLM in the residual blocks, the FC layers or
+Rows: baseline; the baseline with its frozen batch norms run as separate modules
+(not folded into the convolutions, :mod:`handfuse.models.fold`); feedback with FiLM in the residual blocks, the FC layers or
 both, at p_eq = 0.95 (the original's training coin) and p_eq = 0 (every step fed
 a prediction: the full step-by-step unroll); noisy feedback; the ensemble.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import replace
 
 import torch
@@ -28,14 +30,17 @@ from handfuse.datasets import SequenceDataset, collate_sequences
 from handfuse.fpha import FPHA
 from handfuse.fusion import Pretrained
 from handfuse.methods import build, method_config
+from handfuse.models.fold import plain_batch_norm
 from handfuse.models.har import PoseLSTM
 from handfuse.models.hpe import HPE
 from handfuse.paths import ensure_synthetic
 
 from .timing import report_and_save, timed
 
+PLAIN = "baseline, plain batch norm"  # the frozen batch norms not folded (handfuse.models.fold): the fold's gain
 VARIANTS = [  # (label, method, FusionConfig options)
     ("baseline", "baseline", {}),
+    (PLAIN, "baseline", {}),
     ("feedback, FiLM fc, p_eq 0.95", "feedback", {"film": "fc", "p_eq": 0.95}),
     ("feedback, FiLM fc, p_eq 0", "feedback", {"film": "fc", "p_eq": 0.0}),
     ("feedback, FiLM both, p_eq 0.95", "feedback", {"film": "both", "p_eq": 0.95}),
@@ -71,9 +76,11 @@ def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
     cache = get_cache(fpha, preset.preprocess)
     data = SequenceDataset(cache, fpha.train)
     B = preset.train_fuse.batch_size
+    batches = min(batches, len(data) // B)  # the smoke preset has fewer sequences than the default asks
+    E = min(64, len(data) // 2)  # evaluation: two batches of E sequences
     fixed = [collate_sequences([data[i] for i in range(b * B, (b + 1) * B)]) for b in range(batches)]
-    evaluation = [collate_sequences([data[i] for i in range(b * 64, (b + 1) * 64)]) for b in range(2)]
-    n_train, n_eval = batches * B, 2 * 64
+    evaluation = [collate_sequences([data[i] for i in range(b * E, (b + 1) * E)]) for b in range(2)]
+    n_train, n_eval = batches * B, 2 * E
     half = preset.preprocess.cube_mm / 2
     rows = {}
     for label, name, options in VARIANTS:
@@ -92,8 +99,9 @@ def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
                     model(batch["depth"], batch["centre"], batch["mask"])
 
         torch.manual_seed(0)
-        t = timed(train_epoch, repeats, warmup=1)
-        e = timed(evaluate, repeats, warmup=1)
+        with plain_batch_norm() if label == PLAIN else contextlib.nullcontext():
+            t = timed(train_epoch, repeats, warmup=1)
+            e = timed(evaluate, repeats, warmup=1)
         rows[label] = {"train_seq_per_s": n_train / t[0], "train_spread": [n_train / t[2], n_train / t[1]],
                        "eval_seq_per_s": n_eval / e[0], "eval_spread": [n_eval / e[2], n_eval / e[1]]}
     base = rows["baseline"]

@@ -36,3 +36,16 @@ def test_scaling_benchmark_measures_every_method_length_and_size(tmp_path, monke
         assert row["slope_T"] == pytest.approx(float(np.polyfit(np.log(r["lengths"]), np.log(row["seconds_by_T"]), 1)[0]))
     assert sorted(p.split("/")[-1] for p in r["figure"]) == ["bench_scaling.pdf", "bench_scaling.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("bench_scaling.png", "bench_scaling.pdf"))
+
+
+def test_fusion_benchmark_runs_every_variant_on_the_smoke_preset():
+    from benchmarks import fusion_speed
+
+    r = fusion_speed.run("smoke", batches=2, repeats=1)  # the smoke preset holds fewer sequences than the default
+    assert list(r["rows"]) == [label for label, _, _ in fusion_speed.VARIANTS]
+    assert r["train_sequences"] == 2 * r["batch_size"] and r["eval_sequences"] > 0
+    base = r["rows"]["baseline"]
+    for row in r["rows"].values():
+        assert math.isfinite(row["train_seq_per_s"]) and row["train_seq_per_s"] > 0
+        assert row["train_vs_baseline"] == pytest.approx(row["train_seq_per_s"] / base["train_seq_per_s"])
+        assert row["eval_spread"][0] <= row["eval_seq_per_s"] <= row["eval_spread"][1]

@@ -51,6 +51,9 @@ whole sequence's frames go through it in one batch and the per-step action
 feedback only re-runs the cheap head.  With ``"blocks"`` the trunk needs the
 action.  On CPU ``model.to(memory_format=torch.channels_last)`` (or
 :meth:`HPE.to_channels_last`) is markedly faster; inputs are converted to match.
+A frozen batch norm (eval mode, and fine-tuning with ``freeze_norm``) that follows a
+convolution is folded into it (:mod:`handfuse.models.fold`): bn2 and bn3 of every
+block and the stem's.
 
 Interfaces: :class:`HPE` is a ``PoseEstimator`` with a ``PosePrior``
 (:mod:`handfuse.models.interfaces`), registered as ``"deepprior"``.
@@ -67,6 +70,7 @@ from ..errors import check, is_int
 from ..skeleton import NUM_ACTIONS, NUM_JOINTS
 from .film import FiLM, action_or_w_eq
 from .flops import forward_flops
+from .fold import conv_bn, run_stem
 
 POSE_DIM = NUM_JOINTS * 3  # 63
 FILM_PLACEMENTS = ("none", "blocks", "fc", "both")
@@ -155,10 +159,10 @@ class Bottleneck(nn.Module):
         # in-place ReLUs are safe here: BatchNorm's backward needs its input, not its output
         pre = F.relu(self.bn1(x), inplace=True)
         skip = x if self.project is None else self.project(pre)  # (B, C_out, H/s, W/s)
-        h = self.conv1(pre)  # (B, mid, H, W)
-        h = self.conv2(F.relu(self.bn2(h), inplace=True))  # (B, mid, H/s, W/s)
-        h = self.conv3(F.relu(self.bn3(h), inplace=True))  # (B, C_out, H/s, W/s)
-        return h + skip
+        # bn2 and bn3 follow a convolution: folded into it while frozen (handfuse.models.fold)
+        h = F.relu(conv_bn(self.conv1, self.bn2, pre), inplace=True)  # (B, mid, H, W)
+        h = F.relu(conv_bn(self.conv2, self.bn3, h), inplace=True)  # (B, mid, H/s, W/s)
+        return self.conv3(h) + skip  # (B, C_out, H/s, W/s)
 
 
 class SplitAtAction:
@@ -281,7 +285,7 @@ class HPE(SplitAtAction, nn.Module):
             depth = depth.contiguous(memory_format=torch.channels_last)
         if self.cfg.film_blocks:
             action = self._action(action, len(depth), depth)
-        x = self.stem(depth)  # (B, stem, S/2, S/2)
+        x = run_stem(self.stem, depth)  # (B, stem, S/2, S/2)
         for block in self.blocks:
             x = block(x, action)  # (B, C_g, ., .)
         x = self.pool(F.relu(self.norm(x), inplace=True))  # (B, C, pool, pool)

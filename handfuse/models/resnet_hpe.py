@@ -39,6 +39,7 @@ from torch import nn
 from ..errors import check, is_int
 from ..skeleton import NUM_ACTIONS, NUM_JOINTS
 from .film import FiLM, action_or_w_eq
+from .fold import conv_bn, run_stem
 from .hpe import FILM_PLACEMENTS, FiLMPlaced, SplitAtAction, channels_last_safe
 
 POSE_DIM = NUM_JOINTS * 3  # 63
@@ -96,9 +97,10 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         if self.film is not None:
             x = self.film(x, action)  # (B, C_in, H, W)
-        skip = x if self.project is None else self.project(x)  # (B, C_out, H/s, W/s)
-        h = F.relu(self.bn1(self.conv1(x)))  # (B, C_out, H/s, W/s)
-        return F.relu(self.bn2(self.conv2(h)) + skip)
+        # every BN follows a convolution: folded into it while frozen (handfuse.models.fold)
+        skip = x if self.project is None else conv_bn(*self.project, x)  # (B, C_out, H/s, W/s)
+        h = F.relu(conv_bn(self.conv1, self.bn1, x), inplace=True)  # (B, C_out, H/s, W/s)
+        return F.relu(conv_bn(self.conv2, self.bn2, h) + skip, inplace=True)
 
 
 class ResNetHPE(SplitAtAction, nn.Module):
@@ -145,7 +147,7 @@ class ResNetHPE(SplitAtAction, nn.Module):
             depth = depth.contiguous(memory_format=torch.channels_last)
         if self.cfg.film_blocks:
             action = action_or_w_eq(action, len(depth), depth)
-        x = self.stem(depth)  # (B, stem, S/4, S/4)
+        x = run_stem(self.stem, depth)  # (B, stem, S/4, S/4)
         for block in self.blocks:
             x = block(x, action)  # (B, C_g, ., .)
         return self.pool(x).flatten(1)  # (B, F)

@@ -1,0 +1,110 @@
+"""Frozen batch norms folded into convolutions (handfuse.models.fold): the same outputs and gradients
+as the plain modules, for both pose estimators, in both memory formats."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from handfuse.models.fold import conv_bn, plain_batch_norm
+from handfuse.models.hpe import HPE, HPEConfig
+from handfuse.models.resnet_hpe import ResNetHPE, ResNetHPEConfig
+
+SMALL = dict(stem_channels=16, widths=(16, 32, 32, 32), blocks=(1, 1, 1, 1), fc=64)  # channels_last-safe
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm statistics and an affine map far from the identity, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g))
+                m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
+                m.weight.copy_(torch.randn(c, generator=g))
+                m.bias.copy_(torch.randn(c, generator=g))
+    return model
+
+
+def models() -> list[tuple[str, nn.Module]]:
+    torch.manual_seed(0)
+    return [("deepprior", HPE(HPEConfig(crop=32, film="both", **SMALL))),
+            ("resnet", ResNetHPE(ResNetHPEConfig(crop=32, film="both", **{**SMALL, "widths": (16, 32, 32, 32)})))]
+
+
+def output_and_grads(model: nn.Module, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    model.zero_grad(set_to_none=True)
+    joints = model(x, action)["joints"]
+    (joints * torch.linspace(-1, 1, joints.numel()).view_as(joints)).sum().backward()
+    return joints.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def batch_norm_calls(model: nn.Module, x: torch.Tensor) -> int:
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.modules()
+             if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return len(calls)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("index", [0, 1], ids=["deepprior", "resnet"])
+def test_frozen_fold_gives_the_plain_outputs_and_gradients(index, channels_last):
+    name, model = models()[index]
+    model = trained_looking(model).eval()  # frozen statistics: fine-tuning with freeze_norm, or evaluation
+    if channels_last:
+        model.to_channels_last()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 1, 32, 32, generator=g) * 2 - 1
+    action = torch.softmax(torch.randn(5, 45, generator=g) * 3, -1)
+    with plain_batch_norm():
+        reference, reference_grads = output_and_grads(model, x, action)
+    folded, grads = output_and_grads(model, x, action)
+    assert reference.abs().max() > 0.1  # a real signal, not a dead net
+    torch.testing.assert_close(folded, reference, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == reference_grads.keys()
+    for key in grads:  # every conv weight, every gamma and beta gets the plain gradient
+        torch.testing.assert_close(grads[key], reference_grads[key], rtol=1e-3, atol=1e-5, msg=key)
+    # and the fold really ran: only the batch norms that follow no convolution are still called
+    with plain_batch_norm():
+        plain_calls = batch_norm_calls(model, x)
+    n_blocks = len(model.blocks)
+    kept = {"deepprior": n_blocks + 1, "resnet": 0}[name]  # DeepPrior++: each block's bn1, and the last norm
+    assert plain_calls > kept and batch_norm_calls(model, x) == kept
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["deepprior", "resnet"])
+def test_training_mode_batch_norm_is_untouched(index):
+    model, twin = (trained_looking(models()[index][1]).train() for _ in range(2))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    out = model(x)["joints"]
+    torch.manual_seed(1)
+    with plain_batch_norm():
+        plain = twin(x)["joints"]
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)  # batch statistics, as before
+    twin_norms = [m for m in twin.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m, t, b in zip(norms, twin_norms, before):  # the running statistics moved, identically
+        assert not torch.equal(m.running_mean, b)
+        torch.testing.assert_close(m.running_mean, t.running_mean)
+
+
+def test_conv_bn_folds_a_conv_bias_too():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, 2, 1, bias=True), trained_looking(nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(conv_bn(conv, bn, x), bn(conv(x)), rtol=1e-5, atol=1e-5)
