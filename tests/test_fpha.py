@@ -377,3 +377,26 @@ def test_messages_begin_with_path_and_line(root):
     with pytest.raises(DataError) as info:
         fpha.read_depth(ref_of(fpha, C), 0)
     assert str(info.value) == f"{root / depth(C, 0)}: not a PNG file (bad signature)"
+
+
+def test_depth_pngs_are_written_unfiltered_and_read_back_exactly(tmp_path):
+    import struct
+    import zlib
+
+    from handfuse.fpha import write_depth_png
+
+    rng = np.random.default_rng(0)
+    depth = rng.integers(0, 4000, (48, 64)).astype(np.uint16)
+    write_depth_png(tmp_path / "d.png", depth, compression=1)
+    raw = (tmp_path / "d.png").read_bytes()
+    pos, idat = 8, b""
+    while pos < len(raw):  # the PNG chunks: length, type, data, CRC
+        (length,), kind = struct.unpack(">I", raw[pos:pos + 4]), raw[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += raw[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    rows = zlib.decompress(idat)
+    stride = 1 + 64 * 2  # a filter-type byte, then 64 16-bit pixels
+    assert len(rows) == 48 * stride
+    assert set(rows[::stride]) == {0}  # filter type 0 (None) on every row
+    assert np.array_equal(cv2.imread(str(tmp_path / "d.png"), cv2.IMREAD_UNCHANGED), depth)
