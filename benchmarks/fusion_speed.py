@@ -11,8 +11,10 @@ Reported: sequences/s (median of ``--repeats``, with the min-max spread), the
 ratio to the baseline measured in the same run, and the evaluation rate
 (sequences/s, the deterministic forward under ``inference_mode``).
 
-Rows: baseline; the baseline with its frozen batch norms run as separate modules
-(not folded into the convolutions, :mod:`handfuse.models.fold`); feedback with FiLM in the residual blocks, the FC layers or
+Also the fold's gain (:func:`fold_gain`): the baseline with its frozen batch norms
+folded into the convolutions against the same model running them as modules.
+
+Rows: baseline; feedback with FiLM in the residual blocks, the FC layers or
 both, at p_eq = 0.95 (the original's training coin) and p_eq = 0 (every step fed
 a prediction: the full step-by-step unroll); noisy feedback; the ensemble.
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
+import time
 from dataclasses import replace
 
 import torch
@@ -37,10 +41,8 @@ from handfuse.paths import ensure_synthetic
 
 from .timing import report_and_save, timed
 
-PLAIN = "baseline, plain batch norm"  # the frozen batch norms not folded (handfuse.models.fold): the fold's gain
 VARIANTS = [  # (label, method, FusionConfig options)
     ("baseline", "baseline", {}),
-    (PLAIN, "baseline", {}),
     ("feedback, FiLM fc, p_eq 0.95", "feedback", {"film": "fc", "p_eq": 0.95}),
     ("feedback, FiLM fc, p_eq 0", "feedback", {"film": "fc", "p_eq": 0.0}),
     ("feedback, FiLM both, p_eq 0.95", "feedback", {"film": "both", "p_eq": 0.95}),
@@ -99,9 +101,8 @@ def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
                     model(batch["depth"], batch["centre"], batch["mask"])
 
         torch.manual_seed(0)
-        with plain_batch_norm() if label == PLAIN else contextlib.nullcontext():
-            t = timed(train_epoch, repeats, warmup=1)
-            e = timed(evaluate, repeats, warmup=1)
+        t = timed(train_epoch, repeats, warmup=1)
+        e = timed(evaluate, repeats, warmup=1)
         rows[label] = {"train_seq_per_s": n_train / t[0], "train_spread": [n_train / t[2], n_train / t[1]],
                        "eval_seq_per_s": n_eval / e[0], "eval_spread": [n_eval / e[2], n_eval / e[1]]}
     base = rows["baseline"]
@@ -110,7 +111,35 @@ def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
         r["eval_vs_baseline"] = r["eval_seq_per_s"] / base["eval_seq_per_s"]
     frames = sum(int(b["mask"].sum()) for b in fixed)
     return {"preset": preset_name, "batch_size": B, "train_sequences": n_train, "train_frames": frames,
-            "eval_sequences": n_eval, "repeats": repeats, "rows": rows}
+            "eval_sequences": n_eval, "repeats": repeats, "rows": rows,
+            "fold": fold_gain(preset, fixed, evaluation, max(2 * repeats, 4))}
+
+
+def fold_gain(preset, fixed: list[dict], evaluation: list[dict], pairs: int) -> dict:
+    """The baseline with its frozen batch norms folded into the convolutions (the default,
+    :mod:`handfuse.models.fold`) against the same model running them as separate modules.  The two
+    alternate, run by run, and each pair gives a ratio (the machine's speed drifts between runs)."""
+    half = preset.preprocess.cube_mm / 2
+    model = build("baseline", _models(preset, preset.film), half, method_config("baseline"))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    ratios = {"train": [], "eval": []}
+    for _ in range(pairs + 1):  # the first pair warms up
+        seconds = {}
+        for plain in (False, True):
+            with plain_batch_norm() if plain else contextlib.nullcontext():
+                model.train()
+                t0 = time.perf_counter()
+                for batch in fixed:
+                    train_step(model, opt, batch)
+                t1 = time.perf_counter()
+                model.eval()
+                with torch.inference_mode():
+                    for batch in evaluation:
+                        model(batch["depth"], batch["centre"], batch["mask"])
+                seconds[plain] = (t1 - t0, time.perf_counter() - t1)
+        for i, key in enumerate(("train", "eval")):
+            ratios[key].append(seconds[True][i] / seconds[False][i])  # > 1: the fold is faster
+    return {k: {"median": statistics.median(v[1:]), "spread": [min(v[1:]), max(v[1:])]} for k, v in ratios.items()}
 
 
 def report(r: dict) -> None:
@@ -120,6 +149,10 @@ def report(r: dict) -> None:
     for label, v in r["rows"].items():
         print(f"  {label:34s} {v['train_seq_per_s']:12.1f} {v['train_vs_baseline']:10.2f} "
               f"{v['eval_seq_per_s']:11.1f} {v['eval_vs_baseline']:10.2f}")
+    f = r["fold"]
+    print(f"  frozen batch norms folded into the convolutions vs run as modules (baseline, paired runs): "
+          f"train x{f['train']['median']:.2f} ({f['train']['spread'][0]:.2f}-{f['train']['spread'][1]:.2f}), "
+          f"eval x{f['eval']['median']:.2f} ({f['eval']['spread'][0]:.2f}-{f['eval']['spread'][1]:.2f})")
     print("  targets (issue 7): feedback with FiLM fc >= 0.7 x baseline; ensemble <= 2.2 x baseline time (>= 0.45 x rate)")
 
 

@@ -49,3 +49,6 @@ def test_fusion_benchmark_runs_every_variant_on_the_smoke_preset():
         assert math.isfinite(row["train_seq_per_s"]) and row["train_seq_per_s"] > 0
         assert row["train_vs_baseline"] == pytest.approx(row["train_seq_per_s"] / base["train_seq_per_s"])
         assert row["eval_spread"][0] <= row["eval_seq_per_s"] <= row["eval_spread"][1]
+    for key in ("train", "eval"):  # the fold against the plain modules, paired runs
+        fold = r["fold"][key]
+        assert 0 < fold["spread"][0] <= fold["median"] <= fold["spread"][1]
