@@ -400,3 +400,29 @@ def test_depth_pngs_are_written_unfiltered_and_read_back_exactly(tmp_path):
     assert len(rows) == 48 * stride
     assert set(rows[::stride]) == {0}  # filter type 0 (None) on every row
     assert np.array_equal(cv2.imread(str(tmp_path / "d.png"), cv2.IMREAD_UNCHANGED), depth)
+
+
+def test_skeletons_are_parsed_once_per_root_until_they_change_on_disk(tiny_root, monkeypatch):
+    import os
+
+    import handfuse.fpha as fpha_module
+
+    parsed = []
+    real = fpha_module.read_skeleton_file
+    monkeypatch.setattr(fpha_module, "read_skeleton_file", lambda path: parsed.append(path) or real(path))
+    fpha = FPHA(tiny_root)
+    ref = ref_of(fpha, A)
+    first = fpha.read_skeleton(ref)
+    first[:] = -1.0  # a caller's edit does not reach the next reader
+    again = fpha.read_skeleton(ref)
+    assert len(parsed) == 1 and np.array_equal(again, real(fpha.skeleton_path(ref)))
+    # rewritten on disk: parsed and checked again
+    path = fpha.skeleton_path(ref)
+    edit_line(SKEL_A, 1, lambda s: s.replace(s.split()[1], "123.5", 1))(tiny_root)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    changed = fpha.read_skeleton(ref)
+    assert len(parsed) == 2 and changed[0, 0, 0] == np.float32(123.5)
+    # a depth frame removed afterwards is found again, by name
+    remove(depth(A, 2))(tiny_root)
+    with pytest.raises(DataError, match="depth frame missing"):
+        fpha.read_skeleton(ref)
