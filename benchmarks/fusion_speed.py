@@ -64,6 +64,29 @@ def _models(preset, film: str) -> Pretrained:
     return Pretrained(hpe, hpe_film, PoseLSTM(preset.har), {})
 
 
+def fresh_method(preset, name: str, options: dict, film: str = "both"):
+    """Fusion method ``name`` with ``options`` on freshly initialised models (``film``: the placement
+    of the conditioned HPE when ``options`` names none), and an Adam optimiser over what it trains."""
+    model = build(name, _models(preset, options.get("film", film)), preset.preprocess.cube_mm / 2,
+                  method_config(name, **options))
+    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+
+def train_epoch(model, opt: torch.optim.Optimizer, batches: list[dict]) -> None:
+    """A fine-tuning step on each batch, in training mode."""
+    model.train()
+    for batch in batches:
+        train_step(model, opt, batch)
+
+
+def evaluate(model, batches: list[dict]) -> None:
+    """The deterministic forward on each batch, in eval mode under ``inference_mode``."""
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            model(batch["depth"], batch["centre"], batch["mask"])
+
+
 def train_step(model, opt: torch.optim.Optimizer, batch: dict) -> None:
     """One fine-tuning step of a fusion method on a collated batch: forward, joint loss, backward, Adam."""
     loss = model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
@@ -83,26 +106,12 @@ def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
     fixed = [collate_sequences([data[i] for i in range(b * B, (b + 1) * B)]) for b in range(batches)]
     evaluation = [collate_sequences([data[i] for i in range(b * E, (b + 1) * E)]) for b in range(2)]
     n_train, n_eval = batches * B, 2 * E
-    half = preset.preprocess.cube_mm / 2
     rows = {}
     for label, name, options in VARIANTS:
-        model = build(name, _models(preset, options.get("film", "both")), half, method_config(name, **options))
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-        def train_epoch():
-            model.train()
-            for batch in fixed:
-                train_step(model, opt, batch)
-
-        def evaluate():
-            model.eval()
-            with torch.inference_mode():
-                for batch in evaluation:
-                    model(batch["depth"], batch["centre"], batch["mask"])
-
+        model, opt = fresh_method(preset, name, options)
         torch.manual_seed(0)
-        t = timed(train_epoch, repeats, warmup=1)
-        e = timed(evaluate, repeats, warmup=1)
+        t = timed(lambda: train_epoch(model, opt, fixed), repeats, warmup=1)
+        e = timed(lambda: evaluate(model, evaluation), repeats, warmup=1)
         rows[label] = {"train_seq_per_s": n_train / t[0], "train_spread": [n_train / t[2], n_train / t[1]],
                        "eval_seq_per_s": n_eval / e[0], "eval_spread": [n_eval / e[2], n_eval / e[1]]}
     base = rows["baseline"]
@@ -119,23 +128,16 @@ def fold_gain(preset, fixed: list[dict], evaluation: list[dict], pairs: int) -> 
     """The baseline with its frozen batch norms folded into the convolutions (the default,
     :mod:`handfuse.models.fold`) against the same model running them as separate modules.  The two
     alternate, run by run, and each pair gives a ratio (the machine's speed drifts between runs)."""
-    half = preset.preprocess.cube_mm / 2
-    model = build("baseline", _models(preset, preset.film), half, method_config("baseline"))
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model, opt = fresh_method(preset, "baseline", {})
     ratios = {"train": [], "eval": []}
     for _ in range(pairs + 1):  # the first pair warms up
         seconds = {}
         for plain in (False, True):
             with plain_batch_norm() if plain else contextlib.nullcontext():
-                model.train()
                 t0 = time.perf_counter()
-                for batch in fixed:
-                    train_step(model, opt, batch)
+                train_epoch(model, opt, fixed)
                 t1 = time.perf_counter()
-                model.eval()
-                with torch.inference_mode():
-                    for batch in evaluation:
-                        model(batch["depth"], batch["centre"], batch["mask"])
+                evaluate(model, evaluation)
                 seconds[plain] = (t1 - t0, time.perf_counter() - t1)
         for i, key in enumerate(("train", "eval")):
             ratios[key].append(seconds[True][i] / seconds[False][i])  # > 1: the fold is faster

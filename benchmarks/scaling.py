@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from handfuse.config import get_preset
-from handfuse.methods import build, method_config
 
-from .fusion_speed import _models, train_step
+from .fusion_speed import _models, fresh_method, train_step
 from .timing import report_and_save, timed
 
 LENGTHS = (8, 16, 32)
@@ -62,10 +61,8 @@ def _sized(preset, S: int):
 
 def _method_step(preset, name: str, options: dict, T: int, S: int, repeats: int) -> float:
     sized = _sized(preset, S)
-    half = sized.preprocess.cube_mm / 2
-    model = build(name, _models(sized, options.get("film", "fc")), half, method_config(name, **options))
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    batch = _batch(preset.train_fuse.batch_size, T, S, half, torch.Generator().manual_seed(0))
+    model, opt = fresh_method(sized, name, options, film="fc")
+    batch = _batch(preset.train_fuse.batch_size, T, S, sized.preprocess.cube_mm / 2, torch.Generator().manual_seed(0))
     model.train()
     return timed(lambda: train_step(model, opt, batch), repeats, warmup=1)[0]
 

@@ -350,13 +350,13 @@ class FPHA:
             stamp = (st.st_size, st.st_mtime_ns, sd.st_mtime_ns)
         except OSError:
             stamp = None  # read below, which names the problem
-        memo = self._skeletons
-        if stamp is not None and memo.get(ref.key, (None,))[0] == stamp:
-            return memo[ref.key][1].copy()
+        seen = self._skeletons.get(ref.key)
+        if stamp is not None and seen is not None and seen[0] == stamp:
+            return seen[1].copy()
         joints = read_skeleton_file(path)
         self._check_frames(ref, len(joints), depth_frame_indices(depth_dir))
         if stamp is not None:
-            memo[ref.key] = (stamp, joints.copy())
+            self._skeletons[ref.key] = (stamp, joints.copy())
         return joints
 
     def num_frames(self, ref: SequenceRef) -> int:

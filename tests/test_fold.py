@@ -35,10 +35,11 @@ def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def models() -> list[tuple[str, nn.Module]]:
+def build_net(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return [("deepprior", HPE(HPEConfig(crop=32, film="both", **SMALL))),
-            ("resnet", ResNetHPE(ResNetHPEConfig(crop=32, film="both", **{**SMALL, "widths": (16, 32, 32, 32)})))]
+    if name == "deepprior":
+        return HPE(HPEConfig(crop=32, film="both", **SMALL))
+    return ResNetHPE(ResNetHPEConfig(crop=32, film="both", **SMALL))
 
 
 def output_and_grads(model: nn.Module, x: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -60,18 +61,17 @@ def batch_norm_calls(model: nn.Module, x: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("index", [0, 1], ids=["deepprior", "resnet"])
-def test_frozen_fold_gives_the_plain_outputs_and_gradients(index, channels_last):
-    name, model = models()[index]
-    model = trained_looking(model).eval()  # frozen statistics: fine-tuning with freeze_norm, or evaluation
+@pytest.mark.parametrize("name", ["deepprior", "resnet"])
+def test_frozen_fold_gives_the_plain_outputs_and_gradients(name, channels_last):
+    net = trained_looking(build_net(name)).eval()  # frozen statistics: fine-tuning with freeze_norm, or evaluation
     if channels_last:
-        model.to_channels_last()
+        net.to_channels_last()
     g = torch.Generator().manual_seed(3)
     x = torch.rand(5, 1, 32, 32, generator=g) * 2 - 1
     action = torch.softmax(torch.randn(5, 45, generator=g) * 3, -1)
     with plain_batch_norm():
-        reference, reference_grads = output_and_grads(model, x, action)
-    folded, grads = output_and_grads(model, x, action)
+        reference, reference_grads = output_and_grads(net, x, action)
+    folded, grads = output_and_grads(net, x, action)
     assert reference.abs().max() > 0.1  # a real signal, not a dead net
     torch.testing.assert_close(folded, reference, rtol=1e-4, atol=1e-5)
     assert grads.keys() == reference_grads.keys()
@@ -79,20 +79,20 @@ def test_frozen_fold_gives_the_plain_outputs_and_gradients(index, channels_last)
         torch.testing.assert_close(grads[key], reference_grads[key], rtol=1e-3, atol=1e-5, msg=key)
     # and the fold really ran: only the batch norms that follow no convolution are still called
     with plain_batch_norm():
-        plain_calls = batch_norm_calls(model, x)
-    n_blocks = len(model.blocks)
+        plain_calls = batch_norm_calls(net, x)
+    n_blocks = len(net.blocks)
     kept = {"deepprior": n_blocks + 1, "resnet": 0}[name]  # DeepPrior++: each block's bn1, and the last norm
-    assert plain_calls > kept and batch_norm_calls(model, x) == kept
+    assert plain_calls > kept and batch_norm_calls(net, x) == kept
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["deepprior", "resnet"])
-def test_training_mode_batch_norm_is_untouched(index):
-    model, twin = (trained_looking(models()[index][1]).train() for _ in range(2))
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+@pytest.mark.parametrize("name", ["deepprior", "resnet"])
+def test_training_mode_batch_norm_is_untouched(name):
+    net, twin = (trained_looking(build_net(name)).train() for _ in range(2))
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [m.running_mean.clone() for m in norms]
     x = torch.rand(6, 1, 32, 32) * 2 - 1
     torch.manual_seed(1)
-    out = model(x)["joints"]
+    out = net(x)["joints"]
     torch.manual_seed(1)
     with plain_batch_norm():
         plain = twin(x)["joints"]

@@ -6,11 +6,11 @@ single convolution with the scaled weights ``w * s`` and the bias ``beta - mean 
 live parameters, so the fold is differentiable in ``w``, ``gamma`` and ``beta``:
 fine-tuning with frozen statistics (``FusionConfig.freeze_norm``, the original's)
 trains the same parameters with the same gradients, and evaluation gives the same
-outputs, up to float rounding (``tests/test_hpe.py`` checks both against
+outputs, up to float rounding (``tests/test_fold.py`` checks both against
 :func:`plain_batch_norm`).  On the 2-core CPU the saved pass over each map makes a
-fine-tuning step about 1.2-1.45x faster and evaluation about 1.4x
-(``python -m benchmarks.fusion_speed``, the "plain batch norm" row).  A batch norm in
-training mode (pre-training) runs as it is.
+fine-tuning step about 1.1-1.25x faster and evaluation about 1.25x (paired runs of
+``python -m benchmarks.fusion_speed``, its ``fold_gain``).  A batch norm in training
+mode (pre-training) runs as it is.
 
 :func:`run_stem` runs the conv-BN-ReLU-max-pool stem of both pose estimators, with the ReLU
 after the pool: ``relu(maxpool(x)) == maxpool(relu(x))`` exactly (ReLU is monotone),
@@ -30,7 +30,7 @@ _enabled = True
 @contextlib.contextmanager
 def plain_batch_norm():
     """Within this block, :func:`conv_bn` runs the convolution and the batch norm as two modules
-    (the reference path of the equivalence tests and the benchmark's "plain" row)."""
+    (the reference path of the equivalence tests and of the benchmark's ``fold_gain``)."""
     global _enabled
     before, _enabled = _enabled, False
     try:
