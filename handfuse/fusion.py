@@ -38,6 +38,7 @@ from .fpha import FPHA
 from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .metrics import mean_ci95
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
+from .pool import map_jobs, one_thread, workers
 from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
 from .tasks import sequence_batches
 from .train import RESULT, FitResult, TrainConfig, fit, load_checkpoint, run_digest, save_checkpoint
@@ -134,13 +135,18 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, seed).items()}
     train_cfg = replace(preset.train_fuse, seed=seed, device=device)
     config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
-              "pretrained": {k: r.config for k, r in models.results.items()}}
+              "pretrained": {k: r.config for k, r in models.results.items()}, **_threads(device)}
     run = models_dir(preset, root) / run_name(name, config, train_cfg, seed, models.pair)
     task = FusionTask(data)
     result = fit(model, task, train_cfg, run, config, progress=progress)
     if scored is not None and "test" in task.scored:
         scored[task.data["test"]] = task.scored["test"]
     return model, result
+
+
+def _threads(device: str) -> dict:
+    """What a run's numbers depend on beyond its configuration: on CPU, its one thread (see :func:`run`)."""
+    return {"cpu_threads": 1} if torch.device(device).type == "cpu" else {}
 
 
 def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progress: bool = True
@@ -157,7 +163,14 @@ def evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict |
 
     ``scored`` maps datasets already scored with these very weights (by :func:`finetune`) to their
     scores; a test set holding the same sequences of the same crops is not scored again.  With a
-    ``store``, scores found there are loaded and fresh ones are saved to it."""
+    ``store``, scores found there are loaded and fresh ones are saved to it.  On CPU it scores on
+    one thread, as :func:`run` does, so that a stored score and a fresh one are the same numbers."""
+    with one_thread(next(model.parameters()).device):
+        return _evaluate(model, tests, scored, store)
+
+
+def _evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict | None,
+              store: ScoreStore | None) -> dict[str, dict]:
     out = {}
     for centre, data in tests.items():
         done = [r for d, r in (scored or {}).items() if _same_frames(d, data)]
@@ -254,13 +267,15 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     cfg = method_config(name, **{"film": preset.film, **options})
     models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model)
     scored = {}  # the gt test split, if fine-tuning just scored it with the selected weights
-    if trained:
-        model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress, scored=scored)
-        weights = _fingerprint(fitted)
-    else:
-        model, fitted = _build(name, models, preset, cfg, seed).to(device), None
-        weights = f"untrained, seed {seed}, " + _fingerprint(*(models.results[k] for k in ("hpe", "hpe_film", "har")))
-    scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights))
+    with one_thread(device):  # on CPU one thread, wherever the run runs (see handfuse.pool)
+        if trained:
+            model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress, scored=scored)
+            weights = _fingerprint(fitted)
+        else:
+            model, fitted = _build(name, models, preset, cfg, seed).to(device), None
+            weights = (f"untrained, seed {seed}, {_threads(device)}, "
+                       + _fingerprint(*(models.results[k] for k in ("hpe", "hpe_film", "har"))))
+        scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights))
     standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
                   "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
                   "har_accuracy": models.results["har"].test["accuracy"]}
@@ -278,14 +293,88 @@ def run_seeds(name: str, fpha: FPHA, preset: Preset, seeds: list[int], tests: di
               trained: bool = True, device: str = "cpu", cache: CropCache | None = None, progress: bool = True,
               keep_model: bool = False, hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
               **options) -> list[dict]:
-    """:func:`run` for each seed, with a progress bar; the live models are dropped unless ``keep_model``."""
-    pair = pair_name(hpe_model, har_model)
-    label = f"{name}{f' [{pair}]' if pair else ''}{'' if trained else ' (untrained)'}"
-    records = []
-    for seed in tqdm(seeds, desc=label, unit="seed", disable=not progress):
-        record = run(name, fpha, preset, seed, tests, trained, device, cache, progress, hpe_model, har_model, **options)
-        records.append(record if keep_model else jsonable(record))
-    return records
+    """:func:`run` for each seed (side by side on CPU: see :func:`run_many`); the live models are
+    dropped unless ``keep_model``."""
+    spec = {"method": name, "trained": trained, "hpe_model": hpe_model, "har_model": har_model, **options}
+    return run_many({"runs": spec}, fpha, preset, seeds, tests, device, cache, progress, keep_model)["runs"]
+
+
+def run_many(specs: dict[str, dict], fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
+             device: str = "cpu", cache: CropCache | None = None, progress: bool = True, keep_model: bool = False,
+             **common) -> dict[str, list[dict]]:
+    """Several runs over the same ``seeds``: ``specs`` maps a name to one configuration, a dict with
+    ``method`` (required), ``trained`` (default True), ``hpe_model``, ``har_model`` and FusionConfig
+    options; ``common`` options apply to every spec (a spec's own win).  Returns, per name, the
+    records of :func:`run`, one per seed.
+
+    On CPU with more than one worker (:mod:`handfuse.pool`), the pre-trained models are made first,
+    here, one after the other; then every run goes to the workers, side by side; then each is
+    loaded here, in order, from what its worker wrote (run folder, test scores).  The records are
+    the same as those of running everything here: every run runs on one thread either way."""
+    specs = {k: {"trained": True, "hpe_model": DEFAULT_HPE, "har_model": DEFAULT_HAR, **common, **v} for k, v in specs.items()}
+    for k, v in specs.items():
+        if "method" not in v:
+            raise ValueError(f"run_many: spec {k!r} names no method")
+    jobs = [(k, seed) for k in specs for seed in seeds]
+    cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
+    pooled = (torch.device(device).type == "cpu" and len(jobs) > 1 and workers() > 1
+              and _standard_tests(fpha, preset, cache, tests))
+    if pooled:
+        for key in dict.fromkeys((seed, *_pretrained_key(preset, specs[k])) for k, seed in jobs):
+            pretrained(fpha, preset, key[0], *key[1:3], device, cache, progress, *key[3:])  # here: one at a time
+        map_jobs(_job, [{"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "seed": seed, "device": device,
+                         "centres": list(tests), **specs[k]} for k, seed in jobs],
+                 describe=_describe, desc="fusion runs", progress=progress)
+    out = {k: [] for k in specs}
+    for k, seed in tqdm(jobs, desc="loading runs" if pooled else "fusion runs", unit="run", disable=not progress):
+        spec = dict(specs[k])
+        name, trained, hpe_model, har_model = (spec.pop(f) for f in ("method", "trained", "hpe_model", "har_model"))
+        record = run(name, fpha, preset, seed, tests, trained, device, cache, progress and not pooled, hpe_model,
+                     har_model, **spec)
+        out[k].append(record if keep_model else jsonable(record))
+    return out
+
+
+def _pretrained_key(preset: Preset, spec: dict) -> tuple:
+    """(attention, film, hpe_model, har_model) of the pre-trained models a spec starts from."""
+    options = {f: v for f, v in spec.items() if f not in ("method", "trained", "hpe_model", "har_model")}
+    cfg = method_config(spec["method"], **{"film": preset.film, **options})
+    return cfg.attention, cfg.film, spec["hpe_model"], spec["har_model"]
+
+
+def _describe(job: dict) -> str:
+    options = {k: v for k, v in job.items() if k not in ("root", "intrinsics", "preset", "seed", "device", "centres")}
+    return f"fusion run {options}, seed {job['seed']}"
+
+
+def _standard_tests(fpha: FPHA, preset: Preset, cache: CropCache, tests: dict[str, SequenceDataset]) -> bool:
+    """Whether a worker can rebuild ``tests`` and the training data itself: the standard test sets
+    (a subset of :func:`test_sets`' centres) of the preset's own crop cache."""
+    if getattr(fpha, "missing", None):  # opened with keep_going: a worker's FPHA would refuse the root
+        return False
+    if cache.path.resolve() != get_cache(fpha, preset.preprocess, progress=False).path.resolve():
+        return False
+    if not set(tests) <= {"gt", "depth"}:
+        return False
+    standard = test_sets(fpha, preset, cache, progress=False)
+    return all(_same_frames(d, standard[c]) for c, d in tests.items())
+
+
+_worker_data: dict = {}  # in a worker: (root, preset) -> (FPHA, crop cache, test sets), built once
+
+
+def _job(job: dict) -> None:
+    """One run in a worker process (:func:`run_many`): trains and scores it, writing both to disk."""
+    job = dict(job)
+    root, intrinsics, preset, seed, device, centres = (job.pop(f) for f in ("root", "intrinsics", "preset", "seed", "device", "centres"))
+    name, trained, hpe_model, har_model = (job.pop(f) for f in ("method", "trained", "hpe_model", "har_model"))
+    key = (root, repr(intrinsics), repr(preset))
+    if key not in _worker_data:
+        fpha = FPHA(root, intrinsics)
+        cache = get_cache(fpha, preset.preprocess, progress=False)
+        _worker_data[key] = fpha, cache, test_sets(fpha, preset, cache, progress=False)
+    fpha, cache, tests = _worker_data[key]
+    run(name, fpha, preset, seed, {c: tests[c] for c in centres}, trained, device, cache, False, hpe_model, har_model, **job)
 
 
 def aggregate(records: list[dict]) -> dict[str, dict[str, list[float]]]:
@@ -324,7 +413,7 @@ def _ensemble_outputs(model: nn.Module, data: SequenceDataset, batch_size: int =
     device = next(model.parameters()).device
     model.eval()
     parts = {k: [] for k in ("j1", "j2", "true", "l1", "l2", "label")}
-    with torch.inference_mode():
+    with torch.inference_mode(), one_thread(device):
         for start in range(0, len(data), batch_size):
             batch = collate_sequences([data[i] for i in range(start, min(start + batch_size, len(data)))])
             mask = batch["mask"]

@@ -1,0 +1,124 @@
+"""Independent runs side by side: one single-threaded worker process per core.
+
+A fine-tuning run of the ``cpu`` preset is made of small convolutions, an LSTM and an
+optimiser loop over many small tensors, so a second thread inside one run buys little:
+on the 2-core machine, two runs side by side on one thread each fine-tune 1.34x faster
+than the same two runs one after the other on two threads (``python -m benchmarks.pool_speed``).
+:func:`handfuse.fusion.run_many` therefore hands the runs of a notebook cell to this pool,
+then loads what they wrote (run folders and test scores) in the notebook's own process.
+
+Every fusion run on CPU runs on one thread wherever it runs (:func:`one_thread`), in a
+worker or in the notebook's process, so its numbers do not depend on how many workers
+there were, or on the machine's core count.
+
+``HANDFUSE_WORKERS`` sets the number of workers (default: the machine's cores; ``1``
+runs everything in the calling process).  Workers start by ``forkserver`` (never a fork
+of a threaded parent), once per process, and are reused by later calls.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+
+import torch
+from tqdm.auto import tqdm
+
+_pool: ProcessPoolExecutor | None = None
+_size = 0
+_ENV_PREFIX = "HANDFUSE_"  # the folders a job writes to travel with it: a worker's own environment may be stale
+
+
+def workers() -> int:
+    """How many runs go side by side: ``HANDFUSE_WORKERS``, else the machine's cores."""
+    env = os.environ.get("HANDFUSE_WORKERS")
+    if env is None:
+        return os.cpu_count() or 1
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"HANDFUSE_WORKERS must be an integer >= 1, got {env!r}")
+    return n
+
+
+@contextlib.contextmanager
+def one_thread(device: str | torch.device = "cpu"):
+    """Within this block torch runs on one thread (CPU work only; on CUDA nothing changes)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _init() -> None:
+    torch.set_num_threads(1)
+
+
+def _pool_of(n: int) -> ProcessPoolExecutor:
+    global _pool, _size
+    if _pool is None or _size != n:
+        shutdown()
+        ctx = get_context("forkserver")
+        ctx.set_forkserver_preload(["handfuse.fusion"])
+        _pool, _size = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init), n
+    return _pool
+
+
+def shutdown() -> None:
+    """Stop the workers (they are started again by the next :func:`map_jobs`)."""
+    global _pool, _size
+    if _pool is not None:
+        _pool.shutdown(wait=True, cancel_futures=True)
+    _pool, _size = None, 0
+
+
+atexit.register(shutdown)
+
+
+def _call(fn, env: dict, job):
+    for k in [k for k in os.environ if k.startswith(_ENV_PREFIX)]:
+        del os.environ[k]
+    os.environ.update(env)
+    return fn(job)
+
+
+def map_jobs(fn, jobs: list, describe=str, desc: str = "runs", progress: bool = True) -> list:
+    """``fn(job)`` for every job, side by side in :func:`workers` processes; results in job order.
+
+    ``fn`` must be a module-level function and the jobs picklable.  The first failure stops
+    the rest and is raised as a RuntimeError naming its job (``describe(job)``), with the
+    worker's error chained."""
+    if not jobs:
+        return []
+    n = min(workers(), len(jobs))
+    if n <= 1:
+        return [fn(job) for job in tqdm(jobs, desc=desc, unit="run", disable=not progress)]
+    env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)}
+    pool = _pool_of(n)
+    futures = {pool.submit(_call, fn, env, job): i for i, job in enumerate(jobs)}
+    out = [None] * len(jobs)
+    with tqdm(total=len(jobs), desc=f"{desc} ({n} side by side)", unit="run", disable=not progress) as bar:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                i = futures[f]
+                if f.exception() is not None:
+                    for p in pending:
+                        p.cancel()
+                    wait(pending)
+                    shutdown()  # a crashed worker breaks the pool: the next call starts a fresh one
+                    raise RuntimeError(f"{describe(jobs[i])}: failed in a worker process "
+                                       f"({type(f.exception()).__name__}: {f.exception()})") from f.exception()
+                out[i] = f.result()
+                bar.update(1)
+    return out
