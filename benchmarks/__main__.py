@@ -10,7 +10,8 @@ preset, and the estimated generation time of each preset on this machine's
 cores (frames / measured rate / workers), with the measured wall time of the
 smoke preset.  ``hpe``: HPE inference and training against a matmul
 (:mod:`benchmarks.hpe_speed`).  ``fusion``: fine-tuning throughput of every
-fusion method against the baseline (:mod:`benchmarks.fusion_speed`).  ``scaling``: how the
+fusion method against the baseline (:mod:`benchmarks.fusion_speed`).  ``pool``: fine-tuning
+runs side by side, one thread each, against one after the other (:mod:`benchmarks.pool_speed`).  ``scaling``: how the
 HPE's and every method's cost grows with sequence length and crop size, with
 ``figures/bench_scaling.png`` (:mod:`benchmarks.scaling`).  ``workflow``: HAR
 training, data starvation of the training loops, widget latency and the last reproduction's
@@ -56,8 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
-    ap.add_argument("--stages", nargs="+", default=["data", "hpe", "fusion", "scaling", "workflow"],
-                    choices=["data", "hpe", "fusion", "scaling", "workflow"])
+    ap.add_argument("--stages", nargs="+", default=["data", "hpe", "fusion", "pool", "scaling", "workflow"],
+                    choices=["data", "hpe", "fusion", "pool", "scaling", "workflow"])
     args = ap.parse_args()
     out = Path(args.out)
     results: dict = json.loads(out.read_text()) if out.is_file() else {}  # keep stages not re-run
@@ -79,6 +80,12 @@ def main() -> None:
 
         results["fusion"] = fusion_run("cpu", repeats=args.repeats)
         fusion_report(results["fusion"])
+    if "pool" in args.stages:
+        from .pool_speed import report as pool_report
+        from .pool_speed import run as pool_run
+
+        results["pool"] = pool_run("cpu", pairs=args.repeats)
+        pool_report(results["pool"])
     if "scaling" in args.stages:
         from .scaling import report as scaling_report
         from .scaling import run as scaling_run

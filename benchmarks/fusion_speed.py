@@ -20,7 +20,6 @@ a prediction: the full step-by-step unroll); noisy feedback; the ensemble.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
@@ -39,7 +38,7 @@ from handfuse.models.har import PoseLSTM
 from handfuse.models.hpe import HPE
 from handfuse.paths import ensure_synthetic
 
-from .timing import report_and_save, timed
+from .timing import cli, timed
 
 VARIANTS = [  # (label, method, FusionConfig options)
     ("baseline", "baseline", {}),
@@ -159,13 +158,7 @@ def report(r: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--batches", type=int, default=12)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default=None, help="also write the result here")
-    args = ap.parse_args()
-    report_and_save(run(args.preset, args.batches, args.repeats), report, args.json)
+    cli(__doc__, run, report, batches=12, repeats=3)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ fits of log(time) on log(T) or log(S).
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from handfuse.config import get_preset
 
 from .fusion_speed import _models, fresh_method, train_step
-from .timing import report_and_save, timed
+from .timing import cli, timed
 
 LENGTHS = (8, 16, 32)
 T_FIXED = 16
@@ -156,12 +155,7 @@ def report(r: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default=None, help="also write the result here")
-    args = ap.parse_args()
-    report_and_save(run(args.preset, args.repeats), report, args.json)
+    cli(__doc__, run, report, repeats=3)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ the records of several seeds into means and 95 % intervals.
 from __future__ import annotations
 
 import hashlib
+import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,7 +42,7 @@ from .models.registry import DEFAULT_HAR, DEFAULT_HPE
 from .pool import map_jobs, one_thread, workers
 from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
 from .tasks import sequence_batches
-from .train import RESULT, FitResult, TrainConfig, fit, load_checkpoint, run_digest, save_checkpoint
+from .train import BEST, RESULT, FitResult, TrainConfig, fit, load_checkpoint, run_digest, save_checkpoint
 
 EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across them
 
@@ -133,15 +134,21 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
     model = _build(name, models, preset, cfg, seed)
     data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, seed).items()}
-    train_cfg = replace(preset.train_fuse, seed=seed, device=device)
-    config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
-              "pretrained": {k: r.config for k, r in models.results.items()}, **_threads(device)}
-    run = models_dir(preset, root) / run_name(name, config, train_cfg, seed, models.pair)
+    run, config, train_cfg = _run_folder(name, models, fpha, preset, cfg, seed, device, root)
     task = FusionTask(data)
     result = fit(model, task, train_cfg, run, config, progress=progress)
     if scored is not None and "test" in task.scored:
         scored[task.data["test"]] = task.scored["test"]
     return model, result
+
+
+def _run_folder(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: FusionConfig, seed: int,
+                device: str = "cpu", root: str | Path | None = None) -> tuple[Path, dict, TrainConfig]:
+    """Where a fine-tuning run lives, with its resolved configuration and training settings."""
+    train_cfg = replace(preset.train_fuse, seed=seed, device=device)
+    config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
+              "pretrained": {k: r.config for k, r in models.results.items()}, **_threads(device)}
+    return models_dir(preset, root) / run_name(name, config, train_cfg, seed, models.pair), config, train_cfg
 
 
 def _threads(device: str) -> dict:
@@ -164,7 +171,8 @@ def evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict |
     ``scored`` maps datasets already scored with these very weights (by :func:`finetune`) to their
     scores; a test set holding the same sequences of the same crops is not scored again.  With a
     ``store``, scores found there are loaded and fresh ones are saved to it.  On CPU it scores on
-    one thread, as :func:`run` does, so that a stored score and a fresh one are the same numbers."""
+    one thread, wherever it runs: the last bits of a score can depend on the thread count, and a
+    stored score must be the one a fresh evaluation gives."""
     with one_thread(next(model.parameters()).device):
         return _evaluate(model, tests, scored, store)
 
@@ -299,47 +307,70 @@ def run_seeds(name: str, fpha: FPHA, preset: Preset, seeds: list[int], tests: di
     return run_many({"runs": spec}, fpha, preset, seeds, tests, device, cache, progress, keep_model)["runs"]
 
 
-def run_many(specs: dict[str, dict], fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
+def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
              device: str = "cpu", cache: CropCache | None = None, progress: bool = True, keep_model: bool = False,
-             **common) -> dict[str, list[dict]]:
-    """Several runs over the same ``seeds``: ``specs`` maps a name to one configuration, a dict with
-    ``method`` (required), ``trained`` (default True), ``hpe_model``, ``har_model`` and FusionConfig
-    options; ``common`` options apply to every spec (a spec's own win).  Returns, per name, the
-    records of :func:`run`, one per seed.
+             **common) -> dict:
+    """Several runs: ``specs`` maps a name to one configuration, a dict with ``method`` (required),
+    ``trained`` (default True), ``hpe_model``, ``har_model``, ``seeds`` (default: ``seeds``) and
+    FusionConfig options; ``common`` options apply to every spec (a spec's own win).  Returns, per
+    name, the records of :func:`run`, one per seed.
 
     On CPU with more than one worker (:mod:`handfuse.pool`), the pre-trained models are made first,
-    here, one after the other; then every run goes to the workers, side by side; then each is
-    loaded here, in order, from what its worker wrote (run folder, test scores).  The records are
-    the same as those of running everything here: every run runs on one thread either way."""
-    specs = {k: {"trained": True, "hpe_model": DEFAULT_HPE, "har_model": DEFAULT_HAR, **common, **v} for k, v in specs.items()}
+    here, one after the other; then every fine-tuning not yet on disk goes to the workers, side by
+    side, and so does the scoring of every untrained chain; the workers' records are returned, and a
+    run whose live model is wanted (``keep_model``) is loaded here from what its worker wrote (run
+    folder, test scores).  Hand over every run of a notebook cell in one call: the last round may
+    find fewer runs than workers, and a single-threaded run alone leaves a core idle.  The records
+    are the same as those of running everything here: runs and scores are single-threaded either way."""
+    specs = {k: {"trained": True, "hpe_model": DEFAULT_HPE, "har_model": DEFAULT_HAR, "seeds": list(seeds), **common, **v}
+             for k, v in specs.items()}
     for k, v in specs.items():
         if "method" not in v:
             raise ValueError(f"run_many: spec {k!r} names no method")
-    jobs = [(k, seed) for k in specs for seed in seeds]
+    jobs = [(k, seed) for k, v in specs.items() for seed in v["seeds"]]
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    pooled = (torch.device(device).type == "cpu" and len(jobs) > 1 and workers() > 1
+    pooled = (torch.device(device).type == "cpu" and workers() > 1 and len(jobs) > 1
               and _standard_tests(fpha, preset, cache, tests))
     if pooled:
-        for key in dict.fromkeys((seed, *_pretrained_key(preset, specs[k])) for k, seed in jobs):
-            pretrained(fpha, preset, key[0], *key[1:3], device, cache, progress, *key[3:])  # here: one at a time
-        map_jobs(_job, [{"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "seed": seed, "device": device,
-                         "centres": list(tests), **specs[k]} for k, seed in jobs],
-                 describe=_describe, desc="fusion runs", progress=progress)
+        todo = {}  # one job per distinct run (two specs may name the same one); finished fine-tunings are only loaded
+        for k, seed in jobs:
+            if not _prepared(fpha, preset, specs[k], seed, device, cache, progress):
+                todo.setdefault((json.dumps(_options(specs[k], "seeds"), sort_keys=True, default=str), seed), (k, seed))
+        # fine-tunings first, the short scorings of untrained chains last: they fill the last round's idle workers
+        todo = sorted(todo.values(), key=lambda job: not specs[job[0]]["trained"])
+        records = map_jobs(_job, [{"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "seed": seed,
+                                   "device": device, "centres": list(tests), **_options(specs[k], "seeds")}
+                                  for k, seed in todo], describe=_describe, desc="fine-tuning runs", progress=progress)
+        done = dict(zip(todo, records))  # what the workers trained: their records, unless the live model is wanted
+    else:
+        done = {}
     out = {k: [] for k in specs}
     for k, seed in tqdm(jobs, desc="loading runs" if pooled else "fusion runs", unit="run", disable=not progress):
-        spec = dict(specs[k])
-        name, trained, hpe_model, har_model = (spec.pop(f) for f in ("method", "trained", "hpe_model", "har_model"))
+        if (k, seed) in done and not keep_model:
+            out[k].append(done[(k, seed)])
+            continue
+        name, trained, hpe_model, har_model = (specs[k][f] for f in ("method", "trained", "hpe_model", "har_model"))
         record = run(name, fpha, preset, seed, tests, trained, device, cache, progress and not pooled, hpe_model,
-                     har_model, **spec)
+                     har_model, **_options(specs[k], "method", "trained", "hpe_model", "har_model", "seeds"))
         out[k].append(record if keep_model else jsonable(record))
     return out
 
 
-def _pretrained_key(preset: Preset, spec: dict) -> tuple:
-    """(attention, film, hpe_model, har_model) of the pre-trained models a spec starts from."""
-    options = {f: v for f, v in spec.items() if f not in ("method", "trained", "hpe_model", "har_model")}
-    cfg = method_config(spec["method"], **{"film": preset.film, **options})
-    return cfg.attention, cfg.film, spec["hpe_model"], spec["har_model"]
+def _options(spec: dict, *drop: str) -> dict:
+    return {f: v for f, v in spec.items() if f not in drop}
+
+
+def _prepared(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, cache: CropCache, progress: bool) -> bool:
+    """Makes the pre-trained models of a spec's run of ``seed`` here, if need be (never in a worker, where
+    two runs could train the same one at once); then whether the run is a fine-tuning finished on disk."""
+    cfg = method_config(spec["method"], **{"film": preset.film, **_options(spec, "method", "trained", "hpe_model",
+                                                                             "har_model", "seeds")})
+    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, spec["hpe_model"],
+                        spec["har_model"])
+    if not spec["trained"]:
+        return False
+    folder = _run_folder(spec["method"], models, fpha, preset, cfg, seed, device)[0]
+    return (folder / RESULT).is_file() and (folder / BEST).is_file()
 
 
 def _describe(job: dict) -> str:
@@ -363,8 +394,9 @@ def _standard_tests(fpha: FPHA, preset: Preset, cache: CropCache, tests: dict[st
 _worker_data: dict = {}  # in a worker: (root, preset) -> (FPHA, crop cache, test sets), built once
 
 
-def _job(job: dict) -> None:
-    """One run in a worker process (:func:`run_many`): trains and scores it, writing both to disk."""
+def _job(job: dict) -> dict:
+    """One run in a worker process (:func:`run_many`): trains and scores it, writing both to disk;
+    returns its record, without the live model."""
     job = dict(job)
     root, intrinsics, preset, seed, device, centres = (job.pop(f) for f in ("root", "intrinsics", "preset", "seed", "device", "centres"))
     name, trained, hpe_model, har_model = (job.pop(f) for f in ("method", "trained", "hpe_model", "har_model"))
@@ -374,7 +406,8 @@ def _job(job: dict) -> None:
         cache = get_cache(fpha, preset.preprocess, progress=False)
         _worker_data[key] = fpha, cache, test_sets(fpha, preset, cache, progress=False)
     fpha, cache, tests = _worker_data[key]
-    run(name, fpha, preset, seed, {c: tests[c] for c in centres}, trained, device, cache, False, hpe_model, har_model, **job)
+    return jsonable(run(name, fpha, preset, seed, {c: tests[c] for c in centres}, trained, device, cache, False, hpe_model,
+                        har_model, **job))
 
 
 def aggregate(records: list[dict]) -> dict[str, dict[str, list[float]]]:

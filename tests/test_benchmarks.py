@@ -52,3 +52,13 @@ def test_fusion_benchmark_runs_every_variant_on_the_smoke_preset():
     for key in ("train", "eval"):  # the fold against the plain modules, paired runs
         fold = r["fold"][key]
         assert 0 < fold["spread"][0] <= fold["median"] <= fold["spread"][1]
+
+
+def test_pool_benchmark_times_both_ways_on_the_smoke_preset(monkeypatch):
+    from benchmarks import pool_speed
+
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    r = pool_speed.run("smoke", batches=2, pairs=1)
+    assert r["workers"] == 2 and r["jobs"] == 4
+    assert r["one_after_the_other_s"] > 0 and r["side_by_side_s"] > 0
+    assert r["speedup"]["median"] == r["one_after_the_other_s"] / r["side_by_side_s"]

@@ -1,0 +1,195 @@
+"""Runs side by side (handfuse.pool, fusion.run_many): the same records as one after the other,
+one thread per run wherever it runs, and failures that name their run."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from handfuse import fusion, pool
+from handfuse.cache import get_cache
+from handfuse.config import get_preset
+from handfuse.fpha import FPHA
+from handfuse.paths import ensure_synthetic
+
+P = get_preset("smoke")
+
+
+def _threads(job):
+    return job, torch.get_num_threads()
+
+
+def _fails_on_three(job):
+    if job == 3:
+        raise ValueError("job three is bad")
+    return job * 10
+
+
+def test_one_thread_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pool.one_thread("cpu"):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyError), pool.one_thread("cpu"):
+            raise KeyError("restored even on error")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_workers_reads_handfuse_workers(monkeypatch):
+    monkeypatch.setenv("HANDFUSE_WORKERS", "3")
+    assert pool.workers() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("HANDFUSE_WORKERS", bad)
+        with pytest.raises(ValueError, match="HANDFUSE_WORKERS"):
+            pool.workers()
+
+
+def test_jobs_run_in_worker_processes_on_one_thread_in_order(monkeypatch):
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    out = pool.map_jobs(_threads, list(range(5)), progress=False)
+    assert out == [(i, 1) for i in range(5)]
+
+
+def test_a_failing_job_is_named_and_the_pool_recovers(monkeypatch):
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    with pytest.raises(RuntimeError, match="job #3: failed in a worker process.*job three is bad"):
+        pool.map_jobs(_fails_on_three, list(range(6)), describe=lambda j: f"job #{j}", progress=False)
+    assert pool.map_jobs(_fails_on_three, [1, 2], progress=False) == [10, 20]
+
+
+def test_one_worker_runs_in_this_process(monkeypatch):
+    monkeypatch.setenv("HANDFUSE_WORKERS", "1")
+    seen = []
+    assert pool.map_jobs(lambda j: seen.append(j) or -j, [1, 2], progress=False) == [-1, -2]  # a lambda: never pickled
+    assert seen == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(fpha, cache, test sets, a models folder holding the pre-trained models of seeds 0 and 1)."""
+    fpha = FPHA(ensure_synthetic("smoke"))
+    cache = get_cache(fpha, P.preprocess, progress=False)
+    runs = tmp_path_factory.mktemp("pretrained")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("HANDFUSE_RUNS", str(runs))
+        for seed in (0, 1):
+            fusion.pretrained(fpha, P, seed, False, P.film, cache=cache, progress=False)
+    return fpha, cache, fusion.test_sets(fpha, P, cache, progress=False), runs / P.name / "models"
+
+
+def _runs_with_pretrained(smoke, folder: Path, monkeypatch) -> Path:
+    """``folder`` as HANDFUSE_RUNS, holding copies of the module's pre-trained models; returns its models folder."""
+    models = folder / P.name / "models"
+    shutil.copytree(smoke[3], models)
+    monkeypatch.setenv("HANDFUSE_RUNS", str(folder))
+    return models
+
+
+SPECS = {"chain": {"method": "baseline", "trained": False}, "tuned": {"method": "feedback", "p_eq": 0.5}}
+
+
+def _scores(records: dict) -> dict:
+    return {k: [(r["seed"], r["test"], [h["train_loss"] for h in r["history"]], r["frame_error_mm"]) for r in v]
+            for k, v in records.items()}
+
+
+def test_side_by_side_gives_the_records_of_one_after_the_other(smoke, tmp_path, monkeypatch):
+    fpha, cache, tests, _ = smoke
+    models = _runs_with_pretrained(smoke, tmp_path / "pooled", monkeypatch)
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    pooled = fusion.run_many(SPECS, fpha, P, [0, 1], tests, cache=cache, progress=False)
+    tuned = sorted(models.glob("fuse-feedback-*"))
+    assert len(tuned) == 2 and all(json.loads((d / "result.json").read_text())["config"]["cpu_threads"] == 1 for d in tuned)
+
+    # the same runs one after the other, here, from the same pre-trained models
+    _runs_with_pretrained(smoke, tmp_path / "here", monkeypatch)
+    monkeypatch.setenv("HANDFUSE_WORKERS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the calling process's own thread count must not matter
+    try:
+        here = fusion.run_many(SPECS, fpha, P, [0, 1], tests, cache=cache, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert _scores(here) == _scores(pooled)
+    assert [r["seed"] for r in pooled["tuned"]] == [0, 1] and all(r["history"] for r in pooled["tuned"])
+
+
+def test_side_by_side_runs_are_trained_by_the_workers_and_loaded_here(smoke, tmp_path, monkeypatch):
+    fpha, cache, tests, _ = smoke
+    _runs_with_pretrained(smoke, tmp_path, monkeypatch)
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+
+    def no_training_here(*args, **kwargs):
+        raise AssertionError("a side-by-side run was trained in the calling process")
+
+    monkeypatch.setattr(fusion.FusionTask, "batches", no_training_here)  # the workers' copy is untouched
+    records = fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False, keep_model=True)
+    assert [r["seed"] for r in records] == [0, 1] and all(r["history"] and r["model"] is not None for r in records)
+    # one after the other, the same call trains here
+    monkeypatch.setenv("HANDFUSE_WORKERS", "1")
+    with pytest.raises(AssertionError, match="trained in the calling process"):
+        fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False, w_nll=0.5)
+
+
+def test_test_sets_a_worker_cannot_rebuild_run_here(smoke, tmp_path, monkeypatch):
+    fpha, cache, tests, _ = smoke
+    _runs_with_pretrained(smoke, tmp_path, monkeypatch)
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    fewer = {"gt": fusion.SequenceDataset(cache, fpha.test[:-1])}
+    assert not fusion._standard_tests(fpha, P, cache, fewer)
+    assert fusion._standard_tests(fpha, P, cache, {"gt": tests["gt"]})
+    calls = []
+    monkeypatch.setattr(fusion, "map_jobs", lambda *a, **k: calls.append(a))
+    records = fusion.run_many({"chain": SPECS["chain"]}, fpha, P, [0, 1], fewer, cache=cache, progress=False)
+    assert calls == [] and [r["seed"] for r in records["chain"]] == [0, 1]
+    assert all(len(r["frame_error_mm"]["gt"]) == len(fpha.test) - 1 for r in records["chain"])
+
+
+def test_a_spec_without_a_method_is_refused(smoke):
+    fpha, cache, tests, _ = smoke
+    with pytest.raises(ValueError, match="spec 'x' names no method"):
+        fusion.run_many({"x": {"trained": False}}, fpha, P, [0], tests, cache=cache, progress=False)
+
+
+def test_a_failing_run_names_itself(smoke, tmp_path, monkeypatch):
+    fpha, cache, tests, _ = smoke
+    _runs_with_pretrained(smoke, tmp_path, monkeypatch)
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    # an interrupted run with a corrupt checkpoint: the worker that resumes it fails, and says which run it was
+    fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+    for result in Path(tmp_path, P.name, "models").glob("fuse-baseline-*/result.json"):
+        result.unlink()  # both runs interrupted: both go to the workers
+    run = sorted(Path(tmp_path, P.name, "models").glob("fuse-baseline-*-seed1"))[0]
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match=r"fusion run .*'method': 'baseline'.*seed 1: failed in a worker process.*last.pt"):
+        fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+    # a corrupt finished run is loaded here, and refused naming its file
+    (run / "last.pt").unlink()  # seed 1 starts again
+    fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+    (run / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"seed1/best.pt: not a handfuse checkpoint"):
+        fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+
+
+def test_two_specs_naming_one_run_train_it_once_and_spec_seeds_win(smoke, tmp_path, monkeypatch):
+    fpha, cache, tests, _ = smoke
+    _runs_with_pretrained(smoke, tmp_path, monkeypatch)
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    handed = []
+    real = fusion.map_jobs
+    monkeypatch.setattr(fusion, "map_jobs", lambda fn, jobs, **k: handed.extend(jobs) or real(fn, jobs, **k))
+    out = fusion.run_many({"a": {"method": "baseline", "w_nll": 0.5}, "b": {"method": "baseline", "w_nll": 0.5},
+                           "one": {"method": "baseline", "w_nll": 0.25, "seeds": [1]}},
+                          fpha, P, [0, 1], tests, cache=cache, progress=False)
+    assert sorted((j["w_nll"], j["seed"]) for j in handed) == [(0.25, 1), (0.5, 0), (0.5, 1)]
+    assert [r["seed"] for r in out["one"]] == [1] and _scores({"x": out["a"]}) == _scores({"x": out["b"]})
+    handed.clear()  # finished runs are loaded, not handed over again
+    again = fusion.run_many({"a": {"method": "baseline", "w_nll": 0.5}}, fpha, P, [0, 1], tests, cache=cache, progress=False)
+    assert handed == [] and _scores(again) == _scores({"a": out["a"]})
