@@ -94,17 +94,25 @@ def train_step(model, opt: torch.optim.Optimizer, batch: dict) -> None:
     opt.step()
 
 
+def train_sequences(preset_name: str) -> SequenceDataset:
+    """The training sequences of a preset's synthetic data, from its crop cache."""
+    fpha = FPHA(ensure_synthetic(preset_name))
+    return SequenceDataset(get_cache(fpha, get_preset(preset_name).preprocess, progress=False), fpha.train)
+
+
+def fixed_batches(data: SequenceDataset, size: int, n: int) -> list[dict]:
+    """The first ``n`` collated batches of ``size`` sequences of ``data`` (fewer if it holds fewer:
+    the smoke preset has fewer sequences than the defaults ask)."""
+    return [collate_sequences([data[i] for i in range(b * size, (b + 1) * size)]) for b in range(min(n, len(data) // size))]
+
+
 def run(preset_name: str = "cpu", batches: int = 12, repeats: int = 3) -> dict:
     preset = get_preset(preset_name)
-    fpha = FPHA(ensure_synthetic(preset_name))
-    cache = get_cache(fpha, preset.preprocess)
-    data = SequenceDataset(cache, fpha.train)
+    data = train_sequences(preset_name)
     B = preset.train_fuse.batch_size
-    batches = min(batches, len(data) // B)  # the smoke preset has fewer sequences than the default asks
     E = min(64, len(data) // 2)  # evaluation: two batches of E sequences
-    fixed = [collate_sequences([data[i] for i in range(b * B, (b + 1) * B)]) for b in range(batches)]
-    evaluation = [collate_sequences([data[i] for i in range(b * E, (b + 1) * E)]) for b in range(2)]
-    n_train, n_eval = batches * B, 2 * E
+    fixed, evaluation = fixed_batches(data, B, batches), fixed_batches(data, E, 2)
+    n_train, n_eval = len(fixed) * B, 2 * E
     rows = {}
     for label, name, options in VARIANTS:
         model, opt = fresh_method(preset, name, options)

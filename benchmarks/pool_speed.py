@@ -30,18 +30,11 @@ JOBS = [("baseline", {}), ("feedback", {"film": "fc", "p_eq": 0.95})]
 
 def _fixed(preset_name: str, n: int) -> list[dict]:
     if (preset_name, n) not in _batches:
-        from handfuse.cache import get_cache
         from handfuse.config import get_preset
-        from handfuse.datasets import SequenceDataset, collate_sequences
-        from handfuse.fpha import FPHA
-        from handfuse.paths import ensure_synthetic
 
-        preset = get_preset(preset_name)
-        fpha = FPHA(ensure_synthetic(preset_name))
-        data = SequenceDataset(get_cache(fpha, preset.preprocess, progress=False), fpha.train)
-        B = preset.train_fuse.batch_size
-        n = min(n, len(data) // B)
-        _batches[(preset_name, n)] = [collate_sequences([data[i] for i in range(b * B, (b + 1) * B)]) for b in range(n)]
+        from .fusion_speed import fixed_batches, train_sequences
+
+        _batches[(preset_name, n)] = fixed_batches(train_sequences(preset_name), get_preset(preset_name).train_fuse.batch_size, n)
     return _batches[(preset_name, n)]
 
 

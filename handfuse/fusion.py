@@ -26,6 +26,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -272,18 +273,17 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     fine-tuned (``trained``) or chained as they are, scored on ``tests``.  ``options`` are
     FusionConfig fields.  Returns a JSON-ready record (``model`` holds the method itself, to drop
     before writing).  ``film`` defaults to the preset's."""
-    cfg = method_config(name, **{"film": preset.film, **options})
-    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model)
+    cfg, models = _start(name, fpha, preset, seed, device, cache, progress, hpe_model, har_model, options)
     scored = {}  # the gt test split, if fine-tuning just scored it with the selected weights
-    with one_thread(device):  # on CPU one thread, wherever the run runs (see handfuse.pool)
-        if trained:
+    if trained:
+        with one_thread(device):  # on CPU one thread, wherever the run runs (see handfuse.pool)
             model, fitted = finetune(name, models, fpha, preset, cfg, seed, device, cache, progress=progress, scored=scored)
-            weights = _fingerprint(fitted)
-        else:
-            model, fitted = _build(name, models, preset, cfg, seed).to(device), None
-            weights = (f"untrained, seed {seed}, {_threads(device)}, "
-                       + _fingerprint(*(models.results[k] for k in ("hpe", "hpe_film", "har"))))
-        scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights))
+        weights = _fingerprint(fitted)
+    else:
+        model, fitted = _build(name, models, preset, cfg, seed).to(device), None
+        weights = (f"untrained, seed {seed}, {_threads(device)}, "
+                   + _fingerprint(*(models.results[k] for k in ("hpe", "hpe_film", "har"))))
+    scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights))  # one thread too
     standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
                   "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
                   "har_accuracy": models.results["har"].test["accuracy"]}
@@ -297,6 +297,14 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
             "model": model}
 
 
+def _start(name: str, fpha: FPHA, preset: Preset, seed: int, device: str, cache: CropCache | None, progress: bool,
+           hpe_model: str, har_model: str, options: dict) -> tuple[FusionConfig, Pretrained]:
+    """A run's resolved method configuration (``film`` defaults to the preset's) and its pre-trained
+    models, made here if they are not on disk yet."""
+    cfg = method_config(name, **{"film": preset.film, **options})
+    return cfg, pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model)
+
+
 def run_seeds(name: str, fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
               trained: bool = True, device: str = "cpu", cache: CropCache | None = None, progress: bool = True,
               keep_model: bool = False, hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
@@ -308,12 +316,13 @@ def run_seeds(name: str, fpha: FPHA, preset: Preset, seeds: list[int], tests: di
 
 
 def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
-             device: str = "cpu", cache: CropCache | None = None, progress: bool = True, keep_model: bool = False,
-             **common) -> dict:
+             device: str = "cpu", cache: CropCache | None = None, progress: bool = True,
+             keep_model: bool | Iterable = False, **common) -> dict:
     """Several runs: ``specs`` maps a name to one configuration, a dict with ``method`` (required),
     ``trained`` (default True), ``hpe_model``, ``har_model``, ``seeds`` (default: ``seeds``) and
     FusionConfig options; ``common`` options apply to every spec (a spec's own win).  Returns, per
-    name, the records of :func:`run`, one per seed.
+    name, the records of :func:`run`, one per seed, with the live models of the specs named in
+    ``keep_model`` (True: every spec).
 
     On CPU with more than one worker (:mod:`handfuse.pool`), the pre-trained models are made first,
     here, one after the other; then every fine-tuning not yet on disk goes to the workers, side by
@@ -327,6 +336,7 @@ def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: d
     for k, v in specs.items():
         if "method" not in v:
             raise ValueError(f"run_many: spec {k!r} names no method")
+    keep = set(specs) if keep_model is True else set(keep_model or ())
     jobs = [(k, seed) for k, v in specs.items() for seed in v["seeds"]]
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
     pooled = (torch.device(device).type == "cpu" and workers() > 1 and len(jobs) > 1
@@ -335,47 +345,52 @@ def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: d
         todo = {}  # one job per distinct run (two specs may name the same one); finished fine-tunings are only loaded
         for k, seed in jobs:
             if not _prepared(fpha, preset, specs[k], seed, device, cache, progress):
-                todo.setdefault((json.dumps(_options(specs[k], "seeds"), sort_keys=True, default=str), seed), (k, seed))
+                todo.setdefault((json.dumps(_run_spec(specs[k]), sort_keys=True, default=str), seed), (k, seed))
         # fine-tunings first, the short scorings of untrained chains last: they fill the last round's idle workers
         todo = sorted(todo.values(), key=lambda job: not specs[job[0]]["trained"])
-        records = map_jobs(_job, [{"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "seed": seed,
-                                   "device": device, "centres": list(tests), **_options(specs[k], "seeds")}
-                                  for k, seed in todo], describe=_describe, desc="fine-tuning runs", progress=progress)
+        context = {"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "device": device,
+                   "centres": list(tests)}
+        records = map_jobs(_job, [{**context, "seed": seed, "spec": _run_spec(specs[k])} for k, seed in todo],
+                           describe=_describe, desc="fine-tuning runs", progress=progress)
         done = dict(zip(todo, records))  # what the workers trained: their records, unless the live model is wanted
     else:
         done = {}
     out = {k: [] for k in specs}
     for k, seed in tqdm(jobs, desc="loading runs" if pooled else "fusion runs", unit="run", disable=not progress):
-        if (k, seed) in done and not keep_model:
+        if (k, seed) in done and k not in keep:
             out[k].append(done[(k, seed)])
             continue
-        name, trained, hpe_model, har_model = (specs[k][f] for f in ("method", "trained", "hpe_model", "har_model"))
+        name, trained, hpe_model, har_model, options = _split(specs[k])
         record = run(name, fpha, preset, seed, tests, trained, device, cache, progress and not pooled, hpe_model,
-                     har_model, **_options(specs[k], "method", "trained", "hpe_model", "har_model", "seeds"))
-        out[k].append(record if keep_model else jsonable(record))
+                     har_model, **options)
+        out[k].append(record if k in keep else jsonable(record))
     return out
 
 
-def _options(spec: dict, *drop: str) -> dict:
-    return {f: v for f, v in spec.items() if f not in drop}
+def _run_spec(spec: dict) -> dict:
+    """A spec without its seeds: what one run of it is, whatever the seed."""
+    return {f: v for f, v in spec.items() if f != "seeds"}
+
+
+def _split(spec: dict) -> tuple[str, bool, str, str, dict]:
+    """(method, trained, hpe_model, har_model, FusionConfig options) of a spec."""
+    named = ("method", "trained", "hpe_model", "har_model", "seeds")
+    return (*(spec[f] for f in named[:4]), {f: v for f, v in spec.items() if f not in named})
 
 
 def _prepared(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, cache: CropCache, progress: bool) -> bool:
     """Makes the pre-trained models of a spec's run of ``seed`` here, if need be (never in a worker, where
     two runs could train the same one at once); then whether the run is a fine-tuning finished on disk."""
-    cfg = method_config(spec["method"], **{"film": preset.film, **_options(spec, "method", "trained", "hpe_model",
-                                                                             "har_model", "seeds")})
-    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, spec["hpe_model"],
-                        spec["har_model"])
-    if not spec["trained"]:
+    name, trained, hpe_model, har_model, options = _split(spec)
+    cfg, models = _start(name, fpha, preset, seed, device, cache, progress, hpe_model, har_model, options)
+    if not trained:
         return False
-    folder = _run_folder(spec["method"], models, fpha, preset, cfg, seed, device)[0]
+    folder = _run_folder(name, models, fpha, preset, cfg, seed, device)[0]
     return (folder / RESULT).is_file() and (folder / BEST).is_file()
 
 
 def _describe(job: dict) -> str:
-    options = {k: v for k, v in job.items() if k not in ("root", "intrinsics", "preset", "seed", "device", "centres")}
-    return f"fusion run {options}, seed {job['seed']}"
+    return f"fusion run {job['spec']}, seed {job['seed']}"
 
 
 def _standard_tests(fpha: FPHA, preset: Preset, cache: CropCache, tests: dict[str, SequenceDataset]) -> bool:
@@ -397,17 +412,16 @@ _worker_data: dict = {}  # in a worker: (root, preset) -> (FPHA, crop cache, tes
 def _job(job: dict) -> dict:
     """One run in a worker process (:func:`run_many`): trains and scores it, writing both to disk;
     returns its record, without the live model."""
-    job = dict(job)
-    root, intrinsics, preset, seed, device, centres = (job.pop(f) for f in ("root", "intrinsics", "preset", "seed", "device", "centres"))
-    name, trained, hpe_model, har_model = (job.pop(f) for f in ("method", "trained", "hpe_model", "har_model"))
-    key = (root, repr(intrinsics), repr(preset))
+    preset = job["preset"]
+    key = (job["root"], repr(job["intrinsics"]), repr(preset))
     if key not in _worker_data:
-        fpha = FPHA(root, intrinsics)
+        fpha = FPHA(job["root"], job["intrinsics"])
         cache = get_cache(fpha, preset.preprocess, progress=False)
         _worker_data[key] = fpha, cache, test_sets(fpha, preset, cache, progress=False)
     fpha, cache, tests = _worker_data[key]
-    return jsonable(run(name, fpha, preset, seed, {c: tests[c] for c in centres}, trained, device, cache, False, hpe_model,
-                        har_model, **job))
+    name, trained, hpe_model, har_model, options = _split(job["spec"])
+    return jsonable(run(name, fpha, preset, job["seed"], {c: tests[c] for c in job["centres"]}, trained, job["device"],
+                        cache, False, hpe_model, har_model, **options))
 
 
 def aggregate(records: list[dict]) -> dict[str, dict[str, list[float]]]:

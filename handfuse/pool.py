@@ -2,14 +2,15 @@
 
 A fine-tuning run of the ``cpu`` preset is made of small convolutions, an LSTM and an
 optimiser loop over many small tensors, so a second thread inside one run buys little:
-on the 2-core machine, two runs side by side on one thread each fine-tune 1.34x faster
-than the same two runs one after the other on two threads (``python -m benchmarks.pool_speed``).
+on the 2-core machine, fine-tuning runs side by side on one thread each get 1.18x (1.11-1.25)
+the work done of the same runs one after the other on two threads (``python -m benchmarks.pool_speed``;
+whole ResNet + LSTM runs: 1.34x).
 :func:`handfuse.fusion.run_many` therefore hands the runs of a notebook cell to this pool,
 then loads what they wrote (run folders and test scores) in the notebook's own process.
 
-Every fusion run on CPU runs on one thread wherever it runs (:func:`one_thread`), in a
-worker or in the notebook's process, so its numbers do not depend on how many workers
-there were, or on the machine's core count.
+Every fusion run and every score on CPU runs on one thread wherever it runs
+(:func:`one_thread`), in a worker or in the notebook's process, so its numbers do not depend
+on how many workers there were, or on the machine's core count.
 
 ``HANDFUSE_WORKERS`` sets the number of workers (default: the machine's cores; ``1``
 runs everything in the calling process).  Workers start by ``forkserver`` (never a fork

@@ -187,8 +187,9 @@ def test_two_specs_naming_one_run_train_it_once_and_spec_seeds_win(smoke, tmp_pa
     monkeypatch.setattr(fusion, "map_jobs", lambda fn, jobs, **k: handed.extend(jobs) or real(fn, jobs, **k))
     out = fusion.run_many({"a": {"method": "baseline", "w_nll": 0.5}, "b": {"method": "baseline", "w_nll": 0.5},
                            "one": {"method": "baseline", "w_nll": 0.25, "seeds": [1]}},
-                          fpha, P, [0, 1], tests, cache=cache, progress=False)
-    assert sorted((j["w_nll"], j["seed"]) for j in handed) == [(0.25, 1), (0.5, 0), (0.5, 1)]
+                          fpha, P, [0, 1], tests, cache=cache, progress=False, keep_model=["one"])
+    assert out["one"][0]["model"] is not None and all("model" not in r for r in out["a"] + out["b"])  # live models only where asked
+    assert sorted((j["spec"]["w_nll"], j["seed"]) for j in handed) == [(0.25, 1), (0.5, 0), (0.5, 1)]
     assert [r["seed"] for r in out["one"]] == [1] and _scores({"x": out["a"]}) == _scores({"x": out["b"]})
     handed.clear()  # finished runs are loaded, not handed over again
     again = fusion.run_many({"a": {"method": "baseline", "w_nll": 0.5}}, fpha, P, [0, 1], tests, cache=cache, progress=False)
