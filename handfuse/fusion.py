@@ -40,10 +40,11 @@ from .fpha import FPHA
 from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .metrics import mean_ci95
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
-from .pool import map_jobs, one_thread, workers
-from .standalone import models_dir, pretrain_har, pretrain_hpe, splits
+from .pool import map_jobs, one_thread, thread_record, workers
+from . import standalone
+from .standalone import finished, models_dir, pretrain, splits
 from .tasks import sequence_batches
-from .train import BEST, RESULT, FitResult, TrainConfig, fit, load_checkpoint, run_digest, save_checkpoint
+from .train import RESULT, FitResult, TrainConfig, fit, load_checkpoint, run_digest, save_checkpoint
 
 EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across them
 
@@ -85,9 +86,16 @@ def pretrained(fpha: FPHA, preset: Preset, seed: int, attention: bool = False, f
     differs between them is only what they add (the fed action, the second pass), not a second
     pre-training run's luck; it also halves the pre-training time.  ``01_standalone`` pre-trains a
     plain HPE beside it and shows that the two reach the same error."""
-    hpe_film, r_film = pretrain_hpe(fpha, preset, film, seed, device, cache, progress=progress, model=hpe_model)
-    har, r_har = pretrain_har(fpha, preset, attention, seed, device, progress=progress, model=har_model)
+    (hpe_film, r_film), (har, r_har) = (pretrain(fpha, preset, kind, kwargs, device, cache, progress) for kind, kwargs
+                                        in pretrained_requests(seed, attention, film, hpe_model, har_model))
     return Pretrained(hpe_film, hpe_film, har, {"hpe": r_film, "hpe_film": r_film, "har": r_har}, hpe_model, har_model)
+
+
+def pretrained_requests(seed: int, attention: bool, film: str, hpe_model: str = DEFAULT_HPE,
+                        har_model: str = DEFAULT_HAR) -> list[tuple[str, dict]]:
+    """What :func:`pretrained` pre-trains, as :func:`handfuse.standalone.pretrain_many` requests."""
+    return [("hpe", {"film": film, "seed": seed, "model": hpe_model}),
+            ("har", {"attention": attention, "seed": seed, "model": har_model})]
 
 
 @dataclass
@@ -148,13 +156,8 @@ def _run_folder(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: 
     """Where a fine-tuning run lives, with its resolved configuration and training settings."""
     train_cfg = replace(preset.train_fuse, seed=seed, device=device)
     config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
-              "pretrained": {k: r.config for k, r in models.results.items()}, **_threads(device)}
+              "pretrained": {k: r.config for k, r in models.results.items()}, **thread_record(device)}
     return models_dir(preset, root) / run_name(name, config, train_cfg, seed, models.pair), config, train_cfg
-
-
-def _threads(device: str) -> dict:
-    """What a run's numbers depend on beyond its configuration: on CPU, its one thread (see :func:`run`)."""
-    return {"cpu_threads": 1} if torch.device(device).type == "cpu" else {}
 
 
 def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progress: bool = True
@@ -281,12 +284,13 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
         weights = _fingerprint(fitted)
     else:
         model, fitted = _build(name, models, preset, cfg, seed).to(device), None
-        weights = (f"untrained, seed {seed}, {_threads(device)}, "
+        weights = (f"untrained, seed {seed}, {thread_record(device)}, "
                    + _fingerprint(*(models.results[k] for k in ("hpe", "hpe_film", "har"))))
     scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights))  # one thread too
     standalone = {"hpe_error_mm": models.results["hpe"].test["error_mm"],
                   "hpe_film_error_mm": models.results["hpe_film"].test["error_mm"],
-                  "har_accuracy": models.results["har"].test["accuracy"]}
+                  "har_accuracy": models.results["har"].test["accuracy"],
+                  "hpe_seconds": models.results["hpe_film"].seconds, "har_seconds": models.results["har"].seconds}
     return {"method": name, "seed": seed, "trained": trained, "hpe_model": hpe_model, "har_model": har_model,
             "config": asdict(cfg), "test": scalars(scores),
             "pretrained": standalone,
@@ -324,13 +328,14 @@ def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: d
     name, the records of :func:`run`, one per seed, with the live models of the specs named in
     ``keep_model`` (True: every spec).
 
-    On CPU with more than one worker (:mod:`handfuse.pool`), the pre-trained models are made first,
-    here, one after the other; then every fine-tuning not yet on disk goes to the workers, side by
-    side, and so does the scoring of every untrained chain; the workers' records are returned, and a
-    run whose live model is wanted (``keep_model``) is loaded here from what its worker wrote (run
+    On CPU with more than one worker (:mod:`handfuse.pool`), everything not yet on disk goes to the
+    workers, side by side: the pre-trainings first, then every fine-tuning, as soon as its pre-trained
+    models are done, and the scoring of every untrained chain last.  The workers' records are returned;
+    a run whose live model is wanted (``keep_model``) is loaded here from what its worker wrote (run
     folder, test scores).  Hand over every run of a notebook cell in one call: the last round may
     find fewer runs than workers, and a single-threaded run alone leaves a core idle.  The records
-    are the same as those of running everything here: runs and scores are single-threaded either way."""
+    are the same as those of running everything here: on CPU every run and score is single-threaded
+    wherever it runs."""
     specs = {k: {"trained": True, "hpe_model": DEFAULT_HPE, "har_model": DEFAULT_HAR, "seeds": list(seeds), **common, **v}
              for k, v in specs.items()}
     for k, v in specs.items():
@@ -342,17 +347,21 @@ def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: d
     pooled = (torch.device(device).type == "cpu" and workers() > 1 and len(jobs) > 1
               and _standard_tests(fpha, preset, cache, tests))
     if pooled:
-        todo = {}  # one job per distinct run (two specs may name the same one); finished fine-tunings are only loaded
+        pre, todo = {}, {}  # pre-training jobs (one per run folder); one job per distinct run (two specs may name one)
         for k, seed in jobs:
-            if not _prepared(fpha, preset, specs[k], seed, device, cache, progress):
-                todo.setdefault((json.dumps(_run_spec(specs[k]), sort_keys=True, default=str), seed), (k, seed))
-        # fine-tunings first, the short scorings of untrained chains last: they fill the last round's idle workers
+            needs = _pretraining_needs(fpha, preset, specs[k], seed, device, cache, pre)
+            if needs or not _finished(fpha, preset, specs[k], seed, device, cache):  # finished fine-tunings: only loaded
+                todo.setdefault((json.dumps(_run_spec(specs[k]), sort_keys=True, default=str), seed), (k, seed, needs))
+        # pre-trainings first; then fine-tunings, each once its pre-trained models are done; the short scorings
+        # of untrained chains last: they fill the last round's idle workers
         todo = sorted(todo.values(), key=lambda job: not specs[job[0]]["trained"])
-        context = {"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "device": device,
-                   "centres": list(tests)}
-        records = map_jobs(_job, [{**context, "seed": seed, "spec": _run_spec(specs[k])} for k, seed in todo],
-                           describe=_describe, desc="fine-tuning runs", progress=progress)
-        done = dict(zip(todo, records))  # what the workers trained: their records, unless the live model is wanted
+        context = {"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "device": device}
+        results = map_jobs(_job, [{"pretrain": job} for job in pre.values()]
+                       + [{"run": {**context, "centres": list(tests), "seed": seed, "spec": _run_spec(specs[k])}}
+                          for k, seed, _ in todo],
+                       describe=_describe, desc="runs", progress=progress,
+                       after=[[]] * len(pre) + [sorted(needs) for _, _, needs in todo])
+        done = {(k, seed): r for (k, seed, _), r in zip(todo, results[len(pre):])}  # the workers' records
     else:
         done = {}
     out = {k: [] for k in specs}
@@ -378,19 +387,32 @@ def _split(spec: dict) -> tuple[str, bool, str, str, dict]:
     return (*(spec[f] for f in named[:4]), {f: v for f, v in spec.items() if f not in named})
 
 
-def _prepared(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, cache: CropCache, progress: bool) -> bool:
-    """Makes the pre-trained models of a spec's run of ``seed`` here, if need be (never in a worker, where
-    two runs could train the same one at once); then whether the run is a fine-tuning finished on disk."""
+def _pretraining_needs(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, cache: CropCache,
+                       pre: dict) -> set[int]:
+    """The indices, in ``pre`` (run folder -> pre-training job, added to here), of the pre-trainings a
+    spec's run of ``seed`` waits for: those of its pre-trained models not finished on disk."""
+    name, _, hpe_model, har_model, options = _split(spec)
+    cfg = method_config(name, **{"film": preset.film, **options})
+    jobs = standalone.pretrain_jobs(fpha, preset, pretrained_requests(seed, cfg.attention, cfg.film, hpe_model, har_model),
+                                    device, cache)
+    for job in jobs:
+        pre.setdefault(job["run"], job)
+    return {list(pre).index(job["run"]) for job in jobs}
+
+
+def _finished(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, cache: CropCache) -> bool:
+    """Whether a spec's run of ``seed`` is a fine-tuning finished on disk (its pre-trained models are)."""
     name, trained, hpe_model, har_model, options = _split(spec)
-    cfg, models = _start(name, fpha, preset, seed, device, cache, progress, hpe_model, har_model, options)
     if not trained:
         return False
-    folder = _run_folder(name, models, fpha, preset, cfg, seed, device)[0]
-    return (folder / RESULT).is_file() and (folder / BEST).is_file()
+    cfg, models = _start(name, fpha, preset, seed, device, cache, False, hpe_model, har_model, options)
+    return finished(_run_folder(name, models, fpha, preset, cfg, seed, device)[0])
 
 
 def _describe(job: dict) -> str:
-    return f"fusion run {job['spec']}, seed {job['seed']}"
+    if "pretrain" in job:
+        return standalone.describe_pretraining(job["pretrain"])
+    return f"fusion run {job['run']['spec']}, seed {job['run']['seed']}"
 
 
 def _standard_tests(fpha: FPHA, preset: Preset, cache: CropCache, tests: dict[str, SequenceDataset]) -> bool:
@@ -406,19 +428,21 @@ def _standard_tests(fpha: FPHA, preset: Preset, cache: CropCache, tests: dict[st
     return all(_same_frames(d, standard[c]) for c, d in tests.items())
 
 
-_worker_data: dict = {}  # in a worker: (root, preset) -> (FPHA, crop cache, test sets), built once
+_worker_tests: dict = {}  # in a worker: (root, preset) -> the test sets, built once
 
 
-def _job(job: dict) -> dict:
-    """One run in a worker process (:func:`run_many`): trains and scores it, writing both to disk;
-    returns its record, without the live model."""
+def _job(job: dict) -> dict | str:
+    """One job of :func:`run_many` in a worker process: a pre-training (its run folder is returned),
+    or a run, trained and scored, written to disk (its record is returned, without the live model)."""
+    if "pretrain" in job:
+        return standalone.pretrain_job(job["pretrain"])
+    job = job["run"]
     preset = job["preset"]
+    fpha, cache = standalone.opened(job["root"], job["intrinsics"], preset)
     key = (job["root"], repr(job["intrinsics"]), repr(preset))
-    if key not in _worker_data:
-        fpha = FPHA(job["root"], job["intrinsics"])
-        cache = get_cache(fpha, preset.preprocess, progress=False)
-        _worker_data[key] = fpha, cache, test_sets(fpha, preset, cache, progress=False)
-    fpha, cache, tests = _worker_data[key]
+    if key not in _worker_tests:
+        _worker_tests[key] = test_sets(fpha, preset, cache, progress=False)
+    tests = _worker_tests[key]
     name, trained, hpe_model, har_model, options = _split(job["spec"])
     return jsonable(run(name, fpha, preset, job["seed"], {c: tests[c] for c in job["centres"]}, trained, job["device"],
                         cache, False, hpe_model, har_model, **options))

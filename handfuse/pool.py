@@ -21,7 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
 import torch
@@ -60,6 +60,12 @@ def one_thread(device: str | torch.device = "cpu"):
         torch.set_num_threads(before)
 
 
+def thread_record(device: str | torch.device) -> dict:
+    """What goes into a run config beyond the run's settings: on CPU, the one thread it runs on
+    (:func:`one_thread`), so that a run made on another thread count is never taken for it."""
+    return {"cpu_threads": 1} if torch.device(device).type == "cpu" else {}
+
+
 def _init() -> None:
     torch.set_num_threads(1)
 
@@ -92,34 +98,45 @@ def _call(fn, env: dict, job):
     return fn(job)
 
 
-def map_jobs(fn, jobs: list, describe=str, desc: str = "runs", progress: bool = True) -> list:
+def map_jobs(fn, jobs: list, describe=str, desc: str = "runs", progress: bool = True,
+             after: list | None = None) -> list:
     """``fn(job)`` for every job, side by side in :func:`workers` processes; results in job order.
 
-    ``fn`` must be a module-level function and the jobs picklable.  The first failure stops
-    the rest and is raised as a RuntimeError naming its job (``describe(job)``), with the
-    worker's error chained."""
+    ``after[i]``, if given, holds the indices of the jobs that job ``i`` needs finished first
+    (a pre-training before the fine-tunings that start from it); they must come before ``i``.
+    A worker that frees up takes the first job, in list order, whose needs are met, so list
+    order is priority order.  ``fn`` must be a module-level function and the jobs picklable.
+    The first failure stops the rest and is raised as a RuntimeError naming its job
+    (``describe(job)``), with the worker's error chained."""
     if not jobs:
         return []
+    needs = [set(after[i]) if after else set() for i in range(len(jobs))]
+    for i, need in enumerate(needs):
+        if any(not 0 <= j < i for j in need):
+            raise ValueError(f"map_jobs: job {i} ({describe(jobs[i])}) must come after the jobs it needs: {sorted(need)}")
     n = min(workers(), len(jobs))
     if n <= 1:
         return [fn(job) for job in tqdm(jobs, desc=desc, unit="run", disable=not progress)]
     env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)}
     pool = _pool_of(n)
-    futures = {pool.submit(_call, fn, env, job): i for i, job in enumerate(jobs)}
-    out = [None] * len(jobs)
+    out, waiting, running = [None] * len(jobs), list(range(len(jobs))), {}
     with tqdm(total=len(jobs), desc=f"{desc} ({n} side by side)", unit="run", disable=not progress) as bar:
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+        while waiting or running:
+            for i in [i for i in waiting if not needs[i]][: n - len(running)]:  # one job per free worker
+                waiting.remove(i)
+                running[pool.submit(_call, fn, env, jobs[i])] = i
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in done:
-                i = futures[f]
+                i = running.pop(f)
                 if f.exception() is not None:
-                    for p in pending:
+                    for p in running:
                         p.cancel()
-                    wait(pending)
+                    wait(running)
                     shutdown()  # a crashed worker breaks the pool: the next call starts a fresh one
                     raise RuntimeError(f"{describe(jobs[i])}: failed in a worker process "
                                        f"({type(f.exception()).__name__}: {f.exception()})") from f.exception()
                 out[i] = f.result()
+                for need in needs:
+                    need.discard(i)
                 bar.update(1)
     return out

@@ -64,6 +64,25 @@ def test_a_failing_job_is_named_and_the_pool_recovers(monkeypatch):
     assert pool.map_jobs(_fails_on_three, [1, 2], progress=False) == [10, 20]
 
 
+def _stamp(job):
+    """Sleeps ``job["sleep"]`` s, then records when it started and ended."""
+    import time
+    start = time.monotonic()
+    time.sleep(job["sleep"])
+    return start, time.monotonic()
+
+
+def test_a_job_waits_for_the_jobs_it_needs(monkeypatch):
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    # job 2 needs job 0 (slow); job 1 is free, and so is job 3, which may pass job 2 while it waits
+    jobs = [{"sleep": 0.6}, {"sleep": 0.05}, {"sleep": 0.05}, {"sleep": 0.05}]
+    out = pool.map_jobs(_stamp, jobs, progress=False, after=[[], [], [0], []])
+    assert out[2][0] >= out[0][1]  # started after what it needs had ended
+    assert out[3][0] < out[0][1]  # a free job did not wait for it
+    with pytest.raises(ValueError, match=r"job 0 \(.*\) must come after the jobs it needs: \[1\]"):
+        pool.map_jobs(_stamp, jobs[:2], progress=False, after=[[1], []])
+
+
 def test_one_worker_runs_in_this_process(monkeypatch):
     monkeypatch.setenv("HANDFUSE_WORKERS", "1")
     seen = []
@@ -189,8 +208,67 @@ def test_two_specs_naming_one_run_train_it_once_and_spec_seeds_win(smoke, tmp_pa
                            "one": {"method": "baseline", "w_nll": 0.25, "seeds": [1]}},
                           fpha, P, [0, 1], tests, cache=cache, progress=False, keep_model=["one"])
     assert out["one"][0]["model"] is not None and all("model" not in r for r in out["a"] + out["b"])  # live models only where asked
-    assert sorted((j["spec"]["w_nll"], j["seed"]) for j in handed) == [(0.25, 1), (0.5, 0), (0.5, 1)]
+    assert sorted((j["run"]["spec"]["w_nll"], j["run"]["seed"]) for j in handed) == [(0.25, 1), (0.5, 0), (0.5, 1)]
     assert [r["seed"] for r in out["one"]] == [1] and _scores({"x": out["a"]}) == _scores({"x": out["b"]})
     handed.clear()  # finished runs are loaded, not handed over again
     again = fusion.run_many({"a": {"method": "baseline", "w_nll": 0.5}}, fpha, P, [0, 1], tests, cache=cache, progress=False)
     assert handed == [] and _scores(again) == _scores({"a": out["a"]})
+
+
+def test_pretrainings_go_to_the_workers_first_and_give_the_records_of_one_after_the_other(smoke, tmp_path, monkeypatch):
+    fpha, cache, tests, _ = smoke
+    specs = {"chain": {"method": "baseline", "trained": False}, "tuned": {"method": "baseline", "w_nll": 0.5},
+             "att": {"method": "baseline", "attention": True, "seeds": [1]}}
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "pooled"))  # nothing pre-trained yet
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    handed = []
+    real = fusion.map_jobs
+    monkeypatch.setattr(fusion, "map_jobs", lambda fn, jobs, **k: handed.append((jobs, k["after"])) or real(fn, jobs, **k))
+
+    def no_training_here(*args, **kwargs):
+        raise AssertionError("a pre-training ran in the calling process")
+
+    with monkeypatch.context() as m:
+        m.setattr(fusion.standalone.HPETask, "batches", no_training_here)  # the workers' copies are untouched
+        m.setattr(fusion.standalone.HARTask, "batches", no_training_here)
+        pooled = fusion.run_many(specs, fpha, P, [0, 1], tests, cache=cache, progress=False)
+    (jobs, after), = handed
+    kinds = [(j["pretrain"]["kind"], j["pretrain"]["kwargs"]["seed"], j["pretrain"]["kwargs"].get("attention"))
+             for j in jobs if "pretrain" in j]
+    # each pre-training once (chain and tuned share theirs), all of them ahead of the runs that start from them
+    assert sorted(kinds, key=str) == sorted([("hpe", 0, None), ("har", 0, False), ("hpe", 1, None), ("har", 1, False),
+                                            ("har", 1, True)], key=str)
+    assert all("pretrain" in j for j in jobs[:len(kinds)]) and len(jobs) == len(kinds) + 5
+    for job, needs in zip(jobs[len(kinds):], after[len(kinds):]):
+        assert {jobs[i]["pretrain"]["kwargs"]["seed"] for i in needs} == {job["run"]["seed"]} and len(needs) == 2
+    for run in (tmp_path / "pooled" / P.name / "models").glob("h*-seed*"):
+        assert json.loads((run / "result.json").read_text())["config"]["cpu_threads"] == 1
+
+    # everything one after the other, here, from nothing, with the calling process on 2 threads
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "here"))
+    monkeypatch.setenv("HANDFUSE_WORKERS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        here = fusion.run_many(specs, fpha, P, [0, 1], tests, cache=cache, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert _scores(here) == _scores(pooled)
+    scores = ("hpe_error_mm", "hpe_film_error_mm", "har_accuracy")  # the pre-trained models', not their times
+    assert ([[r["pretrained"][s] for s in scores] for k in specs for r in here[k]]
+            == [[r["pretrained"][s] for s in scores] for k in specs for r in pooled[k]])
+
+
+def test_pretrain_many_trains_side_by_side_what_pretrain_would_train_here(smoke, tmp_path, monkeypatch):
+    fpha, cache, _, _ = smoke
+    requests = [("hpe", {"film": "none", "seed": 2}), ("hpe", {"film": P.film, "seed": 2}),
+                ("har", {"attention": True, "seed": 2})]
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "pooled"))
+    pooled = fusion.standalone.pretrain_many(fpha, P, requests, cache=cache, progress=False)
+    assert len(list((tmp_path / "pooled" / P.name / "models").glob("*-seed2"))) == 3
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "here"))
+    for (kind, kwargs), (model, result) in zip(requests, pooled):
+        _, alone = fusion.standalone.pretrain(fpha, P, kind, kwargs, cache=cache, progress=False)
+        assert result.test == alone.test and result.history[-1]["train_loss"] == alone.history[-1]["train_loss"]
+        assert result.config == alone.config and model is not None
