@@ -4,11 +4,13 @@ A fine-tuning run of the ``cpu`` preset is made of small convolutions, an LSTM a
 optimiser loop over many small tensors, so a second thread inside one run buys little:
 on the 2-core machine, fine-tuning runs side by side on one thread each get 1.18x (1.11-1.25)
 the work done of the same runs one after the other on two threads (``python -m benchmarks.pool_speed``;
-whole ResNet + LSTM runs: 1.34x).
-:func:`handfuse.fusion.run_many` therefore hands the runs of a notebook cell to this pool,
-then loads what they wrote (run folders and test scores) in the notebook's own process.
+whole ResNet + LSTM runs: 1.34x; two HPE pre-trainings: 1.1-1.25x).
+:func:`handfuse.fusion.run_many` therefore hands what a notebook cell still needs to this pool
+(pre-trainings first, each fine-tuning once its pre-trained models are done: :func:`map_jobs`'s
+``after``), then loads what they wrote (run folders and test scores) in the notebook's own process;
+:func:`handfuse.standalone.pretrain_many` does the same for pre-trainings alone.
 
-Every fusion run and every score on CPU runs on one thread wherever it runs
+Every pre-training, fusion run and score on CPU runs on one thread wherever it runs
 (:func:`one_thread`), in a worker or in the notebook's process, so its numbers do not depend
 on how many workers there were, or on the machine's core count.
 

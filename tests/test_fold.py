@@ -1,6 +1,6 @@
 """Frozen batch norms folded into convolutions (handfuse.models.fold): the same outputs and gradients
-as the plain modules, for both pose estimators, in both memory formats; inference in pieces
-(fold.in_chunks) gives the very same bits; a trunk that ends on the pooling grid skips the pool."""
+as the plain modules, for both pose estimators, in both memory formats; a trunk that ends on the
+pooling grid skips the pool."""
 from __future__ import annotations
 
 import pytest
@@ -9,8 +9,6 @@ from torch import nn
 
 import torch.nn.functional as F
 
-from handfuse.models import fold
-from handfuse.models.film import FiLM
 from handfuse.models.fold import conv_bn, plain_batch_norm, run_stem
 from handfuse.models.hpe import HPE, HPEConfig
 from handfuse.models.resnet_hpe import ResNetHPE, ResNetHPEConfig
@@ -113,45 +111,6 @@ def test_conv_bn_folds_a_conv_bias_too():
     conv, bn = nn.Conv2d(3, 4, 3, 2, 1, bias=True), trained_looking(nn.BatchNorm2d(4)).eval()
     x = torch.randn(2, 3, 9, 9)
     torch.testing.assert_close(conv_bn(conv, bn, x), bn(conv(x)), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_inference_in_pieces_gives_the_same_bits(monkeypatch, channels_last):
-    net = trained_looking(build_net("deepprior")).eval()  # FiLM in the blocks too: the actions are cut along
-    for m in net.modules():
-        if isinstance(m, FiLM):
-            m.add_random_response(1.0)  # a freshly built FiLM ignores the action
-    if channels_last:
-        net.to_channels_last()
-    g = torch.Generator().manual_seed(5)
-    x = torch.rand(11, 1, 32, 32, generator=g) * 2 - 1
-    action = torch.softmax(torch.randn(11, 45, generator=g) * 3, -1)
-    pieces = []
-    real = net._trunk
-    monkeypatch.setattr(net, "_trunk", lambda d, a: pieces.append(len(d)) or real(d, a))
-    monkeypatch.setattr(fold, "INFER_CHUNK", 4)
-    with torch.inference_mode():
-        cut = net.trunk(x, action)
-        assert pieces == [4, 4, 3]
-        monkeypatch.setattr(fold, "INFER_CHUNK", 64)
-        whole = net.trunk(x, action)
-    assert pieces[3:] == [11] and torch.equal(cut, whole)
-    assert not torch.equal(cut, net.trunk(x, None).detach())  # the actions reached the pieces
-
-
-def test_pieces_only_without_autograd_and_with_frozen_statistics(monkeypatch):
-    net = trained_looking(build_net("deepprior"))
-    pieces = []
-    real = net._trunk
-    monkeypatch.setattr(net, "_trunk", lambda d, a: pieces.append(len(d)) or real(d, a))
-    monkeypatch.setattr(fold, "INFER_CHUNK", 4)
-    x = torch.rand(9, 1, 32, 32) * 2 - 1
-    with torch.no_grad():
-        net.train().trunk(x)  # batch statistics: a piece's would differ from the batch's
-    net.eval().trunk(x)  # recording gradients: one graph over the batch
-    with torch.no_grad():
-        net.eval().trunk(x)
-    assert pieces == [9, 9, 4, 4, 1]
 
 
 def test_a_trunk_ending_on_the_pooling_grid_skips_the_pool(monkeypatch):

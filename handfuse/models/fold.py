@@ -55,25 +55,6 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-# frames per piece of :func:`in_chunks`: a 64-frame piece of the DeepPrior++ trunk's 64x64 maps stays
-# in cache; on the 2-core CPU, cpu-preset inference on one thread runs 1.32x faster than an 850-frame
-# evaluation batch in one piece (2 threads: 1.02x; the ResNet trunk gains nothing)
-INFER_CHUNK = 64
-
-
-def in_chunks(module: nn.Module, fn, x: torch.Tensor, *per_frame: torch.Tensor | None) -> torch.Tensor:
-    """``fn(x, *per_frame)``, run on pieces of ``INFER_CHUNK`` frames and concatenated when nothing
-    records gradients and every batch norm of ``module`` is frozen: each frame's output then depends on
-    that frame alone, and convolutions give the same bits whatever the batch (``tests/test_fold.py``).
-    Otherwise (training, or a batch norm on batch statistics) the batch goes through whole.
-    ``per_frame`` tensors (or None) are cut along with ``x``."""
-    if torch.is_grad_enabled() or len(x) <= INFER_CHUNK or any(
-            m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-        return fn(x, *per_frame)
-    return torch.cat([fn(x[i:i + INFER_CHUNK], *(None if t is None else t[i:i + INFER_CHUNK] for t in per_frame))
-                      for i in range(0, len(x), INFER_CHUNK)])
-
-
 def run_stem(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """A ``Sequential(conv, BN, ReLU, MaxPool2d)`` stem on ``x``: the BN folded when frozen, the ReLU
     after the pool."""

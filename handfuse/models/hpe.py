@@ -70,7 +70,7 @@ from ..errors import check, is_int
 from ..skeleton import NUM_ACTIONS, NUM_JOINTS
 from .film import FiLM, action_or_w_eq
 from .flops import forward_flops
-from .fold import conv_bn, in_chunks, run_stem
+from .fold import conv_bn, run_stem
 
 POSE_DIM = NUM_JOINTS * 3  # 63
 FILM_PLACEMENTS = ("none", "blocks", "fc", "both")
@@ -278,19 +278,13 @@ class HPE(SplitAtAction, nn.Module):
 
     def trunk(self, depth: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         """Depth crops (B, 1, S, S) -> features (B, feature_dim).  ``action`` (B, 45) is only read
-        with block FiLM (``film`` "blocks" or "both"; None: w_eq).
-
-        Without autograd and with every batch norm frozen, the frames go through in pieces of
-        ``INFER_CHUNK`` (:func:`in_chunks`): the same features, bit for bit, faster."""
+        with block FiLM (``film`` "blocks" or "both"; None: w_eq)."""
         if depth.dim() != 4 or depth.shape[1:] != (1, self.cfg.crop, self.cfg.crop):
             raise ValueError(f"depth must be (B, 1, {self.cfg.crop}, {self.cfg.crop}), got {tuple(depth.shape)}")
         if self.blocks[0].conv1.weight.is_contiguous(memory_format=torch.channels_last):
             depth = depth.contiguous(memory_format=torch.channels_last)
         if self.cfg.film_blocks:
             action = self._action(action, len(depth), depth)
-        return in_chunks(self, self._trunk, depth, action)
-
-    def _trunk(self, depth: torch.Tensor, action: torch.Tensor | None) -> torch.Tensor:
         x = run_stem(self.stem, depth)  # (B, stem, S/2, S/2)
         for block in self.blocks:
             x = block(x, action)  # (B, C_g, ., .)
