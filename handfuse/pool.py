@@ -4,7 +4,7 @@ A fine-tuning run of the ``cpu`` preset is made of small convolutions, an LSTM a
 optimiser loop over many small tensors, so a second thread inside one run buys little:
 on the 2-core machine, fine-tuning runs side by side on one thread each get 1.18x (1.11-1.25)
 the work done of the same runs one after the other on two threads (``python -m benchmarks.pool_speed``;
-whole ResNet + LSTM runs: 1.34x; two HPE pre-trainings: 1.1-1.25x).
+whole ResNet + LSTM runs: 1.34x; HPE pre-training steps: 1.14x (1.05-1.22), the same benchmark).
 :func:`handfuse.fusion.run_many` therefore hands what a notebook cell still needs to this pool
 (pre-trainings first, each fine-tuning once its pre-trained models are done: :func:`map_jobs`'s
 ``after``), then loads what they wrote (run folders and test scores) in the notebook's own process;

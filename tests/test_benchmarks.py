@@ -62,3 +62,6 @@ def test_pool_benchmark_times_both_ways_on_the_smoke_preset(monkeypatch):
     assert r["workers"] == 2 and r["jobs"] == 4
     assert r["one_after_the_other_s"] > 0 and r["side_by_side_s"] > 0
     assert r["speedup"]["median"] == r["one_after_the_other_s"] / r["side_by_side_s"]
+    pre = r["pretraining"]  # HPE pre-training steps, timed apart
+    assert pre["jobs"] == 4 and pre["batches_per_job"] > 0 and pre["one_after_the_other_s"] > 0
+    assert pre["speedup"]["median"] == pre["one_after_the_other_s"] / pre["side_by_side_s"]
