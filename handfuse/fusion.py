@@ -42,9 +42,9 @@ from .metrics import mean_ci95
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
 from .pool import map_jobs, one_thread, thread_record, workers
 from . import standalone
-from .standalone import finished, models_dir, pretrain, splits
+from .standalone import models_dir, pretrain, splits
 from .tasks import sequence_batches
-from .train import RESULT, FitResult, TrainConfig, fit, load_checkpoint, run_digest, save_checkpoint
+from .train import RESULT, FitResult, TrainConfig, finished, fit, load_checkpoint, run_digest, save_checkpoint
 
 EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across them
 
@@ -305,8 +305,13 @@ def _start(name: str, fpha: FPHA, preset: Preset, seed: int, device: str, cache:
            hpe_model: str, har_model: str, options: dict) -> tuple[FusionConfig, Pretrained]:
     """A run's resolved method configuration (``film`` defaults to the preset's) and its pre-trained
     models, made here if they are not on disk yet."""
-    cfg = method_config(name, **{"film": preset.film, **options})
+    cfg = _method_config(name, preset, options)
     return cfg, pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model)
+
+
+def _method_config(name: str, preset: Preset, options: dict) -> FusionConfig:
+    """A method's resolved configuration: ``film`` defaults to the preset's."""
+    return method_config(name, **{"film": preset.film, **options})
 
 
 def run_seeds(name: str, fpha: FPHA, preset: Preset, seeds: list[int], tests: dict[str, SequenceDataset],
@@ -349,7 +354,7 @@ def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: d
     if pooled:
         pre, todo = {}, {}  # pre-training jobs (one per run folder); one job per distinct run (two specs may name one)
         for k, seed in jobs:
-            needs = _pretraining_needs(fpha, preset, specs[k], seed, device, cache, pre)
+            needs = _pretraining_needs(fpha, preset, specs[k], seed, device, pre)
             if needs or not _finished(fpha, preset, specs[k], seed, device, cache):  # finished fine-tunings: only loaded
                 todo.setdefault((json.dumps(_run_spec(specs[k]), sort_keys=True, default=str), seed), (k, seed, needs))
         # pre-trainings first; then fine-tunings, each once its pre-trained models are done; the short scorings
@@ -387,14 +392,13 @@ def _split(spec: dict) -> tuple[str, bool, str, str, dict]:
     return (*(spec[f] for f in named[:4]), {f: v for f, v in spec.items() if f not in named})
 
 
-def _pretraining_needs(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, cache: CropCache,
-                       pre: dict) -> set[int]:
+def _pretraining_needs(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, pre: dict) -> set[int]:
     """The indices, in ``pre`` (run folder -> pre-training job, added to here), of the pre-trainings a
     spec's run of ``seed`` waits for: those of its pre-trained models not finished on disk."""
     name, _, hpe_model, har_model, options = _split(spec)
-    cfg = method_config(name, **{"film": preset.film, **options})
+    cfg = _method_config(name, preset, options)
     jobs = standalone.pretrain_jobs(fpha, preset, pretrained_requests(seed, cfg.attention, cfg.film, hpe_model, har_model),
-                                    device, cache)
+                                    device)
     for job in jobs:
         pre.setdefault(job["run"], job)
     return {list(pre).index(job["run"]) for job in jobs}
@@ -418,9 +422,7 @@ def _describe(job: dict) -> str:
 def _standard_tests(fpha: FPHA, preset: Preset, cache: CropCache, tests: dict[str, SequenceDataset]) -> bool:
     """Whether a worker can rebuild ``tests`` and the training data itself: the standard test sets
     (a subset of :func:`test_sets`' centres) of the preset's own crop cache."""
-    if getattr(fpha, "missing", None):  # opened with keep_going: a worker's FPHA would refuse the root
-        return False
-    if cache.path.resolve() != get_cache(fpha, preset.preprocess, progress=False).path.resolve():
+    if not standalone.reopenable(fpha, preset, cache):
         return False
     if not set(tests) <= {"gt", "depth"}:
         return False

@@ -29,7 +29,7 @@ from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
 from .paths import runs_dir
 from .pool import map_jobs, one_thread, thread_record
 from .tasks import HARTask, HPETask, split_train_val
-from .train import BEST, RESULT, FitResult, TrainConfig, fit, run_digest
+from .train import FitResult, TrainConfig, finished, fit, run_digest
 
 
 def models_dir(preset: Preset, root: str | Path | None = None) -> Path:
@@ -83,11 +83,6 @@ def _folder(preset: Preset, root: str | Path | None, name: str, config: dict, cf
     return models_dir(preset, root) / f"{name}-{run_digest({**config, 'train': asdict(cfg_train)})}-seed{seed}"
 
 
-def finished(run: Path) -> bool:
-    """Whether a run folder holds a finished run (its result and best weights)."""
-    return (run / RESULT).is_file() and (run / BEST).is_file()
-
-
 def pretrain_hpe(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, device: str = "cpu",
                  cache: CropCache | None = None, root: str | Path | None = None,
                  progress: bool = True, model: str = DEFAULT_HPE) -> tuple[PoseEstimator, FitResult]:
@@ -134,7 +129,8 @@ def pretrain_many(fpha: FPHA, preset: Preset, requests: list[tuple[str, dict]], 
     On CPU the unfinished ones run side by side, one per worker (:func:`pretrain_jobs`); then each is
     loaded here, in request order."""
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    jobs = pretrain_jobs(fpha, preset, requests, device, cache)
+    cpu = torch.device(device).type == "cpu"  # on CUDA, or where a worker could not reopen the data, train here
+    jobs = pretrain_jobs(fpha, preset, requests, device) if cpu and reopenable(fpha, preset, cache) else []
     map_jobs(pretrain_job, jobs, describe=describe_pretraining, desc="pre-training", progress=progress)
     return [pretrain(fpha, preset, kind, kwargs, device, cache, progress and not jobs) for kind, kwargs in requests]
 
@@ -147,13 +143,17 @@ def pretrain(fpha: FPHA, preset: Preset, kind: str, kwargs: dict, device: str = 
     return pretrain_har(fpha, preset, device=device, progress=progress, **kwargs)
 
 
-def pretrain_jobs(fpha: FPHA, preset: Preset, requests: list[tuple[str, dict]], device: str,
-                  cache: CropCache) -> list[dict]:
+def reopenable(fpha: FPHA, preset: Preset, cache: CropCache) -> bool:
+    """Whether a worker process reopening ``fpha``'s root (:func:`opened`) gets the same data: the
+    root opened without ``keep_going`` (a worker's FPHA would refuse it), and ``cache`` the preset's own."""
+    if getattr(fpha, "missing", None):
+        return False
+    return cache.path.resolve() == get_cache(fpha, preset.preprocess, progress=False).path.resolve()
+
+
+def pretrain_jobs(fpha: FPHA, preset: Preset, requests: list[tuple[str, dict]], device: str) -> list[dict]:
     """The worker jobs (:func:`pretrain_job`) of the requests not finished on disk, one per run
-    folder; none on CUDA, or where a worker could not open the same data (then the caller trains)."""
-    if torch.device(device).type != "cpu" or getattr(fpha, "missing", None) or (
-            cache.path.resolve() != get_cache(fpha, preset.preprocess, progress=False).path.resolve()):
-        return []
+    folder.  Only for data a worker can reopen (:func:`reopenable`)."""
     jobs = {}
     for kind, kwargs in requests:
         run = PRETRAIN[kind][1](fpha, preset, device=device, **kwargs)[0]

@@ -144,6 +144,11 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise ValueError(f"{path}: not a handfuse checkpoint that loads safely ({type(e).__name__}: {e})") from None
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether a run folder holds a finished run (its result and best weights): :func:`fit` only loads it."""
+    return (run_dir / RESULT).is_file() and (run_dir / BEST).is_file()
+
+
 def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path | None = None,
         config: dict | None = None, progress: bool = True) -> FitResult:
     """Train ``model`` on ``task``; resume from ``run_dir/last.pt`` if it exists.
@@ -161,7 +166,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
     if run_dir is not None and main:  # temporary files of a killed write: never a checkpoint
         for stale in run_dir.glob(".*.tmp-*"):
             stale.unlink(missing_ok=True)
-    if run_dir is not None and (run_dir / RESULT).is_file() and (run_dir / BEST).is_file():
+    if run_dir is not None and finished(run_dir):
         done = json.loads((run_dir / RESULT).read_text())
         if done.get("config") == _jsonable(config):
             model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
