@@ -1,7 +1,8 @@
 """Benchmarks: ``python -m benchmarks [--stages data hpe]`` (or ``make bench``).
 
-Prints a table and writes ``benchmarks/results.json`` (machine, torch version,
-threads, date).  Each figure is the median of ``--repeats`` runs with the
+Prints a table and writes ``benchmarks/results.json`` (machine: CPU model and vector ISA,
+torch version, threads, date; every stage also records the machine it ran on, since a stage
+not re-run keeps its older results).  Each figure is the median of ``--repeats`` runs with the
 spread (min-max); ratios are measured within this one process.
 
 Stages: synthetic generation (frames/s, single process), PNG -> normalised crop
@@ -62,43 +63,62 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     results: dict = json.loads(out.read_text()) if out.is_file() else {}  # keep stages not re-run
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    results["machine"] = machine = machine_info()
+    print(f"machine: {machine['cpu']} ({machine['isa']}), {machine['cores']} cores, torch {machine['torch']}, "
+          f"{machine['threads']} threads")
     if "data" in args.stages:
-        results["data"] = data_stages(args.repeats)
+        results["data"] = stamped(data_stages(args.repeats), machine)
         report(results["data"], results["machine"])
     if "hpe" in args.stages:
         from .hpe_speed import report as hpe_report
         from .hpe_speed import run as hpe_run
 
-        results["hpe"] = hpe_run(args.repeats)
+        results["hpe"] = stamped(hpe_run(args.repeats), machine)
         hpe_report(results["hpe"])
     if "fusion" in args.stages:
         from .fusion_speed import report as fusion_report
         from .fusion_speed import run as fusion_run
 
-        results["fusion"] = fusion_run("cpu", repeats=args.repeats)
+        results["fusion"] = stamped(fusion_run("cpu", repeats=args.repeats), machine)
         fusion_report(results["fusion"])
     if "pool" in args.stages:
         from .pool_speed import report as pool_report
         from .pool_speed import run as pool_run
 
-        results["pool"] = pool_run("cpu", pairs=args.repeats)
+        results["pool"] = stamped(pool_run("cpu", pairs=args.repeats), machine)
         pool_report(results["pool"])
     if "scaling" in args.stages:
         from .scaling import report as scaling_report
         from .scaling import run as scaling_run
 
-        results["scaling"] = scaling_run("cpu", repeats=args.repeats)
+        results["scaling"] = stamped(scaling_run("cpu", repeats=args.repeats), machine)
         scaling_report(results["scaling"])
     if "workflow" in args.stages:
         from .workflow_speed import report as workflow_report
         from .workflow_speed import run as workflow_run
 
-        results["workflow"] = workflow_run("cpu", repeats=args.repeats)
+        results["workflow"] = stamped(workflow_run("cpu", repeats=args.repeats), machine)
         workflow_report(results["workflow"])
     out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def machine_info() -> dict:
+    """The CPU model and the widest vector ISA torch uses on it: ratios against the matmul depend on
+    them (a host with two 512-bit FMA units doubles the matmul rate, not the memory-bound layers')."""
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def stamped(stage: dict, machine: dict) -> dict:
+    """A stage's results with the machine they were measured on (stages not re-run keep their own)."""
+    return {**stage, "machine": machine}
 
 
 def data_stages(repeats: int) -> dict:

@@ -65,3 +65,27 @@ def test_pool_benchmark_times_both_ways_on_the_smoke_preset(monkeypatch):
     pre = r["pretraining"]  # HPE pre-training steps, timed apart
     assert pre["jobs"] == 4 and pre["batches_per_job"] > 0 and pre["one_after_the_other_s"] > 0
     assert pre["speedup"]["median"] == pre["one_after_the_other_s"] / pre["side_by_side_s"]
+
+
+def test_each_stage_records_the_machine_it_ran_on(tmp_path, monkeypatch):
+    """A stage that is re-run gets this machine's CPU model and ISA; one that is not keeps its own."""
+    import json
+    import sys
+
+    import torch
+
+    from benchmarks import __main__ as bench
+    from benchmarks import hpe_speed
+
+    out = tmp_path / "results.json"
+    older = {"cpu": "Some Other CPU", "isa": "AVX2", "cores": 2}
+    out.write_text(json.dumps({"data": {"rows": [1], "machine": older}, "machine": older}))
+    monkeypatch.setattr(hpe_speed, "run", lambda repeats: {"rows": [], "repeats": repeats})
+    monkeypatch.setattr(hpe_speed, "report", lambda r: None)
+    monkeypatch.setattr(sys, "argv", ["benchmarks", "--stages", "hpe", "--repeats", "2", "--out", str(out)])
+    bench.main()
+    r = json.loads(out.read_text())
+    assert r["data"] == {"rows": [1], "machine": older}  # not re-run: its own machine, untouched
+    assert r["hpe"]["repeats"] == 2 and r["hpe"]["machine"] == r["machine"] != older
+    assert r["machine"]["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert r["machine"]["cpu"] and r["machine"]["cpu"] != "Some Other CPU"

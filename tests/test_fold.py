@@ -1,6 +1,6 @@
 """Frozen batch norms folded into convolutions (handfuse.models.fold): the same outputs and gradients
 as the plain modules, for both pose estimators, in both memory formats; a trunk that ends on the
-pooling grid skips the pool."""
+pooling grid skips the pool; the gradient-free 2x2 max-pool gives torch's values."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,8 @@ from torch import nn
 
 import torch.nn.functional as F
 
-from handfuse.models.fold import conv_bn, plain_batch_norm, run_stem
+from handfuse.models import fold
+from handfuse.models.fold import conv_bn, max_pool_2x2, plain_batch_norm, run_stem
 from handfuse.models.hpe import HPE, HPEConfig
 from handfuse.models.resnet_hpe import ResNetHPE, ResNetHPEConfig
 
@@ -128,3 +129,76 @@ def test_a_trunk_ending_on_the_pooling_grid_skips_the_pool(monkeypatch):
         assert torch.equal(net.trunk(x), pooled) and len(calls) == 1  # only the reference's call
         small = HPE(HPEConfig(crop=32, **SMALL)).eval()  # ends on 2x2: pooled up to the 4x4 grid
         assert small.trunk(x[:, :, :32, :32]).shape == (3, small.feature_dim)
+
+
+def channels_last_map(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A feature map with what a stem sees: flat regions (ties everywhere), NaN, +-inf, signed zeros."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g)
+    x[:, :, : h // 2, : w // 2] = 0.25  # a flat patch: every 2x2 window in it is a four-way tie
+    x[0, 0, 0, 1], x[0, 0, 2, 2], x[-1, -1, -1, -1] = float("nan"), float("inf"), float("-inf")
+    x[0, 1, 0, 0], x[0, 1, 0, 1], x[0, 1, 1, 0], x[0, 1, 1, 1] = -0.0, -1.0, -2.0, -3.0
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 8, 8), (2, 5, 6, 10), (1, 2, 4, 4), (4, 24, 32, 16)])
+def test_max_pool_2x2_gives_torch_values(shape):
+    x = channels_last_map(*shape)
+    expected = F.max_pool2d(x, 2)
+    with torch.inference_mode():
+        got = max_pool_2x2(x)
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.isnan(), expected.isnan())  # NaN propagates as torch's kernel does
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())  # bitwise, ties and infinities included
+    assert torch.equal(got.nan_to_num().signbit(), expected.nan_to_num().signbit())  # even the sign of a zero
+
+
+def pool_calls(monkeypatch) -> list:
+    calls = []
+
+    def counted(x):
+        calls.append(tuple(x.shape))
+        return max_pool_2x2(x)
+
+    monkeypatch.setattr(fold, "max_pool_2x2", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["deepprior", "resnet"])
+def test_evaluation_pools_without_indices_and_matches_torch(name, monkeypatch):
+    net = trained_looking(build_net(name)).eval().to_channels_last()
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    x[:, :, :12] = 1.0  # background at the far clip, as in a depth crop: ties in the stem's map
+    calls = pool_calls(monkeypatch)
+    with torch.inference_mode():
+        fast = net(x)["joints"]
+        assert len(calls) == 1  # the stem's pool took the fast path
+        with plain_batch_norm():
+            plain = net(x)["joints"]
+        assert len(calls) == 1
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)  # the fold differs by rounding only
+    with torch.inference_mode():
+        stem = run_stem(net.stem, x.contiguous(memory_format=torch.channels_last))
+    conv, bn, _, pool = net.stem
+    with torch.no_grad():
+        reference = F.relu(pool(conv_bn(conv, bn, x.contiguous(memory_format=torch.channels_last))))
+    assert torch.equal(stem, reference)  # the pool itself: exactly torch's values
+
+
+def test_the_fast_pool_is_kept_out_of_training_and_other_layouts(monkeypatch):
+    calls = pool_calls(monkeypatch)
+    net = trained_looking(build_net("deepprior")).to_channels_last()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    net.train()(x)["joints"].sum().backward()  # training: torch's pool (its backward picks one of tied maxima)
+    net.eval()(x)["joints"].sum().backward()  # frozen statistics, still a gradient: torch's pool
+    assert calls == []
+    plain = trained_looking(build_net("deepprior")).eval()  # contiguous layout: torch's pool
+    with torch.inference_mode():
+        plain(x)
+        assert calls == []
+        odd = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
+        odd = odd.eval().to(memory_format=torch.channels_last)
+        y = torch.rand(2, 1, 9, 9).contiguous(memory_format=torch.channels_last)
+        assert run_stem(odd, y).shape == (2, 16, 4, 4) and calls == []  # odd size: torch's floor mode
+        net(x)
+        assert len(calls) == 1
