@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 _pool: ProcessPoolExecutor | None = None
 _size = 0
+_busy = False  # in a worker: whether it is running a job
 _ENV_PREFIX = "HANDFUSE_"  # the folders a job writes to travel with it: a worker's own environment may be stale
 
 
@@ -70,6 +72,16 @@ def thread_record(device: str | torch.device) -> dict:
 
 def _init() -> None:
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, _interrupted)
+
+
+def _interrupted(signum, frame) -> None:
+    """SIGINT in a worker.  Jupyter interrupts a kernel's whole process group, workers included, both
+    when a user interrupts a cell and when it shuts the kernel down (papermill does, after the last
+    cell).  A job stops with KeyboardInterrupt, which goes back to :func:`map_jobs`'s caller; an idle
+    worker carries on waiting (it would otherwise die printing a traceback, and break the pool)."""
+    if _busy:
+        raise KeyboardInterrupt
 
 
 def _pool_of(n: int) -> ProcessPoolExecutor:
@@ -97,7 +109,12 @@ def _call(fn, env: dict, job):
     for k in [k for k in os.environ if k.startswith(_ENV_PREFIX)]:
         del os.environ[k]
     os.environ.update(env)
-    return fn(job)
+    global _busy
+    _busy = True
+    try:
+        return fn(job)
+    finally:
+        _busy = False
 
 
 def map_jobs(fn, jobs: list, describe=str, desc: str = "runs", progress: bool = True,

@@ -89,3 +89,31 @@ def test_each_stage_records_the_machine_it_ran_on(tmp_path, monkeypatch):
     assert r["hpe"]["repeats"] == 2 and r["hpe"]["machine"] == r["machine"] != older
     assert r["machine"]["isa"] == torch.backends.cpu.get_cpu_capability()
     assert r["machine"]["cpu"] and r["machine"]["cpu"] != "Some Other CPU"
+
+
+def test_hpe_benchmark_reports_every_row_against_its_matmul(monkeypatch, capsys):
+    """The HPE benchmark's plumbing on a tiny channels_last-safe net (the compile itself is replaced by
+    the eager model: compiling costs tens of seconds; frozen_for_inference has its own test)."""
+    from dataclasses import replace
+
+    from benchmarks import hpe_speed
+    from handfuse.config import get_preset
+    from handfuse.models.hpe import HPEConfig
+
+    tiny = HPEConfig(crop=32, stem_channels=16, widths=(16, 32, 32, 32), blocks=(1, 1, 1, 1), fc=64, min_mid=16)
+    monkeypatch.setattr(hpe_speed, "get_preset", lambda name: replace(get_preset("smoke"), hpe=tiny))
+    monkeypatch.setattr(hpe_speed, "frozen_for_inference", lambda model: (lambda x: model(x)["joints"]))
+    monkeypatch.setattr(hpe_speed, "STEPS", 1)
+    matmuls = iter([100.0, 300.0, 100.0, 300.0, 100.0])
+    monkeypatch.setattr(hpe_speed, "matmul_gflops", lambda repeats: next(matmuls))
+    r = hpe_speed.run(repeats=1)
+    assert [(x["preset"], x["channels_last"]) for x in r["rows"]] == [
+        ("cpu", False), ("cpu", True), ("paper", False), ("paper", True)]
+    for x in r["rows"]:
+        assert x["matmul_gflops"] == 200.0  # the mean of the two measurements around the row
+        assert x["infer_ratio"] == pytest.approx(x["infer_gflops"] / 200.0)
+        assert x["infer_ratio_batch256"] == pytest.approx(x["infer_fps_batch256"] * x["gflop_per_frame"] / 200.0)
+        assert ("frozen_infer_ratio_batch256" in x) == x["channels_last"]
+    assert r["matmul_measurements"] == [100.0, 300.0, 100.0, 300.0, 100.0]
+    hpe_speed.report(r)
+    assert "b256" in capsys.readouterr().out

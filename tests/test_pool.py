@@ -3,6 +3,7 @@ one thread per run wherever it runs, and failures that name their run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,37 @@ def test_a_job_waits_for_the_jobs_it_needs(monkeypatch):
     assert out[3][0] < out[0][1]  # a free job did not wait for it
     with pytest.raises(ValueError, match=r"job 0 \(.*\) must come after the jobs it needs: \[1\]"):
         pool.map_jobs(_stamp, jobs[:2], progress=False, after=[[1], []])
+
+
+def _pid_after(seconds):
+    import time
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_an_interrupt_stops_jobs_and_leaves_idle_workers_waiting(monkeypatch):
+    """Jupyter sends SIGINT to a kernel's whole process group when a user interrupts a cell and when
+    it shuts the kernel down: idle workers must survive it quietly, running jobs must stop."""
+    import signal
+    import threading
+    import time
+
+    monkeypatch.setenv("HANDFUSE_WORKERS", "2")
+    pool.shutdown()
+    pids = set(pool.map_jobs(_pid_after, [0.4, 0.4], progress=False))
+    assert len(pids) == 2  # both workers took a job
+    for pid in pids:  # both idle now
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert set(pool.map_jobs(_pid_after, [0.4, 0.4], progress=False)) == pids  # the same workers, pool intact
+    timer = threading.Timer(1.0, lambda: [os.kill(pid, signal.SIGINT) for pid in pids])
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"long job: failed in a worker process \(KeyboardInterrupt"):
+        pool.map_jobs(_pid_after, [30, 30], describe=lambda j: "long job", progress=False)
+    assert time.monotonic() - t0 < 20  # the jobs stopped, not ran out
+    timer.join()
+    assert pool.map_jobs(_threads, [7], progress=False) == [(7, 1)]  # and the next call has a fresh pool
 
 
 def test_one_worker_runs_in_this_process(monkeypatch):
