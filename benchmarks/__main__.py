@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -32,12 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from handfuse.cache import get_cache
 from handfuse.config import PRESETS, SynthConfig, get_preset
 from handfuse.datasets import FrameDataset
 from handfuse.fpha import FPHA
+from handfuse.report import machine_info as report_machine
 from handfuse.preprocess import centre_from_joints, crop
 from handfuse.skeleton import NUM_ACTIONS
 from handfuse.synth import generate
@@ -103,17 +102,10 @@ def main() -> None:
 
 
 def machine_info() -> dict:
-    """The CPU model and the widest vector ISA torch uses on it: ratios against the matmul depend on
-    them (a host with two 512-bit FMA units doubles the matmul rate, not the memory-bound layers')."""
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model, "isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    """:func:`handfuse.report.machine_info` (CPU model, vector ISA, cores, torch, threads) and the date:
+    ratios against the matmul depend on the CPU (a host with two 512-bit FMA units doubles the matmul
+    rate, not that of the memory-bound layers)."""
+    return {**report_machine(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def stamped(stage: dict, machine: dict) -> dict:

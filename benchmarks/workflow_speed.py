@@ -134,7 +134,7 @@ def report(r: dict) -> None:
     rep = r["reproduction"]
     if rep:
         parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in rep["seconds"].items())
-        print(f"  last reproduction ({rep['date']}): {rep['total_minutes']:.1f} min ({parts} min)  (target < 30 min)")
+        print(f"  last reproduction ({rep['date']}, {rep['machine']['cpu']}): {rep['total_minutes']:.1f} min ({parts} min)  (target < 30 min)")
     else:
         print(f"  no reproduction of {r['preset']} yet: make reproduce writes runs/{r['preset']}/timings.json")
 

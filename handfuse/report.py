@@ -108,13 +108,34 @@ def load_results(folder) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json")) if p.stem != "summary"}
 
 
+def machine_info() -> dict:
+    """The CPU model, the widest vector ISA torch uses on it, cores, torch version and threads.  CPU
+    results are deterministic per machine, but oneDNN picks its kernels by CPU, so two CPU models can
+    round differently and train to slightly different numbers; timings depend on it too."""
+    import os
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux
+        pass
+    return {"cpu": model, "isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 def software_versions() -> dict[str, str]:
     import platform
     import subprocess
     from importlib.metadata import version
     from pathlib import Path
 
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    m = machine_info()
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": m["cpu"], "isa": m["isa"]}
     for pkg in ("torch", "numpy", "matplotlib", "papermill", "nbval", "ipywidgets", "plotly"):
         try:
             out[pkg] = version(pkg)

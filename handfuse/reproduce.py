@@ -59,14 +59,11 @@ def _write_timings(out: Path, preset: str, params: dict, seconds: dict, total: f
     the machine (what ``python -m benchmarks`` reports as the reproduction's time)."""
     import datetime
     import json
-    import platform
 
-    import torch
+    from .report import machine_info
 
     record = {"preset": preset, "parameters": params, "seconds": seconds, "total_minutes": total / 60,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads()},
-              "date": datetime.datetime.now().isoformat(timespec="seconds")}
+              "machine": machine_info(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
     tmp = out / ".timings.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, out / "timings.json")
