@@ -117,3 +117,20 @@ def test_hpe_benchmark_reports_every_row_against_its_matmul(monkeypatch, capsys)
     assert r["matmul_measurements"] == [100.0, 300.0, 100.0, 300.0, 100.0]
     hpe_speed.report(r)
     assert "b256" in capsys.readouterr().out
+
+
+def test_several_stages_run_each_in_a_process_of_its_own(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from benchmarks import __main__ as bench
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw)))
+    monkeypatch.setattr(bench, "data_stages", lambda repeats: pytest.fail("a stage ran in the parent process"))
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", ["benchmarks", "--stages", "data", "hpe", "--repeats", "2", "--out", str(out)])
+    bench.main()
+    assert [c[0][-5:] for c in calls] == [["data", "--repeats", "2", "--out", str(out)],
+                                          ["hpe", "--repeats", "2", "--out", str(out)]]
+    assert all(c[0][:4] == [sys.executable, "-m", "benchmarks", "--stages"] and c[1]["check"] for c in calls)
