@@ -37,6 +37,7 @@ from handfuse.models.fold import plain_batch_norm
 from handfuse.models.har import PoseLSTM
 from handfuse.models.hpe import HPE
 from handfuse.paths import ensure_synthetic
+from handfuse.train import adam
 
 from .timing import cli, timed
 
@@ -68,7 +69,7 @@ def fresh_method(preset, name: str, options: dict, film: str = "both"):
     of the conditioned HPE when ``options`` names none), and an Adam optimiser over what it trains."""
     model = build(name, _models(preset, options.get("film", film)), preset.preprocess.cube_mm / 2,
                   method_config(name, **options))
-    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    return model, adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
 
 def train_epoch(model, opt: torch.optim.Optimizer, batches: list[dict]) -> None:

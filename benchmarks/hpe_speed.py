@@ -19,6 +19,7 @@ import torch
 
 from handfuse.config import get_preset
 from handfuse.models.hpe import HPE, count_flops, frozen_for_inference
+from handfuse.train import adam
 
 from .timing import timed
 
@@ -64,7 +65,7 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
 
     t_big = timed(_steps(infer_big), repeats, warmup=2)
     model.train()
-    opt = torch.optim.Adam(p for p in model.parameters() if p.requires_grad)
+    opt = adam(p for p in model.parameters() if p.requires_grad)  # the training loop's optimiser
 
     def train_on(frames: torch.Tensor, joints: torch.Tensor):
         def train():

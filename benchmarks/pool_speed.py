@@ -24,6 +24,7 @@ import time
 import torch
 
 from handfuse import pool
+from handfuse.train import adam
 
 from .timing import cli
 
@@ -87,7 +88,7 @@ def _pretraining_job(job: tuple) -> float:
     if model.channels_last_safe:
         model.to_channels_last()
     model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt = adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     t0 = time.perf_counter()
     for depth, joints in batches:
         loss = model(depth, None, joints)["loss"]

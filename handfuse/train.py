@@ -149,6 +149,14 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / RESULT).is_file() and (run_dir / BEST).is_file()
 
 
+def adam(params, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """The training loop's optimiser: Adam with torch's fused kernel, one pass over each parameter
+    instead of a dozen small ops per tensor.  On the 2-core CPU a cpu-preset HPE training step runs
+    x1.04 (one thread) to x1.08 (two) faster than the default single-tensor Adam; the updates agree
+    to float rounding (``tests/test_train.py``)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path | None = None,
         config: dict | None = None, progress: bool = True) -> FitResult:
     """Train ``model`` on ``task``; resume from ``run_dir/last.pt`` if it exists.
@@ -177,7 +185,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         step = torch.compile(step)  # costs minutes cold; evaluation stays eager
-    opt = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = FitResult(config=_jsonable(config), run_dir=str(run_dir or ""))
     start_epoch, best_state, stale = 0, None, 0
     best, best_val = -math.inf, None  # best_val: the selected epoch's validation scores, if this call computed them
