@@ -21,7 +21,7 @@ from .fpha import SequenceRef
 from .metrics import accuracy, confusion_matrix, mean_joint_error, per_class_accuracy, per_joint_error, success_curve
 from .skeleton import NUM_ACTIONS
 from .distributed import epoch_batches, rank_world
-from .train import epoch_generator
+from .train import epoch_generator, to_device
 
 
 def split_train_val(refs: list[SequenceRef], fraction: float, seed: int) -> tuple[list[SequenceRef], list[SequenceRef]]:
@@ -71,6 +71,8 @@ class HPETask:
             if self.augment is not None:
                 from .augment import augment_batch
 
+                if torch.device(cfg.device).type == "cuda":  # warp on the GPU (the same draws, from the CPU generator)
+                    batch = to_device(batch, cfg.device)
                 batch["depth"], batch["joints"] = augment_batch(batch["depth"], batch["joints"], self.augment,
                                                                 self.half_cube, generator=gen)
             yield batch

@@ -212,11 +212,11 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         for batch, wait in _waited(task.batches("train", epoch, cfg)):
             waited += wait  # the model idles while the next batch is assembled (and augmented)
             with autocast(device, cfg.amp):
-                loss = step(_to(batch, device))
+                loss = step(to_device(batch, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read after the epoch: .item() here would wait for the GPU every step
         val = task.evaluate(model, "val", cfg)
         score = sign * val[task.metric]
         improved = score > best
@@ -225,7 +225,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        train_loss = float(np.mean(losses)) if losses else float("nan")
+        train_loss = float(np.mean([x.item() for x in losses])) if losses else float("nan")
         if world > 1:  # log the mean over ranks, not rank 0's share
             t = torch.tensor([train_loss], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(t)
@@ -277,8 +277,18 @@ class _Loss(torch.nn.Module):
         return self.task.loss(self.model, batch)
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """A batch's tensors on ``device``.  To CUDA they go from pinned memory without blocking, so the
+    host assembles the next batch while the GPU still works on this one; tensors already on
+    ``device`` are passed as they are."""
+    device = torch.device(device)
+    pin = device.type == "cuda"
+
+    def move(v):
+        if not torch.is_tensor(v) or v.device == device:
+            return v
+        return (v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=pin)
+    return {k: move(v) for k, v in batch.items()}
 
 
 def run_digest(config: dict) -> str:

@@ -38,8 +38,10 @@ def _patient_nbval(flush_s: float = 120.0) -> None:
     for output": seen with 06_generality while other jobs ran).  Only that flush wait is raised; a
     cell's own limit stays ``--nbval-cell-timeout``.  (``make test`` collects tests/ with the
     notebooks, so this conftest is loaded for nbval too.)"""
-    import nbval.plugin
-
+    try:
+        import nbval.plugin
+    except ImportError:  # a GPU server's image without nbval can still run tests/ (tests/test_cuda.py)
+        return
     init = nbval.plugin.IPyNbCell.__init__
 
     def patient(self, *args, **kwargs) -> None:
