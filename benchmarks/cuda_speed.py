@@ -17,6 +17,8 @@ of the training loop's CUDA input path.  Never part of CI (our machines have no 
   non-blocking copy, augmentation on the GPU).
 * ``--compile``: the paper-sized HPE under ``torch.compile`` (bf16, channels_last), with its
   compile time.
+* ``--profile``: where one paper-sized HPE training step's time goes (fp32 and bf16, channels_last,
+  batch 128): host time against GPU time, and the kernels that take the most GPU time.
 """
 from __future__ import annotations
 
@@ -66,14 +68,35 @@ def amp(bf16: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def hpe_row(preset: str, channels_last: bool, bf16: bool, repeats: int, compile_: bool = False) -> dict:
+def fresh_hpe(preset: str, channels_last: bool) -> tuple[HPE, float]:
+    """A freshly initialised HPE of ``preset`` on the GPU, and its forward FLOPs per frame."""
     torch.manual_seed(0)
     model = HPE(get_preset(preset).hpe)
     model.init_pca(torch.randn(256, 21, 3) * 0.3)
-    flops = count_flops(model)  # per frame, forward
+    flops = count_flops(model)
     model.cuda()
     if channels_last:
         model.to_channels_last()
+    return model, flops
+
+
+def training_step(model: HPE, run, opt: torch.optim.Optimizer, batch: int, bf16: bool):
+    """A training step (forward through ``run``, the model or its compiled form, backward, Adam)
+    on a fixed random batch of ``batch`` crops."""
+    x = torch.randn(batch, 1, model.cfg.crop, model.cfg.crop, device="cuda").clamp(-1, 1)
+    y = torch.randn(batch, 21, 3, device="cuda") * 0.3
+
+    def step():
+        with amp(bf16):
+            loss = model.loss(run(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def hpe_row(preset: str, channels_last: bool, bf16: bool, repeats: int, compile_: bool = False) -> dict:
+    model, flops = fresh_hpe(preset, channels_last)  # flops: per frame, forward
     crop, own = model.cfg.crop, get_preset(preset).train_hpe.batch_size
     run, row = model, {"preset": preset, "channels_last": channels_last, "bf16": bf16, "compiled": compile_,
                        "gflop_per_frame": flops / 1e9}
@@ -92,16 +115,7 @@ def hpe_row(preset: str, channels_last: bool, bf16: bool, repeats: int, compile_
     model.train()
     opt = adam(p for p in model.parameters() if p.requires_grad)
     for batch in sorted({own, 256}):
-        x = torch.randn(batch, 1, crop, crop, device="cuda").clamp(-1, 1)
-        y = torch.randn(batch, 21, 3, device="cuda") * 0.3
-
-        def train():
-            with amp(bf16):
-                loss = model.loss(run(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        t = timed(synced(train), repeats, warmup=2)[0]
+        t = timed(synced(training_step(model, run, opt, batch, bf16)), repeats, warmup=2)[0]
         row[f"train_fps_b{batch}"] = STEPS * batch / t
     if compile_:
         row["compile_and_time_s"] = time.perf_counter() - t0
@@ -186,22 +200,63 @@ def input_path(data_root: Path, repeats: int, batches: int = 40) -> dict:
     return {"frames": n, "host_fps": n / t_host, "loop_fps": n / t_loop, "speedup": t_host / t_loop}
 
 
-def report(r: dict) -> None:
-    m = r["hpe"]["matmul_tflops"]
-    print(f"CUDA: {r['gpu']}, torch {r['torch']}; matmul 8192^3: bf16 {m['bf16']:.0f} TFLOP/s, fp32 {m['fp32']:.1f}")
-    print("  preset  layout          prec  GFLOP/fr  infer fr/s b256  b1024  train fr/s own  b256  "
-          "infer/matmul  train/matmul (own, b256)")
-    for x in r["hpe"]["rows"]:
+def profile_step(bf16: bool, repeats: int = 5, batch: int = 128) -> dict:
+    """One paper-sized HPE training step under torch.profiler: the host's time per step (Python,
+    autograd and kernel launches), the GPU's busy time per step, and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = fresh_hpe("paper", channels_last=True)[0].train()
+    step = training_step(model, model, adam(p for p in model.parameters() if p.requires_grad), batch, bf16)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    host = (time.perf_counter() - t0) / repeats  # until the last launch returns
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / repeats
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]  # the kernels and copies
+    gpu_us = sum(e.self_device_time_total for e in events) / repeats
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:10]
+    return {"bf16": bf16, "batch": batch, "host_ms": host * 1e3, "wall_ms": wall * 1e3, "gpu_busy_ms": gpu_us / 1e3,
+            "kernels_per_step": sum(e.count for e in events) / repeats,
+            "top": [{"name": e.key[:70], "ms": e.self_device_time_total / repeats / 1e3,
+                     "calls": e.count / repeats} for e in top]}
+
+
+def hpe_report(h: dict) -> None:
+    m = h["matmul_tflops"]
+    print(f"  matmul 8192^3: bf16 {m['bf16']:.0f} TFLOP/s, fp32 {m['fp32']:.1f}")
+    print("  preset  layout                  prec  GFLOP/fr  infer fr/s b256   b1024  train fr/s own        b256"
+          "  infer/matmul  train/matmul (own, b256)")
+    for x in h["rows"]:
         layout = ("channels_last" if x["channels_last"] else "contiguous") + (" +compile" if x["compiled"] else "")
         own = x["train_batch_own"]
         print(f"  {x['preset']:6s}  {layout:22s}  {'bf16' if x['bf16'] else 'fp32'}  {x['gflop_per_frame']:7.3f}"
               f"  {x['infer_fps_b256']:9.0f} {x['infer_fps_b1024']:7.0f}  {x[f'train_fps_b{own}']:8.0f} (b{own})"
               f" {x['train_fps_b256']:7.0f}  {x['infer_ratio']:11.3f}  {x['train_ratio']:.3f}, {x['train_ratio_b256']:.3f}"
               + (f"  [compile + timing {x['compile_and_time_s']:.0f} s]" if x["compiled"] else ""))
+
+
+def report(r: dict) -> None:
+    print(f"CUDA: {r['gpu']}, torch {r['torch']}, cudnn.benchmark {r['cudnn_benchmark']}")
+    if "hpe" in r:
+        hpe_report(r["hpe"])
     for name, f in r.get("fusion", {}).items():
         print(f"  fusion fine-tuning, {name} models, batch {f['batch_size']} ({f['sequences']} sequences, {f['frames']} frames):")
         for label, v in f["rows"].items():
             print(f"    {label:32s} {v['train_seq_per_s']:8.1f} seq/s {v['train_frames_per_s']:9.0f} fr/s  x{v['vs_baseline']:.2f}")
+    for p in r.get("profile", []):
+        print(f"  profile, paper HPE training step, {'bf16' if p['bf16'] else 'fp32'}, channels_last, batch {p['batch']}: "
+              f"wall {p['wall_ms']:.1f} ms, host {p['host_ms']:.1f} ms, GPU busy {p['gpu_busy_ms']:.1f} ms, "
+              f"{p['kernels_per_step']:.0f} kernels")
+        for k in p["top"]:
+            print(f"    {k['ms']:7.2f} ms  {k['calls']:5.0f}x  {k['name']}")
     if "input" in r:
         i = r["input"]
         print(f"  HPE input path (paper crops): host augmentation + copy {i['host_fps']:.0f} fr/s; pinned copy + GPU "
@@ -214,16 +269,27 @@ def main() -> None:
     ap.add_argument("--data-root", default=None, help="FPHA-format data for the fusion and input rows "
                     "(default: the cpu preset's synthetic benchmark); 'none' leaves those rows out")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=["hpe", "fusion", "input", "profile"], default=None,
+                    help="run only these parts (default: hpe, fusion and input, and profile with --profile)")
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: benchmarks.cuda_speed needs a CUDA GPU; this machine has none")
+    parts = set(args.only or ["hpe", "fusion", "input"] + (["profile"] if args.profile else []))
+    if args.data_root == "none":
+        parts -= {"fusion", "input"}
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "machine": machine_info(),
-              "hpe": hpe_rows(args.repeats, args.compile)}
-    if args.data_root != "none":
-        root = Path(args.data_root) if args.data_root else ensure_synthetic("cpu")
-        result["fusion"] = fusion_rows(root, args.repeats)
-        result["input"] = input_path(root, args.repeats)
+              "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    if "hpe" in parts:
+        result["hpe"] = hpe_rows(args.repeats, args.compile)
+    root = Path(args.data_root) if args.data_root not in (None, "none") else None
+    if "fusion" in parts:
+        result["fusion"] = fusion_rows(root or ensure_synthetic("cpu"), args.repeats)
+    if "input" in parts:
+        result["input"] = input_path(root or ensure_synthetic("cpu"), args.repeats)
+    if "profile" in parts:
+        result["profile"] = [profile_step(False), profile_step(True)]
     report(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

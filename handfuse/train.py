@@ -10,7 +10,9 @@ and evaluate; the loop does the rest:
 * seeded per epoch (shuffling, augmentation and dropout draw from
   ``seed, epoch``), so the same seed gives the same metrics on CPU and a run
   resumed from its last epoch checkpoint lands on the same result;
-* device-agnostic: CPU by default, ``cuda`` with bf16 autocast;
+* device-agnostic: CPU by default, ``cuda`` with bf16 autocast; on CUDA batches go from
+  pinned memory without blocking and the loss is read once per epoch, so the host
+  assembles the next batch while the GPU works (``tests/test_cuda.py``);
 * data-parallel under ``torchrun`` (:mod:`handfuse.distributed`): DDP, each rank its
   ``DistributedSampler`` shard of every global batch, rank 0 alone writing;
 * checkpoints written atomically (temporary file, fsync, rename) and loaded

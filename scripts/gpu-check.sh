@@ -4,7 +4,8 @@
 #   data.log        the synthetic data and crop caches the checks need (every core)
 #   pytest.log      tests/test_cuda.py: CUDA against CPU outputs, training with bf16 autocast,
 #                   checkpoints loading on CPU, resume, every fusion method end to end
-#   cuda_speed.*    python -m benchmarks.cuda_speed (HPE against the matmul, fusion methods, input path)
+#   cuda_speed.*    python -m benchmarks.cuda_speed (HPE against the matmul, fusion methods, input path,
+#                   a profiled paper-sized training step)
 #   paper_epoch.*   the paper preset's HPE pre-training for 2 epochs on the cpu preset's data (crops
 #                   of 128 px, the original's network), with its per-epoch and data-wait seconds
 # Usage: bash scripts/gpu-check.sh OUTDIR   (PYTHON=... to pick the interpreter; default python3)
@@ -46,7 +47,7 @@ PY
 rm -rf "$out/paper_runs"
 
 step "benchmarks.cuda_speed"
-$PY -m benchmarks.cuda_speed --repeats 5 --compile --data-root data/synth/cpu-seed0 --json "$out/cuda_speed.json" \
+$PY -m benchmarks.cuda_speed --repeats 5 --compile --profile --data-root data/synth/cpu-seed0 --json "$out/cuda_speed.json" \
     > "$out/cuda_speed.log" 2>&1 || status=1
 cat "$out/cuda_speed.log" | tail -40
 

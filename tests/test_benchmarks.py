@@ -134,3 +134,13 @@ def test_several_stages_run_each_in_a_process_of_its_own(tmp_path, monkeypatch):
     assert [c[0][-5:] for c in calls] == [["data", "--repeats", "2", "--out", str(out)],
                                           ["hpe", "--repeats", "2", "--out", str(out)]]
     assert all(c[0][:4] == [sys.executable, "-m", "benchmarks", "--stages"] and c[1]["check"] for c in calls)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_benchmark_refuses_a_machine_without_a_gpu(monkeypatch, capsys):
+    from benchmarks import cuda_speed
+
+    monkeypatch.setattr("sys.argv", ["cuda_speed", "--only", "hpe"])
+    with pytest.raises(SystemExit) as stop:
+        cuda_speed.main()
+    assert "needs a CUDA GPU; this machine has none" in str(stop.value)
