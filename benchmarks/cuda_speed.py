@@ -80,10 +80,15 @@ def fresh_hpe(preset: str, channels_last: bool) -> tuple[HPE, float]:
     return model, flops
 
 
+def random_crops(model: HPE, batch: int) -> torch.Tensor:
+    """(batch, 1, S, S) random normalised depth crops on the GPU, S the model's crop size."""
+    return torch.randn(batch, 1, model.cfg.crop, model.cfg.crop, device="cuda").clamp(-1, 1)
+
+
 def training_step(model: HPE, run, opt: torch.optim.Optimizer, batch: int, bf16: bool):
     """A training step (forward through ``run``, the model or its compiled form, backward, Adam)
     on a fixed random batch of ``batch`` crops."""
-    x = torch.randn(batch, 1, model.cfg.crop, model.cfg.crop, device="cuda").clamp(-1, 1)
+    x = random_crops(model, batch)
     y = torch.randn(batch, 21, 3, device="cuda") * 0.3
 
     def step():
@@ -97,7 +102,7 @@ def training_step(model: HPE, run, opt: torch.optim.Optimizer, batch: int, bf16:
 
 def hpe_row(preset: str, channels_last: bool, bf16: bool, repeats: int, compile_: bool = False) -> dict:
     model, flops = fresh_hpe(preset, channels_last)  # flops: per frame, forward
-    crop, own = model.cfg.crop, get_preset(preset).train_hpe.batch_size
+    own = get_preset(preset).train_hpe.batch_size
     run, row = model, {"preset": preset, "channels_last": channels_last, "bf16": bf16, "compiled": compile_,
                        "gflop_per_frame": flops / 1e9}
     if compile_:
@@ -105,7 +110,7 @@ def hpe_row(preset: str, channels_last: bool, bf16: bool, repeats: int, compile_
         run = torch.compile(model)
     model.eval()
     for batch in (256, 1024):
-        x = torch.randn(batch, 1, crop, crop, device="cuda").clamp(-1, 1)
+        x = random_crops(model, batch)
 
         def infer():
             with torch.inference_mode(), amp(bf16):
@@ -142,10 +147,9 @@ def hpe_rows(repeats: int, compile_: bool) -> dict:
 
 
 def fusion_rows(data_root: Path, repeats: int, batches: int = 12) -> dict:
-    out = {}
+    out, fpha = {}, FPHA(data_root)
     for name in ("cpu", "paper"):
         preset = get_preset(name)
-        fpha = FPHA(data_root)
         data = SequenceDataset(get_cache(fpha, preset.preprocess, progress=False), fpha.train)
         B = preset.train_fuse.batch_size
         fixed = [to_device(b, "cuda") for b in fixed_batches(data, B, batches)]
@@ -171,9 +175,9 @@ def fusion_rows(data_root: Path, repeats: int, batches: int = 12) -> dict:
 
 
 def input_path(data_root: Path, repeats: int, batches: int = 40) -> dict:
-    """Batches of the paper-sized HPE task from the crop cache to the GPU, augmented: on the host with
-    a plain copy (before), and the training loop's way (pinned copy, augmentation on the GPU)."""
-    from handfuse.augment import AugmentConfig, augment_batch
+    """The same batches of the paper-sized HPE task from the crop cache to the GPU, augmented: on the
+    host with a plain copy (before), and the training loop's way (pinned copy, augmentation on the GPU)."""
+    from handfuse.augment import AugmentConfig
     from handfuse.tasks import HPETask
 
     preset = get_preset("paper")
@@ -181,12 +185,8 @@ def input_path(data_root: Path, repeats: int, batches: int = 40) -> dict:
     task = HPETask(get_cache(fpha, preset.preprocess, progress=False), {"train": fpha.train}, AugmentConfig())
     cfg = replace(preset.train_hpe, max_batches=batches, device="cuda")
 
-    def host():
-        gen = torch.Generator().manual_seed(0)
-        ds = task.data["train"]
-        for idx in torch.randperm(len(ds), generator=gen)[: batches * cfg.batch_size].view(batches, -1):
-            b = ds.batch(idx.numpy())
-            b["depth"], b["joints"] = augment_batch(b["depth"], b["joints"], task.augment, task.half_cube, generator=gen)
+    def host():  # batches made for a CPU run, then copied
+        for b in task.batches("train", 0, replace(cfg, device="cpu")):
             for v in b.values():
                 v.to("cuda")
         torch.cuda.synchronize()

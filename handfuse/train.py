@@ -227,7 +227,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        train_loss = float(np.mean([x.item() for x in losses])) if losses else float("nan")
+        train_loss = float(np.mean(torch.stack(losses).tolist())) if losses else float("nan")  # one copy from the GPU
         if world > 1:  # log the mean over ranks, not rank 0's share
             t = torch.tensor([train_loss], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(t)
