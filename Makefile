@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= cpu
 OUT    ?= runs/$(PRESET)
 
-# glibc tunables that avoid page-fault storms in torch on these VMs (../docs perf facts);
+# glibc tunables that avoid page-fault storms in torch on these VMs (docs/benchmarks.md);
 # exported so that papermill kernels and benchmark processes inherit them.
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
 export MALLOC_TRIM_THRESHOLD_ := 68719476736

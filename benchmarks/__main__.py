@@ -107,9 +107,9 @@ def main() -> None:
 
 def isolated(stage: str, repeats: int, out: Path) -> None:
     """Run one stage as ``python -m benchmarks --stages STAGE`` in its own process, which updates ``out``.
-    Run after the data stage in one process, the cpu preset's HPE training measured 974 frames/s against
-    1731-1783 in a process of its own (same machine, same hour): what one stage leaves behind (threads,
-    a fragmented heap) must not time the next."""
+    Run after the data stage in one process, the cpu preset's HPE training measured far slower than in
+    a process of its own (docs/benchmarks.md): what one stage leaves behind (threads, a fragmented
+    heap) must not time the next."""
     import subprocess
     import sys
 

@@ -43,7 +43,7 @@ from handfuse.train import adam, to_device
 from .fusion_speed import fixed_batches, fresh_method, train_step
 from .timing import timed
 
-STEPS = 8  # calls per timed run: one GPU step lasts milliseconds
+STEPS = 8  # calls per timed run: one GPU step is too short to time alone
 METHODS = [("baseline", "baseline", {}), ("feedback, FiLM fc, p_eq 0.95", "feedback", {"film": "fc", "p_eq": 0.95}),
            ("feedback, FiLM both, p_eq 0.95", "feedback", {"film": "both", "p_eq": 0.95}),
            ("ensemble, FiLM both", "ensemble", {"film": "both"})]

@@ -31,7 +31,7 @@ from handfuse.cache import get_cache
 from handfuse.config import get_preset
 from handfuse.datasets import SequenceDataset, collate_sequences
 from handfuse.fpha import FPHA
-from handfuse.fusion import Pretrained
+from handfuse.finetune import Pretrained
 from handfuse.methods import build, method_config
 from handfuse.models.fold import plain_batch_norm
 from handfuse.models.har import PoseLSTM

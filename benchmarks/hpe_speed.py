@@ -3,9 +3,9 @@ measured in the same process (timings here are noisy, so only ratios within one 
 
 Sizes: the ``cpu`` preset's HPE (64-px crops, one bottleneck block per group) and the ``paper`` one
 (128-px crops, five blocks per group, the original's network).  Memory formats: contiguous and
-channels_last; ``--compile`` adds torch.compile (off by default: docs/perf.md found it no faster).
+channels_last; ``--compile`` adds torch.compile (off by default: it was no faster here, docs/benchmarks.md).
 Training counts 3x the forward FLOPs (forward + backward).  Each timed run is ``STEPS`` calls (a
-single step of the cpu preset's net lasts tens of milliseconds, too short to time alone here).
+single step of the cpu preset's net is too short to time alone).
 
     python -m benchmarks.hpe_speed [--repeats 5] [--compile]
 """
@@ -120,8 +120,8 @@ def hpe_rates(preset: str, channels_last: bool, compile_: bool, repeats: int, ba
 
 def run(repeats: int = 5, compile_: bool = False) -> dict:
     """Every row, each bracketed by matmul measurements: on a shared VM the matmul rate itself drifts
-    (155 to 322 GFLOP/s within ten minutes here), so each row's ratios use the mean of the two
-    measurements taken just before and just after it, not one taken minutes earlier."""
+    within minutes (docs/benchmarks.md), so each row's ratios use the mean of the two measurements
+    taken just before and just after it, not one taken minutes earlier."""
     refs = [matmul_gflops(repeats)]
     out = {"threads": torch.get_num_threads(), "rows": []}
     for preset in ("cpu", "paper"):

@@ -8,7 +8,7 @@ method (``baseline`` or ``feedback`` with FiLM in the FC layers at p_eq = 0.95,
 alternately) for one epoch over a fixed list of the preset's training batches, forward,
 backward and Adam step.  Pre-training: a freshly built DeepPrior++ HPE, batch norms on
 batch statistics, over ``4 x batches`` fixed batches of the preset's pre-training batch
-size of training crops.  Both as :func:`handfuse.fusion.run_many` runs them on CPU.
+size of training crops.  Both as :func:`handfuse.grid.run_many` runs them on CPU.
 One after the other: in this process,
 with torch's default thread count.  Side by side: :func:`handfuse.pool.map_jobs`, one
 single-threaded worker per core (workers started and warmed up before timing).  The two

@@ -31,7 +31,7 @@ from handfuse.cache import get_cache
 from handfuse.config import get_preset
 from handfuse.datasets import SequenceDataset
 from handfuse.fpha import FPHA
-from handfuse.fusion import FusionTask
+from handfuse.finetune import FusionTask
 from handfuse.methods import build, method_config
 from handfuse.models.har import PoseLSTM
 from handfuse.paths import REPO, ensure_synthetic

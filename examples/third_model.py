@@ -1,6 +1,6 @@
 """Plugging in a third model: a GRU action recogniser, registered as "gru" and run through a fusion method.
 
-tests/test_generality.py runs this file; the README shows it.
+tests/test_generality.py runs this file; docs/extending.md shows it.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def demo() -> tuple[nn.Module, torch.Tensor]:
     from dataclasses import replace
 
     from handfuse.config import get_preset
-    from handfuse.fusion import Pretrained
+    from handfuse.finetune import Pretrained
     from handfuse.methods import build
     from handfuse.models.registry import har_entry, hpe_entry
 

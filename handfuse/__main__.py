@@ -137,11 +137,11 @@ def _train(args) -> None:
         _, result = pretrain_har(fpha, preset, args.attention, args.seed, args.device, model=args.har_model)
         scores = {"accuracy": result.test["accuracy"]}
     else:
-        from . import fusion
+        from .finetune import finetune, pretrained
 
-        models = fusion.pretrained(fpha, preset, args.seed, cfg.attention, cfg.film, args.device,
-                                   hpe_model=args.hpe_model, har_model=args.har_model)
-        _, result = fusion.finetune(args.method, models, fpha, preset, cfg, args.seed, args.device)
+        models = pretrained(fpha, preset, args.seed, cfg.attention, cfg.film, args.device,
+                            hpe_model=args.hpe_model, har_model=args.har_model)
+        _, result = finetune(args.method, models, fpha, preset, cfg, args.seed, args.device)
         scores = {k: result.test[k] for k in ("error_mm", "accuracy", "loss")}
     if rank == 0:
         print(json.dumps({"what": args.what, "preset": args.preset, "seed": args.seed, "processes": world,

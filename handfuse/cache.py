@@ -43,7 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .camera import Intrinsics
-from .config import PreprocessConfig
+from .dataconfig import PreprocessConfig
 from .errors import DataError
 from .fpha import FPHA, SPLIT_FILE, SequenceRef, read_depth_png
 from .preprocess import centre_from_depth, centre_from_joints, crop

@@ -10,93 +10,19 @@ and the original's model sizes.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
 
 from .augment import AugmentConfig
+from .dataconfig import CENTRES, PreprocessConfig, SynthConfig, from_dict  # noqa: F401 (the data layer's configs)
 from .errors import ConfigError
 from .errors import check as _check
+from .models.film import CONDITIONED
 from .models.har import HARConfig
 from .models.hpe import HPEConfig
 from .models.resnet_hpe import ResNetHPEConfig
 from .models.transformer_har import TransformerHARConfig
 from .train import TrainConfig
-
-T = TypeVar("T")
-
-
-def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
-    """Build a config dataclass from a plain dict, refusing unknown keys (nested dataclasses too)."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(prefix + unknown[0], values[unknown[0]], f"known keys of {cls.__name__} are {sorted(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        factory = known[name].default_factory
-        if isinstance(value, dict) and dataclasses.is_dataclass(factory):
-            kwargs[name] = from_dict(factory, value, prefix=f"{prefix}{name}.")
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """The synthetic FPHA-format benchmark (``handfuse.synth``).
-
-    Counts: ``subjects`` x 45 actions x ``reps`` sequences; reps 1..reps//2 go to
-    the action split's training side, the rest to test (FPHA's 1:1 split is by
-    repetition, every subject on both sides).  Difficulty knobs are documented in
-    ``handfuse.synth.actions``.
-    """
-
-    subjects: int = 6
-    reps: int = 4
-    fps: float = 10.0  # frames per second of the rendered sequence (FPHA: 30)
-    duration_s: float = 3.0  # mean action duration before the +-30 % speed jitter
-    seed: int = 0
-    # difficulty knobs (calibrated so that an LSTM on true poses is well below 100 %)
-    style_deg: float = 9.0  # per-sequence random finger-angle offsets (std, degrees)
-    amplitude_jitter: float = 0.3  # relative jitter of motion amplitudes
-    speed_jitter: float = 0.3  # relative jitter of the motion speed (and so of the length)
-    orient_jitter_deg: float = 10.0  # per-sequence wrist orientation jitter (std per axis, degrees)
-    articulation_gap: float = 1.0  # scales the finger-only differences between look-alike classes
-    pose_noise_mm: float = 1.5  # per-frame annotation jitter of the written skeleton (magnetic sensors)
-    # sensor model
-    depth_noise: float = 1.0  # scales the distance-dependent depth jitter
-    dropout: float = 1.0  # scales the invalid-pixel (zero) processes
-    png_compression: int = 1  # zlib level: 1 is 2x faster than 3 for ~10 % more disk
-    render: bool = True  # False writes skeletons only (fast calibration runs); not FPHA-complete
-
-    def __post_init__(self):
-        _check(1 <= self.subjects <= 99, "synth.subjects", self.subjects, "an integer in 1..99 (FPHA has 6)")
-        _check(self.reps >= 2, "synth.reps", self.reps, "an integer >= 2 (half train, half test)")
-        _check(self.fps > 0, "synth.fps", self.fps, "a positive number of frames per second")
-        _check(self.duration_s > 0, "synth.duration_s", self.duration_s, "a positive duration in seconds")
-        for name in ("style_deg", "orient_jitter_deg", "amplitude_jitter", "articulation_gap", "pose_noise_mm", "depth_noise", "dropout"):
-            _check(getattr(self, name) >= 0, f"synth.{name}", getattr(self, name), "a number >= 0")
-        _check(0 <= self.speed_jitter < 0.9, "synth.speed_jitter", self.speed_jitter, "a number in [0, 0.9)")
-        _check(0 <= self.png_compression <= 9, "synth.png_compression", self.png_compression, "an integer in 0..9")
-
-
-CENTRES = ("gt", "depth")
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Hand crops: a metric cube around the hand centre, resampled to crop x crop pixels."""
-
-    crop: int = 64  # S: the original used 128
-    cube_mm: float = 250.0  # edge of the metric cube
-    centre: str = "gt"  # "gt": the middle MCP, as the original; "depth": found from depth alone
-
-    def __post_init__(self):
-        _check(self.crop >= 8, "preprocess.crop", self.crop, "an integer >= 8 (pixels)")
-        _check(self.cube_mm > 0, "preprocess.cube_mm", self.cube_mm, "a positive size in mm")
-        _check(self.centre in CENTRES, "preprocess.centre", self.centre, f"one of {CENTRES}")
 
 
 @dataclass(frozen=True)
@@ -118,7 +44,7 @@ class Preset:
     transformer_har: TransformerHARConfig = field(default_factory=TransformerHARConfig)
 
     def __post_init__(self):
-        _check(self.film in ("blocks", "fc", "both"), "film", self.film, "one of ('blocks', 'fc', 'both')")
+        _check(self.film in CONDITIONED, "film", self.film, f"one of {CONDITIONED}")
         for name in ("hpe", "resnet_hpe"):
             _check(getattr(self, name).crop == self.preprocess.crop, f"{name}.crop", getattr(self, name).crop,
                    f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")
@@ -144,10 +70,9 @@ PRESETS: dict[str, Preset] = {
         SynthConfig(fps=6.0, duration_s=2.2),
         PreprocessConfig(crop=64),
         # the original's layout (stem, four bottleneck groups, two FC layers, PCA prior) at half its widths,
-        # one block per group: 10.6 MFLOPs per frame (the original's widths: 31), about 2x faster to pre-train
-        # on 2 cores, and no less accurate here.  Every bottleneck keeps at least 16 inner channels (the first
-        # would narrow to 8), which makes the net channels_last-safe (see channels_last_safe): on 2 cores that
-        # trains 1.47x and infers 2.3x faster than the contiguous format 8 channels would force
+        # one block per group: 10.6 MFLOPs per frame (the original's widths: 31), faster to pre-train on 2 cores
+        # (docs/benchmarks.md).  Every bottleneck keeps at least 16 inner channels (the first would narrow to 8),
+        # which makes the net channels_last-safe (see channels_last_safe), the faster memory format on CPU
         HPEConfig(crop=64, stem_channels=16, widths=(32, 64, 128, 128), blocks=(1, 1, 1, 1), fc=512, min_mid=16),
         HARConfig(),
         # cosine decay: 10 epochs reach a lower test error (16.5 mm, seed 0) than 16 at a constant rate (17.0)
@@ -155,10 +80,10 @@ PRESETS: dict[str, Preset] = {
         train_har=TrainConfig(epochs=80, patience=15, **_HAR_TRAIN),
         # the original's fine-tuning is batch 4 at 3e-5 for many epochs; on CPU, batch 16 at 2e-4 with cosine decay
         # reaches the same baseline in 3 epochs (12.57 mm / 83.3 %, seed 0) as 6 epochs of the former (12.62 / 82.4)
-        # at a third of the CPU time (tiny batches keep the CNN's kernels from running at speed)
+        # in less CPU time (tiny batches keep the CNN's kernels from running at speed; docs/benchmarks.md)
         train_fuse=TrainConfig(epochs=3, patience=3, batch_size=16, lr=2e-4, weight_decay=1e-5, schedule="cosine"),
         film="fc",  # FC-only FiLM: the conv trunk runs once per frame, so feedback costs ~ the baseline's time
-        # ResNet-18's layout at a quarter of its widths: 18 MFLOPs per frame (DeepPrior++ here: 9.5)
+        # ResNet-18's layout at a quarter of its widths: 18 MFLOPs per frame (DeepPrior++ here: 10.6)
         resnet_hpe=ResNetHPEConfig(crop=64),
         # 2 blocks of width 64: 2.2 MFLOPs per 16-frame sequence, as the LSTM's
         transformer_har=TransformerHARConfig(),

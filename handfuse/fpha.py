@@ -81,8 +81,8 @@ def write_depth_png(path: str | Path, depth: np.ndarray, compression: int = 3) -
     """Write (H, W) uint16 millimetres as a 16-bit greyscale PNG (deterministic bytes).
 
     Rows are stored unfiltered (PNG filter type 0): on the synthetic 640x480 depth maps that encodes
-    about 3x faster than libpng's default adaptive filtering, gives ~12 % smaller files at zlib level 1
-    (79 against 90 KB per frame) and decodes ~25 % faster; any PNG reader reads them."""
+    and decodes faster than libpng's default adaptive filtering and gives smaller files
+    (docs/benchmarks.md); any PNG reader reads them."""
     if depth.dtype != np.uint16 or depth.ndim != 2:
         raise ValueError(f"depth must be a 2-D uint16 array, got {depth.dtype} {depth.shape}")
     ok, buf = cv2.imencode(".png", depth, [cv2.IMWRITE_PNG_COMPRESSION, compression,
@@ -343,7 +343,7 @@ class FPHA:
         Parsed once per root object: a later call returns a copy of the checked joints while the
         skeleton file and the depth folder are unchanged on disk (same size and modification
         times), so building the action recogniser's datasets for every run of a notebook does not
-        parse every ``skeleton.txt`` again (1.2 s per call on the cpu preset's 1077 sequences)."""
+        parse every ``skeleton.txt`` again."""
         path, depth_dir = self.skeleton_path(ref), self.depth_dir(ref)
         try:
             st, sd = path.stat(), depth_dir.stat()

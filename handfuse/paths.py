@@ -14,8 +14,6 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .config import get_preset
-
 REPO = Path(__file__).resolve().parents[1]
 _IN_CHECKOUT = (REPO / "pyproject.toml").is_file()
 
@@ -39,19 +37,26 @@ def runs_dir() -> Path:
 
 def write_results(preset: str, name: str, payload: dict) -> Path:
     """Write ``runs/<preset>/results/<name>.json`` atomically; the payload should say whether
-    the data was synthetic.  Returns the path."""
-    import json
-
+    the data was synthetic.  Run records are written as ``record.to_json()``.  Returns the path."""
     folder = runs_dir() / preset / "results"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
     os.replace(tmp, path)
     return path
 
 
+def _jsonable(o):
+    """What json cannot write itself: records (``to_json``), arrays and tensors (``tolist``), else ``str``."""
+    if hasattr(o, "to_json"):
+        return o.to_json()
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+
 def synthetic_root(preset: str, seed: int | None = None) -> Path:
+    from .config import get_preset  # here, not at the top: the data layer does not import the models
+
     cfg = get_preset(preset).synth
     return data_home() / "synth" / f"{preset}-seed{cfg.seed if seed is None else seed}"
 
@@ -59,6 +64,7 @@ def synthetic_root(preset: str, seed: int | None = None) -> Path:
 def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None = None) -> Path:
     """The synthetic benchmark of a preset: generated on first use, then reused.  A folder whose
     recorded parameters differ from the preset's (an older generator, say) is refused, not reused."""
+    from .config import get_preset
     from .synth import generate
     from .synth.generate import GENERATOR_VERSION, INFO_FILE
 

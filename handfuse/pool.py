@@ -1,18 +1,16 @@
-"""Independent runs side by side: one single-threaded worker process per core.
+"""Independent jobs side by side: one single-threaded worker process per core.
 
-A fine-tuning run of the ``cpu`` preset is made of small convolutions, an LSTM and an
-optimiser loop over many small tensors, so a second thread inside one run buys little:
-on the 2-core machine, fine-tuning runs side by side on one thread each get 1.18x (1.11-1.25)
-the work done of the same runs one after the other on two threads (``python -m benchmarks.pool_speed``;
-whole ResNet + LSTM runs: 1.34x; HPE pre-training steps: 1.14x (1.05-1.22), the same benchmark).
-:func:`handfuse.fusion.run_many` therefore hands what a notebook cell still needs to this pool
-(pre-trainings first, each fine-tuning once its pre-trained models are done: :func:`map_jobs`'s
-``after``), then loads what they wrote (run folders and test scores) in the notebook's own process;
-:func:`handfuse.standalone.pretrain_many` does the same for pre-trainings alone.
+This module only schedules.  :func:`map_jobs` runs a module-level function over picklable jobs
+in worker processes, each job after the jobs it needs (``after``), a freed worker taking the first
+ready job; :func:`one_thread` pins torch to one thread for a block.  What the jobs are (pre-trainings,
+fine-tunings, scorings) is :mod:`handfuse.grid`'s business.
 
-Every pre-training, fusion run and score on CPU runs on one thread wherever it runs
-(:func:`one_thread`), in a worker or in the notebook's process, so its numbers do not depend
-on how many workers there were, or on the machine's core count.
+A fine-tuning run of the ``cpu`` preset is made of small convolutions, an LSTM and an optimiser
+loop over many small tensors, so a second thread inside one run buys little, and runs side by
+side on one thread each get more done on the 2-core machine than the same runs one after the
+other on two threads (``python -m benchmarks.pool_speed``; ``docs/benchmarks.md``).  Every
+pre-training, fusion run and score on CPU runs on one thread wherever it runs, so its numbers do
+not depend on how many workers there were, or on the machine's core count.
 
 ``HANDFUSE_WORKERS`` sets the number of workers (default: the machine's cores; ``1``
 runs everything in the calling process).  Workers start by ``forkserver`` (never a fork
@@ -64,12 +62,6 @@ def one_thread(device: str | torch.device = "cpu"):
         torch.set_num_threads(before)
 
 
-def thread_record(device: str | torch.device) -> dict:
-    """What goes into a run config beyond the run's settings: on CPU, the one thread it runs on
-    (:func:`one_thread`), so that a run made on another thread count is never taken for it."""
-    return {"cpu_threads": 1} if torch.device(device).type == "cpu" else {}
-
-
 def _init() -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, _interrupted)
@@ -89,7 +81,7 @@ def _pool_of(n: int) -> ProcessPoolExecutor:
     if _pool is None or _size != n:
         shutdown()
         ctx = get_context("forkserver")
-        ctx.set_forkserver_preload(["handfuse.fusion"])
+        ctx.set_forkserver_preload(["handfuse.grid"])
         _pool, _size = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init), n
     return _pool
 

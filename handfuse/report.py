@@ -61,17 +61,25 @@ def results_table(rows: dict[str, dict], source: str, seeds: int) -> str:
     return head + "\n".join(lines) + note
 
 
-def paired(runs_a: list[dict], runs_b: list[dict], metric: str, centre: str = "gt") -> dict:
+def _seed_score(run, metric: str, centre: str) -> tuple[int, float]:
+    """(seed, score) of a run record, or of its results-file dict."""
+    if isinstance(run, dict):
+        return run["seed"], run["test"][centre][metric]
+    return run.seed, getattr(run.test[centre], metric)
+
+
+def paired(runs_a: list, runs_b: list, metric: str, centre: str = "gt") -> dict:
     """Is ``a`` better than ``b`` on ``metric`` ("accuracy" or "error_mm")?  Runs of the same seed start
     from the same pre-trained models, so the test is *paired*: the 95 % t-interval of the per-seed
-    differences.  Returns ``mean_a``, ``mean_b``, ``diff`` (a - b; accuracy in points), ``hw`` (its
-    half-width), ``seeds`` and ``verdict``: "better" or "worse" only when the interval excludes zero,
-    else "no difference" ("one seed" when there is nothing to pair)."""
+    differences.  ``runs_a`` and ``runs_b`` are run records (or their results-file dicts).  Returns
+    ``mean_a``, ``mean_b``, ``diff`` (a - b; accuracy in points), ``hw`` (its half-width), ``seeds``
+    and ``verdict``: "better" or "worse" only when the interval excludes zero, else "no difference"
+    ("one seed" when there is nothing to pair)."""
     from .metrics import mean_ci95
 
     scale, higher = (100.0, True) if metric == "accuracy" else (1.0, False)
-    by_seed = {r["seed"]: scale * r["test"][centre][metric] for r in runs_b}
-    pairs = [(scale * r["test"][centre][metric], by_seed[r["seed"]]) for r in runs_a if r["seed"] in by_seed]
+    by_seed = {seed: scale * v for seed, v in (_seed_score(r, metric, centre) for r in runs_b)}
+    pairs = [(scale * v, by_seed[seed]) for seed, v in (_seed_score(r, metric, centre) for r in runs_a) if seed in by_seed]
     if not pairs:
         raise ValueError("the two sets of runs share no seed: nothing to compare")
     mean_a, mean_b = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
@@ -85,7 +93,7 @@ def paired(runs_a: list[dict], runs_b: list[dict], metric: str, centre: str = "g
     return {"mean_a": mean_a, "mean_b": mean_b, "diff": diff, "hw": hw, "seeds": len(pairs), "verdict": verdict}
 
 
-def compare(name_a: str, runs_a: list[dict], name_b: str, runs_b: list[dict], metric: str, centre: str = "gt") -> str:
+def compare(name_a: str, runs_a: list, name_b: str, runs_b: list, metric: str, centre: str = "gt") -> str:
     """A plain sentence: is ``a`` better than ``b`` on ``metric``?  (:func:`paired` says how it is decided.)"""
     p = paired(runs_a, runs_b, metric, centre)
     unit, what = ("points", "accuracy") if metric == "accuracy" else ("mm", "pose error")
@@ -97,7 +105,160 @@ def compare(name_a: str, runs_a: list[dict], name_b: str, runs_b: list[dict], me
     return head + f" ± {p['hw']:.2f} over {p['seeds']} paired seeds: **{p['verdict']}**."
 
 
+def compare_all(name_a: str, runs_a: list, name_b: str, runs_b: list, centres=("gt",)) -> str:
+    """**In plain words.** :func:`compare` on accuracy and pose error, for each of ``centres``."""
+    return "**In plain words.** " + " ".join(compare(name_a, runs_a, name_b, runs_b, m, c)
+                                             for c in centres for m in ("accuracy", "error_mm"))
+
+
+def compare_centres(name_a: str, runs_a: list, name_b: str, runs_b: list, centres=("gt", "depth")) -> str:
+    """:func:`compare_all` over ``centres``, each sentence naming its centre: ``"<name_a> (gt centre)'s ..."``."""
+    return "**In plain words.** " + " ".join(compare(f"{name_a} ({c} centre)", runs_a, name_b, runs_b, m, c)
+                                             for c in centres for m in ("accuracy", "error_mm"))
+
+
+# ----------------------------------------------------------------------------- small tables the notebooks show
+
+
+def table(head: list[str], rows: list[list]) -> str:
+    """A Markdown table: a header and rows of cells (each cell written with ``str``)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def counts_table(counts: dict, source: str) -> str:
+    """The dataset's counts (``handfuse.datastats.summary``) as one row."""
+    return table([""] + list(counts), [[source] + list(counts.values())])
+
+
+def realism_table(real: dict, source: str) -> str:
+    """Zero pixels and hand / background depth ranges (``handfuse.datastats.realism``) beside a real FPHA frame's."""
+    return table([source, "zero pixels", "hand depth p5-p95 (mm)", "background depth p5-p95 (mm)"], [
+        ["measured", f"{100 * real['zero_fraction']:.1f}%", f"{real['hand_mm_p5']:.0f}-{real['hand_mm_p95']:.0f}",
+         f"{real['background_mm_p5']:.0f}-{real['background_mm_p95']:.0f}"],
+        ["real FPHA frame (data.md)", "~30%", "~250-500", "~600-1100"]])
+
+
+STANDALONE_ORIGINAL = {"hpe": 14.49, "har_att": 72.3}  # the 2019 slides' standalone numbers (FPHA)
+
+
+def standalone_table(results: dict, source: str, seed: int) -> str:
+    """``01``'s table: ours (one seed) beside the original's FPHA numbers.  ``results`` maps
+    ``hpe``, ``hpe_film``, ``har`` and ``har_att`` to fit results."""
+    rows = [("HPE standalone (mm)", results["hpe"].test["error_mm"], STANDALONE_ORIGINAL["hpe"]),
+            ("HPE + FiLM fed w_eq (mm)", results["hpe_film"].test["error_mm"], None),
+            ("HAR on true pose (%)", 100 * results["har"].test["accuracy"], None),
+            ("HAR + attention on true pose (%)", 100 * results["har_att"].test["accuracy"], STANDALONE_ORIGINAL["har_att"])]
+    return table(["model", f"ours ({source}, seed {seed})", "original (FPHA, 2019)"],
+                 [[name, f"{v:.2f}", "-" if o is None else o] for name, v, o in rows])
+
+
+def two_rows_table(rows: dict[str, dict], centre: str = "gt") -> str:
+    """Pose error and accuracy (mean ± 95 % half-width) of a few labelled rows (``aggregate`` rows)."""
+    return table(["fine-tuning", "pose error (mm)", "accuracy (%)"],
+                 [[label, fmt(row[centre]["error_mm"]), fmt(row[centre]["accuracy"], 1)] for label, row in rows.items()])
+
+
+def sweep_table(values: list, curves: dict[str, dict], original: dict | None = None) -> str:
+    """A p_eq sweep: per value, accuracy (%) / error (mm) of each labelled curve (``{label: {value: row}}``,
+    rows as ``aggregate``'s for one centre), and the original's FPHA numbers where it has them."""
+    head = ["p_eq"] + [f"{label}: accuracy (%) / error (mm)" for label in curves] + (["original (FPHA)"] if original else [])
+    rows = []
+    for v in values:
+        row = [v] + [f"{fmt(c[v]['accuracy'], 1)} / {fmt(c[v]['error_mm'])}" for c in curves.values()]
+        if original:
+            row.append(f"{original[v][0]}% / {original[v][1]:.2f} mm" if v in original else "-")
+        rows.append(row)
+    return table(head, rows)
+
+
+def cost_table(seconds: dict[str, float], reference: str = "baseline") -> str:
+    """Fine-tuning seconds per epoch of each labelled run, and their ratio to ``reference``'s."""
+    return table(["fine-tuning", "s / epoch", f"x {reference}"],
+                 [[k, f"{v:.1f}", f"{v / seconds[reference]:.2f}"] for k, v in seconds.items()])
+
+
+def model_cost_table(cost: list[tuple[str, int, str]]) -> str:
+    """Parameters and forward FLOPs of labelled models: ``cost`` holds ``(label, parameters, FLOPs as text)``."""
+    return table(["model", "parameters", "forward FLOPs"], [[label, f"{n:,}", flops] for label, n, flops in cost])
+
+
+def row_minutes(records: dict[str, list], methods: list[str]) -> dict[str, float]:
+    """One-thread minutes of a grid row (one pair of models): ``pretraining``, summed over the untrained
+    chain's records (one per seed; each carries its pre-trained models' seconds), and ``finetuning``,
+    summed over the seeds of ``methods``.  ``records`` maps ``"untrained"`` and each method to its records."""
+    pretraining = sum(r.pretrained.hpe_seconds + r.pretrained.har_seconds for r in records["untrained"])
+    return {"pretraining": pretraining / 60, "finetuning": sum(r.train_seconds for m in methods for r in records[m]) / 60}
+
+
+def row_time_table(rows: dict[str, dict[str, list]], methods: list[str]) -> str:
+    """Per labelled grid row (``{label: records}``, as :func:`row_minutes` takes them): its one-thread
+    minutes and the trained baseline's median fine-tuning seconds per epoch over the seeds."""
+    from statistics import median
+
+    lines = []
+    for label, records in rows.items():
+        minutes = row_minutes(records, methods)
+        lines.append([label, f"{minutes['pretraining']:.1f}", f"{minutes['finetuning']:.1f}",
+                      f"{median(r.epoch_seconds for r in records['baseline']):.1f}"])
+    return table(["pair", "pre-training (min)", "fine-tuning (min)", "fine-tuning s / epoch (baseline, median)"], lines)
+
+
+def scores_table(scores: dict[str, dict]) -> str:
+    """Pose error (mm) and accuracy (%) of labelled outputs (``{label: {"error_mm", "accuracy" 0-1}}``)."""
+    return table(["output", "pose error (mm)", "accuracy (%)"],
+                 [[k, f"{v['error_mm']:.2f}", f"{100 * v['accuracy']:.1f}"] for k, v in scores.items()])
+
+
+def verdicts(runs: dict, methods: list[str], reference: str = "baseline") -> dict[tuple[str, str], dict]:
+    """:func:`paired` of every method against ``reference`` on accuracy and pose error:
+    ``{(method, metric): result}``; ``runs`` maps a method name to its records."""
+    return {(name, metric): paired(runs[name], runs[reference], metric)
+            for name in methods if name != reference for metric in ("accuracy", "error_mm")}
+
+
+def verdict_table(by_column: dict[str, dict], methods: list[str], reference: str = "baseline") -> str:
+    """One row per method, one column per label of ``by_column`` (``{label: verdicts(...)}``): the paired
+    difference against ``reference`` with its interval and verdict, for accuracy and pose error."""
+    def cell(v: dict) -> str:
+        acc, err = v["accuracy"], v["error_mm"]
+        return (f"accuracy {acc['diff']:+.1f} ± {acc['hw']:.1f} pts (**{acc['verdict']}**); "
+                f"error {err['diff']:+.2f} ± {err['hw']:.2f} mm (**{err['verdict']}**)")
+    rows = [[name] + [cell({m: v[(name, m)] for m in ("accuracy", "error_mm")}) for v in by_column.values()]
+            for name in methods if name != reference]
+    return table(["method"] + list(by_column), rows)
+
+
+def verdict_words(by_column: dict[str, dict], methods: list[str], source: str, seeds: int,
+                  reference: str = "baseline") -> str:
+    """The verdicts of :func:`verdict_table` in plain words: where each method helps, hurts, or cannot be told apart."""
+    words = []
+    for name in [m for m in methods if m != reference]:
+        for metric, what in (("accuracy", "action accuracy"), ("error_mm", "pose error")):
+            helps = [c for c, v in by_column.items() if v[(name, metric)]["verdict"] == "better"]
+            hurts = [c for c, v in by_column.items() if v[(name, metric)]["verdict"] == "worse"]
+            rest = len(by_column) - len(helps) - len(hurts)
+            words.append(f"- **{name}**, {what}: helps for {', '.join(helps) or 'no pair'}; hurts for "
+                         f"{', '.join(hurts) or 'no pair'}; no difference we can tell from the seeds for the "
+                         f"other{'s' if rest != 1 else ''}.")
+    return f"**In plain words** ({source} data, {seeds} seeds):\n" + "\n".join(words)
+
+
 # ----------------------------------------------------------------------------- the summary of a whole run
+
+
+def open_results(preset: str) -> tuple[str, "Path", dict[str, dict]]:
+    """``05``'s set-up: the preset it summarises (its parameter, unless the test suite forces one
+    through ``HANDFUSE_PRESET``), the results folder ``runs/<preset>/results`` and the results files
+    in it (:func:`load_results`).  No data is opened."""
+    from .config import notebook_preset
+    from .paths import runs_dir
+
+    preset = notebook_preset(preset)
+    folder = runs_dir() / preset / "results"
+    results = load_results(folder)
+    print(f"results files in {folder}: {sorted(results)}")
+    return preset, folder, results
 
 
 def load_results(folder) -> dict[str, dict]:

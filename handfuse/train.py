@@ -56,7 +56,7 @@ class TrainConfig:
     val_fraction: float = 0.15  # of the training sequences, per class, held out for validation
     seed: int = 0
     device: str = "cpu"
-    amp: bool = True  # bf16 autocast, on CUDA only (never on CPU: see docs/perf.md)
+    amp: bool = True  # bf16 autocast, on CUDA only (never on CPU, where bf16 is slow: see docs/benchmarks.md)
     max_batches: int | None = None  # cap per epoch (tests, smoke runs)
     compile: bool = False  # torch.compile the training forward (costs minutes cold; evaluation stays eager)
     schedule: str = "constant"  # learning rate per epoch: "constant", or "cosine" (lr down to 0 over `epochs`)
@@ -153,9 +153,9 @@ def finished(run_dir: Path) -> bool:
 
 def adam(params, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.Adam:
     """The training loop's optimiser: Adam with torch's fused kernel, one pass over each parameter
-    instead of a dozen small ops per tensor.  On the 2-core CPU a cpu-preset HPE training step runs
-    x1.04 (one thread) to x1.08 (two) faster than the default single-tensor Adam; the updates agree
-    to float rounding (``tests/test_train.py``)."""
+    instead of a dozen small ops per tensor, which makes a CPU training step faster than the default
+    single-tensor Adam (docs/benchmarks.md); the updates agree to float rounding
+    (``tests/test_train.py``)."""
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 

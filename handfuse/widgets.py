@@ -36,7 +36,7 @@ from torch import nn
 from .animate import (BONE_GROUPS, OTHER_COLOUR, TRUE_COLOUR, bone_polyline, cube_ranges, scene_layout,
                       sequence_outputs, skeleton_traces_3d, top_classes)
 from .datasets import SequenceDataset
-from .fusion import options
+from .methods import options
 from .plots import FINGER_COLOURS
 from .skeleton import ACTIONS, BONES, JOINTS, finger_of
 

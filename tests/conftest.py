@@ -62,7 +62,7 @@ def random_fusion_models(seed: int, attention: bool, film: str = "both", preset:
     from dataclasses import replace
 
     from handfuse.config import get_preset
-    from handfuse.fusion import Pretrained
+    from handfuse.finetune import Pretrained
     from handfuse.models.film import FiLM
     from handfuse.models.interfaces import PosePrior
     from handfuse.models.registry import har_entry, hpe_entry

@@ -1,7 +1,7 @@
 """Checks every fusion method must pass with any pair of models, shared by tests/test_methods.py (the
 default pair, in detail) and tests/test_generality.py (every registered pair).
 
-Each takes pre-trained models (``handfuse.fusion.Pretrained``, random ones from
+Each takes pre-trained models (``handfuse.finetune.Pretrained``, random ones from
 ``conftest.random_fusion_models``) and a collated batch of smoke sequences that contains padding.
 """
 from __future__ import annotations

@@ -171,32 +171,31 @@ def cuda_runs(tmp_path_factory):
 @pytest.mark.parametrize("method,options", [("baseline", {}), ("feedback", {"p_eq": 0.9}),
                                             ("noisy_feedback", {}), ("ensemble", {"attention": True})])
 def test_every_fusion_method_fine_tunes_and_scores_on_cuda(smoke_fusion_data, cuda_runs, monkeypatch, method, options):
-    from handfuse import fusion
     from handfuse.datasets import SequenceDataset
+    from handfuse.finetune import run
 
     monkeypatch.setenv("HANDFUSE_RUNS", str(cuda_runs))
     fpha, cache, _, _ = smoke_fusion_data
     tests = {"gt": SequenceDataset(cache, fpha.test)}
-    record = fusion.run(method, fpha, get_preset("smoke"), 0, tests, device="cuda", cache=cache, progress=False,
-                        **options)
-    assert next(record["model"].parameters()).is_cuda
-    assert np.isfinite(record["test"]["gt"]["error_mm"]) and 0 <= record["test"]["gt"]["accuracy"] <= 1
-    assert record["history"] and all(np.isfinite(h["train_loss"]) for h in record["history"])
+    record = run(method, fpha, get_preset("smoke"), 0, tests, device="cuda", cache=cache, progress=False, **options)
+    assert next(record.model.parameters()).is_cuda
+    assert np.isfinite(record.test.gt.error_mm) and 0 <= record.test.gt.accuracy <= 1
+    assert record.history and all(np.isfinite(h["train_loss"]) for h in record.history)
 
 
 @cuda
 def test_untrained_chain_scores_on_cuda_as_on_cpu(smoke_fusion_data, tmp_path, monkeypatch):
     """The same pre-trained models, chained untrained, score the same test error on both devices."""
-    from handfuse import fusion
+    from handfuse import finetune
     from handfuse.datasets import SequenceDataset
 
     monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path))
     fpha, cache, _, _ = smoke_fusion_data
     tests = {"gt": SequenceDataset(cache, fpha.test)}
-    models = fusion.pretrained(fpha, get_preset("smoke"), 0, False, "fc", "cpu", cache, False)
-    cfg = fusion._method_config("baseline", get_preset("smoke"), {})
-    chain = fusion._build("baseline", models, get_preset("smoke"), cfg, 0)
-    on_cpu = fusion.evaluate(chain, tests)["gt"]
-    on_gpu = fusion.evaluate(chain.cuda(), tests)["gt"]
+    models = finetune.pretrained(fpha, get_preset("smoke"), 0, False, "fc", "cpu", cache, False)
+    cfg = finetune.resolved_config("baseline", get_preset("smoke"), {})
+    chain = finetune.build_method("baseline", models, get_preset("smoke"), cfg, 0)
+    on_cpu = finetune.evaluate(chain, tests)["gt"]
+    on_gpu = finetune.evaluate(chain.cuda(), tests)["gt"]
     assert on_gpu["error_mm"] == pytest.approx(on_cpu["error_mm"], rel=0.01)
     assert abs(on_gpu["accuracy"] - on_cpu["accuracy"]) <= 1 / len(fpha.test) + 1e-9

@@ -180,7 +180,7 @@ def test_projection_round_trips():
     np.testing.assert_allclose(K.backproject(uv, xyz[:, 2]), xyz, rtol=1e-12, atol=1e-9)
     # On the optical axis: the principal point, whatever the depth.
     np.testing.assert_allclose(K.project([[0.0, 0.0, 350.0], [0.0, 0.0, 900.0]]), [[K.u0, K.v0]] * 2)
-    # A point 0.2 z to the right and 0.1 z up: u = u0 + 0.2 fx, v = v0 - 0.1 fy (the README's formula).
+    # A point 0.2 z to the right and 0.1 z up: u = u0 + 0.2 fx, v = v0 - 0.1 fy (docs/data.md's formula).
     np.testing.assert_allclose(K.project([100.0, -50.0, 500.0]), [315.944855 + 0.2 * 475.065948, 245.287079 - 0.1 * 475.065857])
     # A depth map back to points lands on its own pixels; zeros are no measurement.
     d = np.zeros((K.height, K.width), np.uint16)

@@ -6,7 +6,7 @@ deterministic evaluation and the identities the study relies on (the same checks
 tests/test_methods.py, from tests/fusion_checks.py).  Then the second models on their own (the
 ResNet regressor's FiLM identity and speed split; the transformer's causality, padding invariance
 and stepping), the registry, run names and CLI options, and a third model plugged in from
-``examples/third_model.py`` exactly as the README shows it.
+``examples/third_model.py`` (docs/extending.md shows it: tests/test_docs.py).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from conftest import random_fusion_models
 from fusion_checks import (check_deterministic_evaluation, check_ensemble_first_pass,
                            check_feedback_fed_w_eq_is_the_conditioned_hpe, check_feedback_feeds_the_previous_action,
                            check_forward_backward, check_untrained_baseline_is_the_hpe)
-from handfuse import fusion, standalone
+from handfuse import finetune, standalone
 from handfuse.config import get_preset
 from handfuse.errors import ConfigError
 from handfuse.methods import METHODS, build, method_config
@@ -365,7 +365,7 @@ def captured_runs(monkeypatch):
         runs.append((Path(run).name, {**config, "train": asdict(cfg)}))
         return FitResult(config={**config, "train": asdict(cfg)}, run_dir=str(run), test={"error_mm": 0.0})
 
-    for module in (standalone, fusion):
+    for module in (standalone, finetune):
         monkeypatch.setattr(module, "fit", fake_fit)
     return runs
 
@@ -373,10 +373,10 @@ def captured_runs(monkeypatch):
 @pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
 def test_run_names_carry_the_models_and_the_default_pairs_are_unchanged(pair, captured_runs, data, tmp_path):
     fpha, cache, _, _ = data
-    models = fusion.pretrained(fpha, PRESET, 0, attention=True, film="fc", cache=cache, progress=False,
+    models = finetune.pretrained(fpha, PRESET, 0, attention=True, film="fc", cache=cache, progress=False,
                                hpe_model=pair[0], har_model=pair[1])
-    fusion.finetune("feedback", models, fpha, PRESET, method_config("feedback", film="fc"), 0, cache=cache,
-                    root=tmp_path, progress=False)
+    finetune.finetune("feedback", models, fpha, PRESET, method_config("feedback", film="fc"), 0, cache=cache,
+                      root=tmp_path, progress=False)
     (hpe_run, hpe_config), (har_run, har_config), (fuse_run, _) = captured_runs
     default = pair == ("deepprior", "lstm")
     assert hpe_run.startswith("hpe-fc-" if pair[0] == "deepprior" else f"hpe-{pair[0]}-fc-")
@@ -440,8 +440,3 @@ def test_the_third_recogniser_runs_every_method(name, third_model, data):
     if name == "feedback":  # stepped: the step API and the hidden state of the interface
         check_feedback_fed_w_eq_is_the_conditioned_hpe(_models(("deepprior", "gru"), 2, True), batch, "both", HALF)
 
-
-def test_the_docs_show_exactly_the_example_that_runs():
-    doc = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
-    assert (ROOT / "examples" / "third_model.py").read_text() in blocks

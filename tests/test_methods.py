@@ -21,8 +21,11 @@ from fusion_checks import (check_deterministic_evaluation, check_ensemble_first_
 from handfuse.config import get_preset
 from handfuse.datasets import SequenceDataset
 from handfuse.errors import ConfigError
-from handfuse import fusion as fusion_module
-from handfuse.fusion import FusionTask, Pretrained, aggregate, finetune, run_name
+from handfuse import finetune as fusion_module
+from handfuse.finetune import FusionTask, Pretrained, finetune
+from handfuse.methods import options
+from handfuse.records import PretrainedScores, RunRecord, CentreScores, aggregate
+from handfuse.runs import ScoreStore, fingerprint, run_folder
 from handfuse.methods import METHODS, build, evaluate_sequences, method_config
 from handfuse.methods.noise import perturb
 from handfuse.models.film import FiLM
@@ -167,8 +170,11 @@ def test_finetuning_runs_through_fit_and_is_deterministic(data, tmp_path):
     assert Path(results[0].run_dir).name == Path(results[1].run_dir).name  # the name is the configuration's
     train = PRESET.train_fuse
     config = {"method": "feedback", "fusion": asdict(cfg)}
-    names = {run_name("feedback", config, train, 0), run_name("feedback", {**config, "fusion": asdict(replace(cfg, p_eq=0.6))}, train, 0),
-             run_name("feedback", config, replace(train, lr=2 * train.lr), 0), run_name("feedback", config, train, 1)}
+    def run_name(config, train, seed):
+        return run_folder(PRESET, "fuse-feedback", config, train, seed, tmp_path).name
+
+    names = {run_name(config, train, 0), run_name({**config, "fusion": asdict(replace(cfg, p_eq=0.6))}, train, 0),
+             run_name(config, replace(train, lr=2 * train.lr), 0), run_name(config, train, 1)}
     assert len(names) == 4  # options, training settings and seed each name their own folder
 
 
@@ -207,18 +213,18 @@ def test_stored_scores_are_the_evaluation_and_follow_the_weights(data, tmp_path,
     calls = []
     monkeypatch.setattr(fusion_module, "evaluate_sequences",
                         lambda m, d, batch_size: calls.append(d) or evaluate_sequences(m, d, batch_size))
-    store = fusion_module.ScoreStore(tmp_path, "weights A")
+    store = ScoreStore(tmp_path, "weights A")
     first = fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)}, store=store)["gt"]
     again = fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)},
-                                   store=fusion_module.ScoreStore(tmp_path, "weights A"))["gt"]
+                                   store=ScoreStore(tmp_path, "weights A"))["gt"]
     assert len(calls) == 1
     assert {k: again[k] for k in ("error_mm", "accuracy", "loss")} == {k: first[k] for k in ("error_mm", "accuracy", "loss")}
     assert np.array_equal(again["logits"], first["logits"]) and np.array_equal(again["labels"], first["labels"])
     assert all(np.array_equal(a, b) for a, b in zip(again["frame_error_mm"], first["frame_error_mm"], strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(again["attention"], first["attention"], strict=True))
     # other weights, other options of the same weights, other frames: each evaluated, each stored on its own
-    fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)}, store=fusion_module.ScoreStore(tmp_path, "weights B"))
-    with fusion_module.options(model, eval_feed="w_eq"):
+    fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)}, store=ScoreStore(tmp_path, "weights B"))
+    with options(model, eval_feed="w_eq"):
         fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test)}, store=store)
     fusion_module.evaluate(model, {"gt": SequenceDataset(cache, fpha.test[:-1])}, store=store)
     assert len(calls) == 4 and len(list(tmp_path.glob("*.pt"))) == 4
@@ -227,11 +233,11 @@ def test_stored_scores_are_the_evaluation_and_follow_the_weights(data, tmp_path,
 def test_weights_fingerprint_changes_when_a_run_is_trained_again(tmp_path):
     (tmp_path / "result.json").write_text('{"seconds": 1.0}')
     run = FitResult(run_dir=str(tmp_path))
-    before = fusion_module._fingerprint(run)
-    assert fusion_module._fingerprint(FitResult(run_dir=str(tmp_path))) == before
+    before = fingerprint(run)
+    assert fingerprint(FitResult(run_dir=str(tmp_path))) == before
     (tmp_path / "result.json").write_text('{"seconds": 1.5}')  # what a second training run writes
-    assert fusion_module._fingerprint(run) != before
-    assert fusion_module._fingerprint(FitResult(test={"error_mm": 1.0})) != fusion_module._fingerprint(FitResult(test={"error_mm": 2.0}))
+    assert fingerprint(run) != before
+    assert fingerprint(FitResult(test={"error_mm": 1.0})) != fingerprint(FitResult(test={"error_mm": 2.0}))
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -272,7 +278,9 @@ def test_fusion_task_batches_cover_the_split(data):
 
 
 def test_aggregate_gives_means_and_intervals():
-    records = [{"test": {"gt": {"error_mm": e, "accuracy": a}}} for e, a in ((10.0, 0.5), (12.0, 0.7), (11.0, 0.6))]
+    scores = PretrainedScores(1.0, 1.0, 0.5, 0.0, 0.0)
+    records = [RunRecord("baseline", seed, True, "deepprior", "lstm", {}, CentreScores.of({"gt": {"error_mm": e, "accuracy": a}}),
+                         scores) for seed, (e, a) in enumerate(((10.0, 0.5), (12.0, 0.7), (11.0, 0.6)))]
     agg = aggregate(records)["gt"]
     assert agg["error_mm"][0] == pytest.approx(11.0) and agg["accuracy"][0] == pytest.approx(60.0)
     assert agg["error_mm"][1] == pytest.approx(4.302652730 * 1.0 / np.sqrt(3))
@@ -301,7 +309,7 @@ def test_film_trained_on_w_eq_alone_ignores_the_action_until_given_a_response():
 
 
 def test_mix_grid_and_passes_agree_with_evaluating_each_mix(data):
-    from handfuse.fusion import ensemble_passes, mix_grid, options
+    from handfuse.methods.ensemble import ensemble_passes, mix_grid
 
     _, _, seqs, _ = data
     model = build("ensemble", _models(11, False), HALF, method_config("ensemble", eta=0.5, zeta=0.5))
@@ -319,7 +327,7 @@ def test_mix_grid_and_passes_agree_with_evaluating_each_mix(data):
 
 
 def test_depth_centred_test_set_differs_from_the_ground_truth_one(data):
-    from handfuse.fusion import test_sets
+    from handfuse.finetune import test_sets
 
     fpha, cache, _, _ = data
     sets = test_sets(fpha, PRESET, cache, progress=False)

@@ -1,4 +1,4 @@
-"""Runs side by side (handfuse.pool, fusion.run_many): the same records as one after the other,
+"""Runs side by side (handfuse.pool, handfuse.grid.run_many): the same records as one after the other,
 one thread per run wherever it runs, and failures that name their run."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handfuse import fusion, pool
+from handfuse import finetune, grid, pool, standalone
+from handfuse.datasets import SequenceDataset
 from handfuse.cache import get_cache
 from handfuse.config import get_preset
 from handfuse.fpha import FPHA
@@ -131,8 +132,8 @@ def smoke(tmp_path_factory):
     with pytest.MonkeyPatch.context() as m:
         m.setenv("HANDFUSE_RUNS", str(runs))
         for seed in (0, 1):
-            fusion.pretrained(fpha, P, seed, False, P.film, cache=cache, progress=False)
-    return fpha, cache, fusion.test_sets(fpha, P, cache, progress=False), runs / P.name / "models"
+            finetune.pretrained(fpha, P, seed, False, P.film, cache=cache, progress=False)
+    return fpha, cache, finetune.test_sets(fpha, P, cache, progress=False), runs / P.name / "models"
 
 
 def _runs_with_pretrained(smoke, folder: Path, monkeypatch) -> Path:
@@ -147,7 +148,7 @@ SPECS = {"chain": {"method": "baseline", "trained": False}, "tuned": {"method": 
 
 
 def _scores(records: dict) -> dict:
-    return {k: [(r["seed"], r["test"], [h["train_loss"] for h in r["history"]], r["frame_error_mm"]) for r in v]
+    return {k: [(r.seed, r.test, [h["train_loss"] for h in r.history], r.frame_error_mm) for r in v]
             for k, v in records.items()}
 
 
@@ -155,7 +156,7 @@ def test_side_by_side_gives_the_records_of_one_after_the_other(smoke, tmp_path, 
     fpha, cache, tests, _ = smoke
     models = _runs_with_pretrained(smoke, tmp_path / "pooled", monkeypatch)
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
-    pooled = fusion.run_many(SPECS, fpha, P, [0, 1], tests, cache=cache, progress=False)
+    pooled = grid.run_many(SPECS, fpha, P, [0, 1], tests, cache=cache, progress=False)
     tuned = sorted(models.glob("fuse-feedback-*"))
     assert len(tuned) == 2 and all(json.loads((d / "result.json").read_text())["config"]["cpu_threads"] == 1 for d in tuned)
 
@@ -165,11 +166,11 @@ def test_side_by_side_gives_the_records_of_one_after_the_other(smoke, tmp_path, 
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # the calling process's own thread count must not matter
     try:
-        here = fusion.run_many(SPECS, fpha, P, [0, 1], tests, cache=cache, progress=False)
+        here = grid.run_many(SPECS, fpha, P, [0, 1], tests, cache=cache, progress=False)
     finally:
         torch.set_num_threads(before)
     assert _scores(here) == _scores(pooled)
-    assert [r["seed"] for r in pooled["tuned"]] == [0, 1] and all(r["history"] for r in pooled["tuned"])
+    assert [r.seed for r in pooled["tuned"]] == [0, 1] and all(r.history for r in pooled["tuned"])
 
 
 def test_side_by_side_runs_are_trained_by_the_workers_and_loaded_here(smoke, tmp_path, monkeypatch):
@@ -180,33 +181,33 @@ def test_side_by_side_runs_are_trained_by_the_workers_and_loaded_here(smoke, tmp
     def no_training_here(*args, **kwargs):
         raise AssertionError("a side-by-side run was trained in the calling process")
 
-    monkeypatch.setattr(fusion.FusionTask, "batches", no_training_here)  # the workers' copy is untouched
-    records = fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False, keep_model=True)
-    assert [r["seed"] for r in records] == [0, 1] and all(r["history"] and r["model"] is not None for r in records)
+    monkeypatch.setattr(finetune.FusionTask, "batches", no_training_here)  # the workers' copy is untouched
+    records = grid.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False, keep_model=True)
+    assert [r.seed for r in records] == [0, 1] and all(r.history and r.model is not None for r in records)
     # one after the other, the same call trains here
     monkeypatch.setenv("HANDFUSE_WORKERS", "1")
     with pytest.raises(AssertionError, match="trained in the calling process"):
-        fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False, w_nll=0.5)
+        grid.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False, w_nll=0.5)
 
 
 def test_test_sets_a_worker_cannot_rebuild_run_here(smoke, tmp_path, monkeypatch):
     fpha, cache, tests, _ = smoke
     _runs_with_pretrained(smoke, tmp_path, monkeypatch)
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
-    fewer = {"gt": fusion.SequenceDataset(cache, fpha.test[:-1])}
-    assert not fusion._standard_tests(fpha, P, cache, fewer)
-    assert fusion._standard_tests(fpha, P, cache, {"gt": tests["gt"]})
+    fewer = {"gt": SequenceDataset(cache, fpha.test[:-1])}
+    assert not grid.standard_tests(fpha, P, cache, fewer)
+    assert grid.standard_tests(fpha, P, cache, {"gt": tests["gt"]})
     calls = []
-    monkeypatch.setattr(fusion, "map_jobs", lambda *a, **k: calls.append(a))
-    records = fusion.run_many({"chain": SPECS["chain"]}, fpha, P, [0, 1], fewer, cache=cache, progress=False)
-    assert calls == [] and [r["seed"] for r in records["chain"]] == [0, 1]
-    assert all(len(r["frame_error_mm"]["gt"]) == len(fpha.test) - 1 for r in records["chain"])
+    monkeypatch.setattr(grid, "map_jobs", lambda *a, **k: calls.append(a))
+    records = grid.run_many({"chain": SPECS["chain"]}, fpha, P, [0, 1], fewer, cache=cache, progress=False)
+    assert calls == [] and [r.seed for r in records["chain"]] == [0, 1]
+    assert all(len(r.frame_error_mm["gt"]) == len(fpha.test) - 1 for r in records["chain"])
 
 
 def test_a_spec_without_a_method_is_refused(smoke):
     fpha, cache, tests, _ = smoke
     with pytest.raises(ValueError, match="spec 'x' names no method"):
-        fusion.run_many({"x": {"trained": False}}, fpha, P, [0], tests, cache=cache, progress=False)
+        grid.run_many({"x": {"trained": False}}, fpha, P, [0], tests, cache=cache, progress=False)
 
 
 def test_a_failing_run_names_itself(smoke, tmp_path, monkeypatch):
@@ -214,19 +215,19 @@ def test_a_failing_run_names_itself(smoke, tmp_path, monkeypatch):
     _runs_with_pretrained(smoke, tmp_path, monkeypatch)
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
     # an interrupted run with a corrupt checkpoint: the worker that resumes it fails, and says which run it was
-    fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+    grid.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
     for result in Path(tmp_path, P.name, "models").glob("fuse-baseline-*/result.json"):
         result.unlink()  # both runs interrupted: both go to the workers
     run = sorted(Path(tmp_path, P.name, "models").glob("fuse-baseline-*-seed1"))[0]
     (run / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match=r"fusion run .*'method': 'baseline'.*seed 1: failed in a worker process.*last.pt"):
-        fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+        grid.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
     # a corrupt finished run is loaded here, and refused naming its file
     (run / "last.pt").unlink()  # seed 1 starts again
-    fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+    grid.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
     (run / "best.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"seed1/best.pt: not a handfuse checkpoint"):
-        fusion.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
+        grid.run_seeds("baseline", fpha, P, [0, 1], tests, cache=cache, progress=False)
 
 
 def test_two_specs_naming_one_run_train_it_once_and_spec_seeds_win(smoke, tmp_path, monkeypatch):
@@ -234,16 +235,16 @@ def test_two_specs_naming_one_run_train_it_once_and_spec_seeds_win(smoke, tmp_pa
     _runs_with_pretrained(smoke, tmp_path, monkeypatch)
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
     handed = []
-    real = fusion.map_jobs
-    monkeypatch.setattr(fusion, "map_jobs", lambda fn, jobs, **k: handed.extend(jobs) or real(fn, jobs, **k))
-    out = fusion.run_many({"a": {"method": "baseline", "w_nll": 0.5}, "b": {"method": "baseline", "w_nll": 0.5},
+    real = grid.map_jobs
+    monkeypatch.setattr(grid, "map_jobs", lambda fn, jobs, **k: handed.extend(jobs) or real(fn, jobs, **k))
+    out = grid.run_many({"a": {"method": "baseline", "w_nll": 0.5}, "b": {"method": "baseline", "w_nll": 0.5},
                            "one": {"method": "baseline", "w_nll": 0.25, "seeds": [1]}},
                           fpha, P, [0, 1], tests, cache=cache, progress=False, keep_model=["one"])
-    assert out["one"][0]["model"] is not None and all("model" not in r for r in out["a"] + out["b"])  # live models only where asked
+    assert out["one"][0].model is not None and all(r.model is None for r in out["a"] + out["b"])  # live models only where asked
     assert sorted((j["run"]["spec"]["w_nll"], j["run"]["seed"]) for j in handed) == [(0.25, 1), (0.5, 0), (0.5, 1)]
-    assert [r["seed"] for r in out["one"]] == [1] and _scores({"x": out["a"]}) == _scores({"x": out["b"]})
+    assert [r.seed for r in out["one"]] == [1] and _scores({"x": out["a"]}) == _scores({"x": out["b"]})
     handed.clear()  # finished runs are loaded, not handed over again
-    again = fusion.run_many({"a": {"method": "baseline", "w_nll": 0.5}}, fpha, P, [0, 1], tests, cache=cache, progress=False)
+    again = grid.run_many({"a": {"method": "baseline", "w_nll": 0.5}}, fpha, P, [0, 1], tests, cache=cache, progress=False)
     assert handed == [] and _scores(again) == _scores({"a": out["a"]})
 
 
@@ -254,16 +255,16 @@ def test_pretrainings_go_to_the_workers_first_and_give_the_records_of_one_after_
     monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "pooled"))  # nothing pre-trained yet
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
     handed = []
-    real = fusion.map_jobs
-    monkeypatch.setattr(fusion, "map_jobs", lambda fn, jobs, **k: handed.append((jobs, k["after"])) or real(fn, jobs, **k))
+    real = grid.map_jobs
+    monkeypatch.setattr(grid, "map_jobs", lambda fn, jobs, **k: handed.append((jobs, k["after"])) or real(fn, jobs, **k))
 
     def no_training_here(*args, **kwargs):
         raise AssertionError("a pre-training ran in the calling process")
 
     with monkeypatch.context() as m:
-        m.setattr(fusion.standalone.HPETask, "batches", no_training_here)  # the workers' copies are untouched
-        m.setattr(fusion.standalone.HARTask, "batches", no_training_here)
-        pooled = fusion.run_many(specs, fpha, P, [0, 1], tests, cache=cache, progress=False)
+        m.setattr(standalone.HPETask, "batches", no_training_here)  # the workers' copies are untouched
+        m.setattr(standalone.HARTask, "batches", no_training_here)
+        pooled = grid.run_many(specs, fpha, P, [0, 1], tests, cache=cache, progress=False)
     (jobs, after), = handed
     kinds = [(j["pretrain"]["kind"], j["pretrain"]["kwargs"]["seed"], j["pretrain"]["kwargs"].get("attention"))
              for j in jobs if "pretrain" in j]
@@ -282,13 +283,13 @@ def test_pretrainings_go_to_the_workers_first_and_give_the_records_of_one_after_
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        here = fusion.run_many(specs, fpha, P, [0, 1], tests, cache=cache, progress=False)
+        here = grid.run_many(specs, fpha, P, [0, 1], tests, cache=cache, progress=False)
     finally:
         torch.set_num_threads(before)
     assert _scores(here) == _scores(pooled)
     scores = ("hpe_error_mm", "hpe_film_error_mm", "har_accuracy")  # the pre-trained models', not their times
-    assert ([[r["pretrained"][s] for s in scores] for k in specs for r in here[k]]
-            == [[r["pretrained"][s] for s in scores] for k in specs for r in pooled[k]])
+    assert ([[getattr(r.pretrained, s) for s in scores] for k in specs for r in here[k]]
+            == [[getattr(r.pretrained, s) for s in scores] for k in specs for r in pooled[k]])
 
 
 def test_pretrain_many_trains_side_by_side_what_pretrain_would_train_here(smoke, tmp_path, monkeypatch):
@@ -297,10 +298,10 @@ def test_pretrain_many_trains_side_by_side_what_pretrain_would_train_here(smoke,
                 ("har", {"attention": True, "seed": 2})]
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
     monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "pooled"))
-    pooled = fusion.standalone.pretrain_many(fpha, P, requests, cache=cache, progress=False)
+    pooled = grid.pretrain_many(fpha, P, requests, cache=cache, progress=False)
     assert len(list((tmp_path / "pooled" / P.name / "models").glob("*-seed2"))) == 3
     monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "here"))
     for (kind, kwargs), (model, result) in zip(requests, pooled):
-        _, alone = fusion.standalone.pretrain(fpha, P, kind, kwargs, cache=cache, progress=False)
+        _, alone = standalone.pretrain(fpha, P, kind, kwargs, cache=cache, progress=False)
         assert result.test == alone.test and result.history[-1]["train_loss"] == alone.history[-1]["train_loss"]
         assert result.config == alone.config and model is not None

@@ -20,7 +20,7 @@ from handfuse.camera import FPHA_DEPTH
 from handfuse.config import get_preset
 from handfuse.datasets import SequenceDataset
 from handfuse.fpha import FPHA
-from handfuse.fusion import Pretrained
+from handfuse.finetune import Pretrained
 from handfuse.methods import build, method_config
 from handfuse.methods.baseline import SequentialBaseline
 from handfuse.paths import ensure_synthetic

@@ -9,15 +9,21 @@
 
 Temporal attention is a switch (``FusionConfig.attention``), not a method: it picks
 the HAR.  :func:`build` makes any of them from the pre-trained models; a variant is
-data (a dict of FusionConfig defaults), not a subclass.
+data (a dict of FusionConfig defaults), not a subclass.  :data:`HEADLINE` holds the
+options every notebook runs each method with; :func:`register_method` adds a method
+from outside the package (``docs/extending.md``).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import replace
 
-from ..config import from_dict
+from torch import nn
+
+from ..dataconfig import from_dict
 from ..errors import ConfigError
 from .baseline import SequentialBaseline
-from .common import FusionConfig, FusionMethod, evaluate_sequences
+from .common import P_EQ_SCHEDULES, FusionConfig, FusionMethod, evaluate_sequences
 from .ensemble import TwoHPEEnsemble
 from .feedback import ActionFeedback
 
@@ -28,6 +34,38 @@ METHODS: dict[str, tuple[type[FusionMethod], dict]] = {
     "noisy_feedback": (ActionFeedback, {"noise": "dirichlet", "p_eq": 0.0}),
     "ensemble": (TwoHPEEnsemble, {}),
 }
+BUILTIN = frozenset(METHODS)  # what a fresh process knows by name (a pool worker, say)
+
+# the options the study's tables run each method with (02-04, 06 and 07 read them from here; a
+# notebook parameter left at None means "the headline's")
+HEADLINE: dict[str, dict] = {
+    "baseline": {},
+    "feedback": {"p_eq": 0.95},  # the original's coin
+    "noisy_feedback": {"noise": "dirichlet", "noise_level": 0.5, "p_eq": 0.0},
+    "ensemble": {"eta": 0.5, "zeta": 0.5, "train_hpe1": False, "p_eq": 0.95},  # the original's mix, HPE1 frozen
+}
+
+
+def headline(name: str, **overrides) -> dict:
+    """The headline options of method ``name``, with the ``overrides`` that are not None."""
+    if name not in METHODS:
+        raise ConfigError("method", name, f"one of {sorted(METHODS)}")
+    return {**HEADLINE.get(name, {}), **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def register_method(name: str, cls: type[FusionMethod], defaults: dict | None = None,
+                    headline_options: dict | None = None) -> None:
+    """Add fusion method ``name`` (a :class:`FusionMethod` subclass) with its FusionConfig ``defaults``
+    and, optionally, the options the tables should run it with."""
+    if name in METHODS:
+        raise ValueError(f"a fusion method named {name!r} is already registered")
+    if not (isinstance(cls, type) and issubclass(cls, FusionMethod)):
+        raise TypeError(f"register_method({name!r}): {cls!r} is not a FusionMethod subclass")
+    method_config_defaults = dict(defaults or {})
+    from_dict(FusionConfig, method_config_defaults, prefix=f"{name}.")  # unknown fields refused now, by name
+    METHODS[name] = (cls, method_config_defaults)
+    if headline_options is not None:
+        HEADLINE[name] = dict(headline_options)
 
 
 def method_config(name: str, **options) -> FusionConfig:
@@ -46,5 +84,18 @@ def build(name: str, models, half_cube_mm: float, cfg: FusionConfig | None = Non
     return METHODS[name][0].from_pretrained(models, half_cube_mm, cfg)
 
 
-__all__ = ["METHODS", "FusionConfig", "FusionMethod", "SequentialBaseline", "ActionFeedback", "TwoHPEEnsemble",
-           "build", "evaluate_sequences", "method_config"]
+@contextmanager
+def options(model: nn.Module, **fields):
+    """Evaluate the same weights with other FusionConfig ``fields`` inside the block, e.g.
+    ``eval_feed="w_eq"`` (feedback without feeding) or ``eta=0.1, zeta=0.9`` (another ensemble mix)."""
+    old = model.cfg
+    model.cfg = replace(old, **fields)
+    try:
+        yield model
+    finally:
+        model.cfg = old
+
+
+__all__ = ["BUILTIN", "HEADLINE", "METHODS", "P_EQ_SCHEDULES", "FusionConfig", "FusionMethod", "SequentialBaseline",
+           "ActionFeedback", "TwoHPEEnsemble", "build", "evaluate_sequences", "headline", "method_config", "options",
+           "register_method"]

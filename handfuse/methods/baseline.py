@@ -30,7 +30,7 @@ class SequentialBaseline(FusionMethod):
 
     @classmethod
     def from_pretrained(cls, models, half_cube_mm: float, cfg: FusionConfig) -> SequentialBaseline:
-        """From :class:`handfuse.fusion.Pretrained` (copies: fine-tuning never touches the originals)."""
+        """From :class:`handfuse.finetune.Pretrained` (copies: fine-tuning never touches the originals)."""
         return cls(copy.deepcopy(models.hpe), copy.deepcopy(models.har), half_cube_mm, cfg)
 
     def forward(self, depth: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor) -> dict:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..datasets import SequenceDataset, collate_sequences
-from ..models.film import uniform_action
+from ..models.film import CONDITIONED, uniform_action
 from ..models.interfaces import PosePrior
 from ..errors import check
 from ..metrics import accuracy
@@ -45,6 +46,18 @@ from .noise import perturb
 FEEDS = ("prediction", "w_eq", "mix")  # what a feedback HPE is fed at evaluation (see FusionConfig)
 NOISES = ("none", "smooth", "dirichlet", "temperature")
 COINS = ("step", "item")
+
+
+def constant_p_eq(p_eq: float, epoch: int, epochs: int) -> float:
+    """The original's coin: ``p_eq`` at every epoch."""
+    return p_eq
+
+
+# p_eq schedules by name: (p_eq, epoch, epochs) -> the probability of feeding w_eq at that epoch
+# of fine-tuning.  FusionConfig.p_eq_schedule picks one; docs/extending.md adds another.
+P_EQ_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
+    "constant": constant_p_eq,
+}
 
 
 def _is_prob(x: object) -> bool:
@@ -66,6 +79,7 @@ class FusionConfig:
     freeze_norm: bool = True  # batch-norm statistics and dropout frozen while fine-tuning (the original)
     # feedback (and the ensemble's second pass): the p_eq coin, training only
     p_eq: float = 0.95  # probability of feeding w_eq instead of the prediction at a step
+    p_eq_schedule: str = "constant"  # how p_eq moves over the fine-tuning epochs: a name in P_EQ_SCHEDULES
     coin: str = "step"  # "step": one draw per step for the whole batch (the original); "item": per sequence
     feedback_grad: bool = True  # gradients flow through the fed-back action (the original let them)
     eval_feed: str = "prediction"  # evaluation feeds the prediction, w_eq, or "mix": eval_mix*w_eq + (1-eval_mix)*pred
@@ -92,7 +106,9 @@ class FusionConfig:
             check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0, f"fusion.{name}",
                   value, "a weight >= 0")
         check(self.w_nll + self.w_pose > 0, "fusion.w_nll", self.w_nll, "w_nll + w_pose > 0 (nothing to train on)")
-        check(self.film in ("blocks", "fc", "both"), "fusion.film", self.film, "one of ('blocks', 'fc', 'both')")
+        check(self.film in CONDITIONED, "fusion.film", self.film, f"one of {CONDITIONED}")
+        check(self.p_eq_schedule in P_EQ_SCHEDULES, "fusion.p_eq_schedule", self.p_eq_schedule,
+              f"one of {sorted(P_EQ_SCHEDULES)}")
         check(self.coin in COINS, "fusion.coin", self.coin, f"one of {COINS}")
         check(self.eval_feed in FEEDS, "fusion.eval_feed", self.eval_feed, f"one of {FEEDS}")
         check(self.noise in NOISES, "fusion.noise", self.noise, f"one of {NOISES}")
@@ -117,16 +133,18 @@ def scatter_frames(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, out, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
-def w_eq_mask(mask: torch.Tensor, cfg: FusionConfig, training: bool, first_frame: bool = True) -> torch.Tensor:
+def w_eq_mask(mask: torch.Tensor, cfg: FusionConfig, training: bool, first_frame: bool = True,
+              p_eq: float | None = None) -> torch.Tensor:
     """(B, T) bool: the frames fed ``w_eq``; frame 0 always with ``first_frame`` (step-by-step
     feedback: nothing has been recognised yet).
     Training draws the p_eq coin (per step for the whole batch, or per item: ``cfg.coin``) from
-    torch's global generator; evaluation never does: every frame with ``eval_feed="w_eq"``, none
-    after frame 0 otherwise."""
+    torch's global generator, with probability ``p_eq`` (default ``cfg.p_eq``; a method passes its
+    scheduled value, :meth:`FusionMethod.p_eq_now`); evaluation never does: every frame with
+    ``eval_feed="w_eq"``, none after frame 0 otherwise."""
     B, T = mask.shape
     if training:
         shape = (1, T) if cfg.coin == "step" else (B, T)
-        fed = (torch.rand(shape) < cfg.p_eq).expand(B, T).to(mask.device)
+        fed = (torch.rand(shape) < (cfg.p_eq if p_eq is None else p_eq)).expand(B, T).to(mask.device)
     else:
         fed = torch.full((B, T), cfg.eval_feed == "w_eq", dtype=torch.bool, device=mask.device)
     if first_frame:
@@ -136,11 +154,25 @@ def w_eq_mask(mask: torch.Tensor, cfg: FusionConfig, training: bool, first_frame
 
 
 class FusionMethod(nn.Module):
-    """Base of the fusion methods: the shared options, unit conversion, the joint loss and frozen norms."""
+    """Base of the fusion methods: the shared options, unit conversion, the joint loss and frozen norms.
+
+    A subclass implements ``from_pretrained(models, half_cube_mm, cfg)`` and ``forward(depth, centre,
+    mask)`` (the module docstring says what it returns); :func:`handfuse.methods.register_method`
+    names it.  Fine-tuning tells it the epoch before every step (:meth:`at_epoch`), so anything that
+    changes over training reads it here, as :meth:`p_eq_now` does."""
 
     def __init__(self, cfg: FusionConfig, half_cube_mm: float):
         super().__init__()
         self.cfg, self.half_cube = cfg, float(half_cube_mm)
+        self.epoch, self.epochs = 0, 1
+
+    def at_epoch(self, epoch: int, epochs: int) -> None:
+        """Fine-tuning is at ``epoch`` (from 0) of ``epochs``."""
+        self.epoch, self.epochs = epoch, epochs
+
+    def p_eq_now(self) -> float:
+        """The coin's probability of feeding w_eq at the current epoch: ``cfg.p_eq_schedule`` applied to ``cfg.p_eq``."""
+        return P_EQ_SCHEDULES[self.cfg.p_eq_schedule](self.cfg.p_eq, self.epoch, self.epochs)
 
     def to_mm(self, joints: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """Normalised joints (..., 21, 3) around crop centres (..., 3) -> mm."""

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets import pose_features
+from ..datasets import collate_sequences, pose_features
 from ..errors import ConfigError
-from ..models.film import uniform_action
+from ..models.film import CONDITIONED, uniform_action
 from ..models.interfaces import ActionRecogniser, PoseEstimator
+from ..pool import one_thread
 from .common import FusionConfig, FusionMethod, conditioned_copy, scatter_frames, w_eq_mask
 
 
@@ -43,7 +45,7 @@ class TwoHPEEnsemble(FusionMethod):
                  cfg: FusionConfig = FusionConfig()):
         super().__init__(cfg, half_cube_mm)
         if not hpe2.accepts_action:
-            raise ConfigError("hpe.film", "none", "a FiLM placement for HPE2 ('blocks', 'fc' or 'both')")
+            raise ConfigError("hpe.film", "none", f"a FiLM placement for HPE2 (one of {CONDITIONED})")
         self.hpe1, self.hpe2, self.har = hpe1, hpe2, har
         self.set_trainable(self.hpe1, cfg.train_hpe1)
         self.set_trainable(self.hpe2, cfg.train_hpe2)
@@ -67,7 +69,7 @@ class TwoHPEEnsemble(FusionMethod):
         p = self.fed_action(logits)  # (B, 45)
         per_frame = p[:, None].expand(B, T, p.shape[-1])  # (B, T, 45)
         # the coin (training) or eval_feed="w_eq"; frame 0 is not special here: z' is already known
-        fed_w_eq = w_eq_mask(mask, self.cfg, self.training, first_frame=False)  # (B, T)
+        fed_w_eq = w_eq_mask(mask, self.cfg, self.training, first_frame=False, p_eq=self.p_eq_now())  # (B, T)
         per_frame = torch.where(fed_w_eq[..., None], uniform_action(1, p.device, p.dtype), per_frame)
         return per_frame[mask]
 
@@ -82,3 +84,48 @@ class TwoHPEEnsemble(FusionMethod):
         return {"joints_mm": eta * joints2 + (1 - eta) * joints1, "logits": logits,
                 "step_logits": out1["step_logits"], "attention": out1["attention"],
                 "first": {"joints_mm": joints1, **out1}, "second": {"joints_mm": joints2, **out2}}
+
+
+# ----------------------------------------------------------------------------- the two passes, re-mixed
+
+
+def _outputs(model: TwoHPEEnsemble, data, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Both passes of a two-HPE ensemble on ``data`` (a SequenceDataset), evaluated once: the valid
+    frames' joints of each pass (N, 21, 3) and the truth, each pass's sequence log-probabilities
+    (n, 45), the labels."""
+    device = next(model.parameters()).device
+    model.eval()
+    parts = {k: [] for k in ("j1", "j2", "true", "l1", "l2", "label")}
+    with torch.inference_mode(), one_thread(device):
+        for start in range(0, len(data), batch_size):
+            batch = collate_sequences([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            mask = batch["mask"]
+            out = model(batch["depth"].to(device), batch["centre"].to(device), mask.to(device))
+            for key, p in (("1", out["first"]), ("2", out["second"])):
+                parts["j" + key].append(p["joints_mm"][mask.to(device)].double().cpu().numpy())
+                parts["l" + key].append(torch.log_softmax(p["logits"].double(), -1).cpu().numpy())
+            parts["true"].append(batch["joints_mm"][mask].double().numpy())
+            parts["label"].append(batch["label"].numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _mixed(o: dict[str, np.ndarray], eta: float, zeta: float) -> dict[str, float]:
+    joints = eta * o["j2"] + (1 - eta) * o["j1"]
+    logp = zeta * o["l2"] + (1 - zeta) * o["l1"]
+    return {"error_mm": float(np.linalg.norm(joints - o["true"], axis=-1).mean()),
+            "accuracy": float((logp.argmax(1) == o["label"]).mean())}
+
+
+def ensemble_passes(model: TwoHPEEnsemble, data) -> dict[str, dict[str, float]]:
+    """Error (mm) and accuracy of the first pass, the second pass and the mix at the model's eta, zeta."""
+    o = _outputs(model, data)
+    return {"first pass": _mixed(o, 0.0, 0.0), "second pass": _mixed(o, 1.0, 1.0),
+            "mixed": _mixed(o, model.cfg.eta, model.cfg.zeta)}
+
+
+def mix_grid(model: TwoHPEEnsemble, data, values: list[float]) -> dict[str, np.ndarray]:
+    """Error and accuracy (len(values), len(values)) of the ensemble's output at every eta (rows) and
+    zeta (columns) in ``values``.  The passes do not depend on eta and zeta, so they run once."""
+    o = _outputs(model, data)
+    scores = [[_mixed(o, eta, zeta) for zeta in values] for eta in values]
+    return {k: np.array([[s[k] for s in row] for row in scores]) for k in ("error_mm", "accuracy")}

@@ -32,7 +32,7 @@ import torch
 
 from ..datasets import pose_features
 from ..errors import ConfigError
-from ..models.film import uniform_action
+from ..models.film import CONDITIONED, uniform_action
 from ..models.interfaces import ActionRecogniser, PoseEstimator
 from .common import FusionConfig, FusionMethod, conditioned_copy, frame_index, scatter_frames, w_eq_mask
 
@@ -41,7 +41,7 @@ class ActionFeedback(FusionMethod):
     def __init__(self, hpe: PoseEstimator, har: ActionRecogniser, half_cube_mm: float, cfg: FusionConfig = FusionConfig()):
         super().__init__(cfg, half_cube_mm)
         if not hpe.accepts_action:
-            raise ConfigError("hpe.film", "none", "a FiLM placement ('blocks', 'fc' or 'both'): feedback conditions the HPE")
+            raise ConfigError("hpe.film", "none", f"a FiLM placement (one of {CONDITIONED}): feedback conditions the HPE")
         self.hpe, self.har = hpe, har
         self.set_trainable(self.hpe, cfg.train_hpe)
         self.set_trainable(self.har, cfg.train_har)
@@ -63,7 +63,7 @@ class ActionFeedback(FusionMethod):
         ``hidden`` (B, T, H) and ``fed_w_eq`` (B, T): which frames were fed w_eq."""
         B, T = mask.shape
         run = self._pose_runner(depth, mask)
-        fed_w_eq = w_eq_mask(mask, self.cfg, self.training)  # (B, T), always True at t = 0
+        fed_w_eq = w_eq_mask(mask, self.cfg, self.training, p_eq=self.p_eq_now())  # (B, T), always True at t = 0
         batched = mask & fed_w_eq  # these frames do not wait for the HAR
         n = int(batched.sum())
         joints_w_eq = scatter_frames(self.to_mm(run(batched, uniform_action(n, depth.device)), centre[batched]), batched)

@@ -22,6 +22,10 @@ from torch import nn
 
 from ..skeleton import NUM_ACTIONS
 
+# where a network can be conditioned on an action: nowhere, the conv blocks, the FC layers, or both
+FILM_PLACEMENTS = ("none", "blocks", "fc", "both")
+CONDITIONED = FILM_PLACEMENTS[1:]  # the placements of a conditioned network (feedback, the ensemble's HPE2)
+
 
 def uniform_action(batch: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:

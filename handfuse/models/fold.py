@@ -7,16 +7,16 @@ live parameters, so the fold is differentiable in ``w``, ``gamma`` and ``beta``:
 fine-tuning with frozen statistics (``FusionConfig.freeze_norm``, the original's)
 trains the same parameters with the same gradients, and evaluation gives the same
 outputs, up to float rounding (``tests/test_fold.py`` checks both against
-:func:`plain_batch_norm`).  On the 2-core CPU the saved pass over each map makes a
-fine-tuning step about 1.1-1.25x faster and evaluation about 1.25x (paired runs of
-``python -m benchmarks.fusion_speed``, its ``fold_gain``).  A batch norm in training
-mode (pre-training) runs as it is.
+:func:`plain_batch_norm`).  On CPU the saved pass over each map makes fine-tuning steps
+and evaluation faster (paired runs of ``python -m benchmarks.fusion_speed``, its
+``fold_gain``; docs/benchmarks.md).  A batch norm in training mode (pre-training) runs
+as it is.
 
 :func:`run_stem` runs the conv-BN-ReLU-max-pool stem of both pose estimators, with the ReLU
 after the pool: ``relu(maxpool(x)) == maxpool(relu(x))`` exactly (ReLU is monotone),
 on a quarter of the elements.  Where no gradient is needed (evaluation), the 2x2 pool of a
-channels_last map runs as :func:`max_pool_2x2`: the same values, twice as fast as torch's
-kernel, which always writes int64 indices on CPU.
+channels_last map runs as :func:`max_pool_2x2`: the same values without torch's
+kernel's int64 indices, which it always writes on CPU (faster: docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -23,9 +23,9 @@ padded steps cannot reach a valid step's output; they are zeroed on the way in
 (so that even NaN padding stays harmless) and masked out of every output, the
 readout and the loss (no gradient flows through them).  A sequence thus gets the
 same prediction alone or padded in any batch (``tests/test_har.py`` checks it).
-This is equivalent to ``pack_padded_sequence`` and, on CPU, 2-7x faster to train
-for FPHA-like length spreads (packing runs the recurrence with a batch size that
-changes every step).  The final LSTM state is not used, and it would be the
+This is equivalent to ``pack_padded_sequence`` and, on CPU, faster to train for
+FPHA-like length spreads (packing runs the recurrence with a batch size that changes
+every step; docs/benchmarks.md).  The final LSTM state is not used, and it would be the
 padded one.
 
 :meth:`PoseLSTM.init_state` and :meth:`PoseLSTM.step` run the same network one

@@ -68,12 +68,11 @@ from torch import nn
 
 from ..errors import check, is_int
 from ..skeleton import NUM_ACTIONS, NUM_JOINTS
-from .film import FiLM, action_or_w_eq
+from .film import FILM_PLACEMENTS, FiLM, action_or_w_eq
 from .flops import forward_flops
 from .fold import conv_bn, run_stem
 
 POSE_DIM = NUM_JOINTS * 3  # 63
-FILM_PLACEMENTS = ("none", "blocks", "fc", "both")
 LOSSES = ("pca", "joints")
 
 
@@ -331,9 +330,10 @@ class HPE(SplitAtAction, nn.Module):
 def frozen_for_inference(model: HPE):
     """A compiled copy of ``model``'s forward for inference only: ``torch.compile`` with inductor's
     *freezing*, which treats the weights as constants, folds every batch norm that follows a
-    convolution into it and pre-packs the weights for oneDNN.  On the 2-core CPU of our machines this
-    is ~1.5x eager channels_last inference (``python -m benchmarks.hpe_speed``); compiling costs
-    15-20 s per input shape, so it pays off only for long inference jobs with a fixed batch shape.
+    convolution into it and pre-packs the weights for oneDNN.  On our CPUs this is faster than eager
+    channels_last inference (``python -m benchmarks.hpe_speed``, docs/benchmarks.md), but compiling
+    takes a while for every new input shape, so it pays off only for long inference jobs with a fixed
+    batch shape.
 
     Call it under ``torch.inference_mode()`` (or ``no_grad``) with the model in eval mode, and build
     it again after changing the weights: the folded ones are a snapshot.  It returns the

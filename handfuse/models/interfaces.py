@@ -2,7 +2,7 @@
 
 The fusion methods (:mod:`handfuse.methods`) talk to the models through these and
 nothing else, so any model that implements one of them can be plugged into every
-method (``docs/plug_in_a_model.md`` shows a third one; ``tests/test_generality.py``
+method (``docs/extending.md`` shows a third one; ``tests/test_generality.py``
 runs every method over every registered pair).  They are ``typing.Protocol``s:
 a model satisfies one by having its attributes, not by inheriting from it, and
 ``isinstance(model, PoseEstimator)`` checks that the names are there.

@@ -2,10 +2,10 @@
 
 Each entry says how to build a model from its config and where a preset keeps
 that config, so pre-training (:mod:`handfuse.standalone`), fusion
-(:mod:`handfuse.fusion`), the CLI (``--hpe-model``, ``--har-model``) and the tests
+(:mod:`handfuse.finetune`), the CLI (``--hpe-model``, ``--har-model``) and the tests
 (``tests/test_generality.py``, over every pair) reach every registered model by
 its name.  A model only has to implement its interface
-(:mod:`handfuse.models.interfaces`); ``docs/plug_in_a_model.md`` registers a third.
+(:mod:`handfuse.models.interfaces`); ``docs/extending.md`` registers a third.
 
 The defaults, ``deepprior`` and ``lstm``, are the 2019 study's pair.
 """

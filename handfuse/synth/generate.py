@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..camera import FPHA_DEPTH
-from ..config import SynthConfig
+from ..dataconfig import SynthConfig
 from ..fpha import INFO_DIR, POSE_DIR, SPLIT_FILE, VIDEO_DIR, SequenceRef, write_depth_png, write_skeleton_file, write_split_file
 from ..skeleton import ACTIONS
 from . import render as R

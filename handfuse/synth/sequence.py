@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import SynthConfig
+from ..dataconfig import SynthConfig
 from . import render as R
 from .actions import CHANNELS, OBJECTS, ORIENTS, POSTURES, WRIST_CHANNELS, Action, Part, program
 from .hand import PALM_HALF_THICKNESS, HandShape, clip_posture, forward_kinematics, frame_from_axes, rotation_from_euler

@@ -1,0 +1,157 @@
+"""The study API (handfuse.study): one object opens the data once; its verbs give the records the
+lower layers give; a method and a p_eq schedule plug in from outside the package."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from handfuse import finetune
+from handfuse.config import get_preset
+from handfuse.methods import HEADLINE, METHODS, P_EQ_SCHEDULES, build, headline, method_config
+from handfuse.records import RunRecord
+from handfuse.study import Study
+from handfuse.train import FitResult
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("HANDFUSE_RUNS", str(tmp_path_factory.mktemp("study-runs")))
+        m.setenv("HANDFUSE_WORKERS", "1")
+        yield Study("smoke", seeds=2, progress=False)
+
+
+def test_a_study_run_is_the_lower_layers_run(study):
+    records = study.run("baseline", trained=False)
+    assert [r.seed for r in records] == [0, 1] and all(isinstance(r, RunRecord) for r in records)
+    direct = finetune.run("baseline", study.fpha, study.P, 1, study.tests, trained=False, cache=study.cache,
+                          progress=False)
+    assert records[1].test == direct.test and records[1].pretrained == direct.pretrained
+    assert records[1].test.gt.error_mm == pytest.approx(records[1].pretrained.hpe_error_mm, rel=1e-3)
+    row = study.aggregate(records)
+    assert row["gt"]["error_mm"][0] == pytest.approx(np.mean([r.test.gt.error_mm for r in records]))
+    again = RunRecord.from_json(records[0].to_json())
+    assert again == records[0] and again.to_json() == records[0].to_json()
+
+
+def test_rescore_scores_the_same_weights_with_other_options(study):
+    fb, = study.run("feedback", seeds=[0], keep_model=True, **headline("feedback"))
+    assert fb.model is not None and fb.config["p_eq"] == HEADLINE["feedback"]["p_eq"]
+    as_run = study.rescore(fb, centres=("gt",))
+    assert as_run.test.gt == fb.test.gt and as_run.test.depth is None and as_run.model is None
+    fed_w_eq = study.rescore(fb, eval_feed="w_eq")
+    assert fed_w_eq.frame_error_mm["gt"] != fb.frame_error_mm["gt"]  # the fed action reaches the poses
+    assert fb.model.cfg.eval_feed == "prediction"  # the options apply to the rescoring only
+    with pytest.raises(ValueError, match="holds no live model"):
+        study.rescore(fed_w_eq)
+
+
+def test_bad_parameters_are_refused_by_name_before_any_work(tmp_path, monkeypatch):
+    from handfuse.errors import ConfigError
+
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "runs"))
+    for kwargs, name in (({"seeds": 0}, "--seeds"), ({"device": "gpu"}, "--device"), ({"film": "head"}, "fusion.film"),
+                         ({"data_root": tmp_path}, "--data-root")):
+        with pytest.raises(ConfigError, match=f"parameter '{name}'"):
+            Study("smoke", **kwargs)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_data_layer_imports_neither_the_models_nor_the_training_loop():
+    code = ("import sys; import handfuse.fpha, handfuse.cache, handfuse.datasets, handfuse.preprocess, handfuse.synth, "
+            "handfuse.paths, handfuse.datastats; print(sorted(m for m in sys.modules if m.startswith("
+            "('handfuse.models', 'handfuse.train', 'handfuse.config', 'handfuse.methods'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+# ----------------------------------------------------------------------------- extending: docs/extending.md
+
+
+def _load_example(monkeypatch):
+    spec = importlib.util.spec_from_file_location("fourth_method", ROOT / "examples" / "fourth_method.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(METHODS, "smoothed", METHODS.get("smoothed"))  # restored after the test
+    del METHODS["smoothed"]
+    monkeypatch.setitem(HEADLINE, "smoothed", None)
+    module.plug_in()
+    return module
+
+
+def test_a_fourth_method_registered_from_outside_runs_through_the_study(study, monkeypatch):
+    example = _load_example(monkeypatch)
+    assert headline("smoothed") == {}
+    records = study.grid({"smoothed": {"method": "smoothed"}, "baseline": {"method": "baseline"}}, seeds=[0],
+                         keep_model=["smoothed"])
+    r, = records["smoothed"]
+    assert isinstance(r.model, example.SmoothedBaseline) and r.method == "smoothed" and r.history
+    assert np.isfinite(r.test.gt.error_mm) and np.isfinite(r.test.depth.error_mm)
+    assert float(r.model.rate.detach().abs().max()) > 0, "the smoothing rate did not learn"
+    assert r.test != records["baseline"][0].test  # another method, not the baseline under another name
+    with pytest.raises(ValueError, match="already registered"):
+        example.plug_in()
+
+
+def test_registering_a_method_checks_its_class_and_defaults(monkeypatch):
+    from handfuse.errors import ConfigError
+    from handfuse.methods import register_method
+    from handfuse.methods.baseline import SequentialBaseline
+
+    monkeypatch.setattr("handfuse.methods.METHODS", dict(METHODS))
+    with pytest.raises(TypeError, match="not a FusionMethod"):
+        register_method("x", dict)
+    with pytest.raises(ConfigError, match="x.p_eqq"):
+        register_method("x", SequentialBaseline, {"p_eqq": 0.5})
+
+
+def _spied_schedule(calls: list):
+    def late_feedback(p_eq: float, epoch: int, epochs: int) -> float:
+        calls.append((epoch, epochs))
+        return 1.0 if epoch == 0 else p_eq  # w_eq only in the first epoch, the coin after
+    return late_feedback
+
+
+def test_the_epoch_reaches_the_coin_through_a_registered_schedule(smoke_fusion_data, tmp_path, monkeypatch):
+    from conftest import random_fusion_models
+
+    fpha, cache, _, batch = smoke_fusion_data
+    calls = []
+    monkeypatch.setitem(P_EQ_SCHEDULES, "late", _spied_schedule(calls))
+    cfg = method_config("feedback", p_eq=0.0, p_eq_schedule="late", film="both")
+    P = get_preset("smoke")
+    models = random_fusion_models(3, False, "both")
+    models.results = {k: FitResult() for k in ("hpe", "hpe_film", "har")}
+    model, result = finetune.finetune("feedback", models, fpha, P, cfg, 0, cache=cache, root=tmp_path, progress=False)
+    epochs = P.train_fuse.epochs
+    assert sorted(set(calls)) == [(e, epochs) for e in range(epochs)]  # every epoch, with the epoch count
+    model.train()
+    later = batch["mask"][:, 1:]  # the valid frames after frame 0 (always fed w_eq)
+    for epoch, fed_w_eq in ((0, True), (1, False)):  # the scheduled value is the coin's: p = 1, then p_eq = 0
+        model.at_epoch(epoch, epochs)
+        out = model(batch["depth"], batch["centre"], batch["mask"])
+        assert out["fed_w_eq"][:, 1:][later].tolist() == [fed_w_eq] * int(later.sum())
+    with pytest.raises(Exception, match="fusion.p_eq_schedule"):
+        method_config("feedback", p_eq_schedule="nonesuch")
+
+
+def test_the_default_schedule_is_the_original_constant_coin(smoke_fusion_data):
+    from conftest import random_fusion_models
+
+    _, _, _, batch = smoke_fusion_data
+    model = build("feedback", random_fusion_models(4, False, "both"), 125.0, method_config("feedback", p_eq=0.3)).train()
+    fed = []
+    for epoch in (0, 5):
+        model.at_epoch(epoch, 6)
+        assert model.p_eq_now() == 0.3
+        torch.manual_seed(7)
+        fed.append(model(batch["depth"], batch["centre"], batch["mask"])["fed_w_eq"])
+    assert torch.equal(fed[0], fed[1])
