@@ -66,3 +66,46 @@ def test_figures_readme_names_every_figure_the_notebooks_save():
         code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
         saved |= set(re.findall(r'savefig\(fig, "([a-z0-9_]+)"\)', code))
     assert saved and saved <= listed, sorted(saved - listed)
+
+
+def _records(method, errors, accuracies, hpe_seconds=60.0, train_seconds=30.0):
+    from handfuse.records import CentreScores, PretrainedScores, RunRecord
+
+    return [RunRecord(method, seed, method != "untrained", "deepprior", "lstm", {},
+                      CentreScores.of({"gt": {"error_mm": e, "accuracy": a}, "depth": {"error_mm": e + 5, "accuracy": a}}),
+                      PretrainedScores(e, e, a, hpe_seconds, 6.0), train_seconds=train_seconds, epoch_seconds=10.0 + seed)
+            for seed, (e, a) in enumerate(zip(errors, accuracies))]
+
+
+def test_paired_reads_typed_records_as_it_reads_results_files():
+    typed = _records("feedback", [10.0, 11.0, 12.0], [0.5, 0.6, 0.7])
+    files = [r.to_json() for r in typed]
+    base = _records("baseline", [11.0, 12.0, 13.1], [0.5, 0.6, 0.7])
+    assert report.paired(typed, base, "error_mm") == report.paired(files, base, "error_mm")
+    assert report.paired(typed, base, "error_mm", centre="depth")["verdict"] == "better"
+
+
+def test_verdict_table_and_words_say_where_each_method_helps_and_hurts():
+    runs = {"baseline": _records("baseline", [11.0, 12.0, 13.0], [0.5, 0.6, 0.7]),
+            "better": _records("better", [10.0, 11.1, 12.0], [0.5, 0.6, 0.7]),
+            "worse": _records("worse", [12.0, 13.0, 14.1], [0.5, 0.6, 0.7])}
+    by_pair = {"A + B": report.verdicts(runs, list(runs)), "C + D": report.verdicts({**runs, "better": runs["worse"]}, list(runs))}
+    table = report.verdict_table(by_pair, list(runs)).splitlines()
+    assert table[0] == "| method | A + B | C + D |" and len(table) == 4  # no baseline row: it is the reference
+    assert "(**better**)" in table[2].split("|")[2] and "(**worse**)" in table[2].split("|")[3]
+    words = report.verdict_words(by_pair, list(runs), "synthetic", 3)
+    assert "- **better**, pose error: helps for A + B; hurts for C + D;" in words
+    assert "- **worse**, pose error: helps for no pair; hurts for A + B, C + D;" in words
+    assert "(synthetic data, 3 seeds)" in words
+
+
+def test_small_tables_carry_their_numbers():
+    assert report.cost_table({"baseline": 2.0, "feedback": 3.0}).splitlines()[-1] == "| feedback | 3.0 | 1.50 |"
+    rows = {"p = 1": {1.0: {"accuracy": [50.0, 1.0], "error_mm": [12.0, 0.5]}}}
+    line = report.sweep_table([1.0], rows, {1.0: (58.1, 14.46)}).splitlines()[-1]
+    assert line == "| 1.0 | 50.0 ± 1.0 / 12.00 ± 0.50 | 58.1% / 14.46 mm |"
+    grid = {"untrained": _records("untrained", [10.0, 11.0], [0.5, 0.5], hpe_seconds=120.0),
+            "baseline": _records("baseline", [10.0, 11.0], [0.5, 0.5], train_seconds=60.0)}
+    assert report.row_minutes(grid, ["baseline"]) == {"pretraining": 2 * (120.0 + 6.0) / 60, "finetuning": 2.0}
+    assert report.row_time_table({"x": grid}, ["baseline"]).splitlines()[-1] == "| x | 4.2 | 2.0 | 10.5 |"
+    assert report.compare_centres("a", grid["baseline"], "b", grid["untrained"]).count("(depth centre)") == 2
