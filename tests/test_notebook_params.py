@@ -12,6 +12,8 @@ from handfuse.paths import REPO
     ("04_ensemble", {"eta_zeta_grid": [0.1, -0.5]}, "fusion.eta"),
     ("02_baseline", {"device": "cuda"}, "--device"),
     ("07_explore", {"sequence": -1}, "sequence"),
+    ("06_generality", {"p_eq": 1.5}, "fusion.p_eq"),
+    ("06_generality", {"methods": ["baseline", "boost"]}, "methods"),
 ])
 def test_a_bad_notebook_parameter_stops_the_notebook_before_any_work(tmp_path, monkeypatch, notebook, params, name):
     import papermill
