@@ -16,7 +16,7 @@ ROWS: dict[str, tuple[str, float | None, float | None]] = {
     "har_gt_att": ("HAR + attention on ground-truth pose", None, None),
     "baseline_untrained": ("Baseline, untrained", 14.49, 59.0),
     "baseline": ("Baseline, trained", 10.87, 68.0),
-    "baseline_pose_only": ("Baseline, fine-tuned on pose only (control, w_nll = 0)", None, None),
+    "baseline_pose_only": ("Baseline, fine-tuned on pose only (control: w_nll = 0, HAR frozen)", None, None),
     "feedback": ("Method #2, action feedback", 10.95, 68.2),
     "noisy_feedback": ("Noisy feedback (ours, the seed's future work)", None, None),
     "ensemble": ("Method #3, two-HPE ensemble", 10.72, 71.0),

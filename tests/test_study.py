@@ -155,3 +155,25 @@ def test_the_default_schedule_is_the_original_constant_coin(smoke_fusion_data):
         torch.manual_seed(7)
         fed.append(model(batch["depth"], batch["centre"], batch["mask"])["fed_w_eq"])
     assert torch.equal(fed[0], fed[1])
+
+
+def test_the_pose_only_control_keeps_its_action_recogniser_exactly_as_pre_trained(smoke_fusion_data, tmp_path):
+    """02's control (w_nll = 0, train_har = False): the HAR's weights stay the pre-trained ones, bit for
+    bit.  With w_nll = 0 alone they would not: Adam's weight decay moves every trainable weight."""
+    from conftest import random_fusion_models
+
+    fpha, cache, _, _ = smoke_fusion_data
+    P = get_preset("smoke")
+    har = {}
+    for frozen in (True, False):
+        models = random_fusion_models(5, False, P.film)
+        models.results = {k: FitResult() for k in ("hpe", "hpe_film", "har")}
+        before = {k: v.clone() for k, v in models.har.state_dict().items()}
+        cfg = method_config("baseline", w_nll=0.0, w_pose=1.0, train_har=not frozen, film=P.film)
+        model, _ = finetune.finetune("baseline", models, fpha, P, cfg, 0, cache=cache, root=tmp_path / str(frozen),
+                                     progress=False)
+        har[frozen] = all(torch.equal(v, before[k]) for k, v in model.har.state_dict().items())
+        assert not all(torch.equal(v, w) for v, w in zip(model.hpe.state_dict().values(),
+                                                       models.hpe.state_dict().values())), "the HPE did not train"
+    assert har[True], "the frozen control's HAR moved"
+    assert not har[False], "with w_nll = 0 alone the HAR moves (weight decay): the control must freeze it"
