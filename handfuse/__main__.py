@@ -144,7 +144,13 @@ def _train(args) -> None:
         _, result = finetune(args.method, models, fpha, preset, cfg, args.seed, args.device)
         scores = {k: result.test[k] for k in ("error_mm", "accuracy", "loss")}
     if rank == 0:
+        from .plots import data_source
+
+        source = data_source(root)
+        print(f"{args.what}: test scores on {source} data at {root}"
+              + (" (not FPHA)" if source != "FPHA" else ""), file=sys.stderr)
         print(json.dumps({"what": args.what, "preset": args.preset, "seed": args.seed, "processes": world,
+                          "data": source, "data_root": str(root), "run": result.run_dir,
                           "train_seconds": result.seconds, "test": scores}))
 
 

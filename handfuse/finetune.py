@@ -33,7 +33,7 @@ from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
 from .pool import one_thread
 from .records import PretrainedScores, RunRecord, CentreScores
-from .runs import ScoreStore, fingerprint, models_dir, run_folder, same_frames, thread_record
+from .runs import ScoreStore, fingerprint, identity, models_dir, run_folder, same_frames, thread_record, weights_digest
 from .standalone import pretrain, splits
 from .tasks import sequence_batches
 from .train import FitResult, TrainConfig, fit
@@ -141,8 +141,9 @@ def finetune_run(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg:
     """Where a fine-tuning run lives (``fuse-<method>[-<hpe>-<har>]-<8 hex>-seed<seed>``), with its
     resolved configuration and training settings."""
     train_cfg = replace(preset.train_fuse, seed=seed, device=device)
-    config = {"data": str(fpha.root.resolve()), "preset": preset.name, "method": name, "fusion": asdict(cfg),
-              "pretrained": {k: r.config for k, r in models.results.items()}, **thread_record(device)}
+    config = {"data": str(fpha.root.resolve()), **identity(fpha), "preset": preset.name, "method": name,
+              "fusion": asdict(cfg), "pretrained": {k: r.config for k, r in models.results.items()},
+              "pretrained_weights": {k: weights_digest(r) for k, r in models.results.items()}, **thread_record(device)}
     method = f"{name}-{models.pair}" if models.pair else name
     return run_folder(preset, f"fuse-{method}", config, train_cfg, seed, root), config, train_cfg
 
@@ -213,7 +214,7 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
         model, fitted = build_method(name, models, preset, cfg, seed).to(device), None
         weights = (f"untrained, seed {seed}, {thread_record(device)}, "
                    + fingerprint(*(models.results[k] for k in ("hpe", "hpe_film", "har"))))
-    scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights))  # one thread too
+    scores = evaluate(model, tests, scored, ScoreStore(models_dir(preset) / "scores", weights, name))  # one thread too
     return RunRecord(
         method=name, seed=seed, trained=trained, hpe_model=hpe_model, har_model=har_model, config=asdict(cfg),
         test=CentreScores.of(scores), pretrained=models.scores(),

@@ -18,10 +18,28 @@ from .skeleton import ACTIONS, BONES, FINGER_CHAINS, JOINTS
 FINGER_COLOURS = {"thumb": "tab:red", "index": "tab:orange", "middle": "tab:green", "ring": "tab:blue", "pinky": "tab:purple"}
 
 
+FPHA_SUBJECTS = {f"Subject_{i}" for i in range(1, 7)}
+FPHA_MIN_SEQUENCES = 1000  # FPHA's action split lists 1,175 sequences of subjects 1-6
+
+
 def data_source(root: str | Path) -> str:
-    """'synthetic' for a handfuse.synth tree, 'FPHA' otherwise: goes into every title."""
-    info = Path(root) / "synth_info.json"
-    return "synthetic" if info.is_file() and json.loads(info.read_text()).get("synthetic") else "FPHA"
+    """What data a root holds, for every title and results file: ``"synthetic"`` for a
+    :mod:`handfuse.synth` tree; ``"FPHA"`` only for a root that looks like FPHA (its action split
+    lists at least 1,000 sequences, all of FPHA's six subjects); otherwise the folder's name, as
+    ``"data folder '<name>'"`` (a subset, or another dataset in FPHA's format, is not called FPHA)."""
+    root = Path(root)
+    info = root / "synth_info.json"
+    if info.is_file() and json.loads(info.read_text()).get("synthetic"):
+        return "synthetic"
+    from .fpha import SPLIT_FILE
+
+    split = root / SPLIT_FILE
+    subjects = []
+    if split.is_file():
+        subjects = [line.split("/", 1)[0] for line in split.read_text(errors="replace").splitlines() if "/" in line]
+    if len(subjects) >= FPHA_MIN_SEQUENCES and set(subjects) <= FPHA_SUBJECTS:
+        return "FPHA"
+    return f"data folder '{root.resolve().name}'"
 
 
 def savefig(fig, name: str, formats=("png", "pdf")) -> list[Path]:

@@ -139,16 +139,14 @@ def realism_table(real: dict, source: str) -> str:
         ["real FPHA frame (data.md)", "~30%", "~250-500", "~600-1100"]])
 
 
-STANDALONE_ORIGINAL = {"hpe": 14.49, "har_att": 72.3}  # the 2019 slides' standalone numbers (FPHA)
-
-
 def standalone_table(results: dict, source: str, seed: int) -> str:
-    """``01``'s table: ours (one seed) beside the original's FPHA numbers.  ``results`` maps
-    ``hpe``, ``hpe_film``, ``har`` and ``har_att`` to fit results."""
-    rows = [("HPE standalone (mm)", results["hpe"].test["error_mm"], STANDALONE_ORIGINAL["hpe"]),
+    """``01``'s table: ours (one seed) beside the original's FPHA numbers, which come from :data:`ROWS`
+    (the one definition every table and slide reads).  ``results`` maps ``hpe``, ``hpe_film``, ``har``
+    and ``har_att`` to fit results."""
+    rows = [("HPE standalone (mm)", results["hpe"].test["error_mm"], ROWS["hpe"][1]),
             ("HPE + FiLM fed w_eq (mm)", results["hpe_film"].test["error_mm"], None),
-            ("HAR on true pose (%)", 100 * results["har"].test["accuracy"], None),
-            ("HAR + attention on true pose (%)", 100 * results["har_att"].test["accuracy"], STANDALONE_ORIGINAL["har_att"])]
+            ("HAR on true pose (%)", 100 * results["har"].test["accuracy"], ROWS["har_gt"][2]),
+            ("HAR + attention on true pose (%)", 100 * results["har_att"].test["accuracy"], ROWS["har_gt_att"][2])]
     return table(["model", f"ours ({source}, seed {seed})", "original (FPHA, 2019)"],
                  [[name, f"{v:.2f}", "-" if o is None else o] for name, v, o in rows])
 
@@ -241,7 +239,10 @@ def verdict_words(by_column: dict[str, dict], methods: list[str], source: str, s
             words.append(f"- **{name}**, {what}: helps for {', '.join(helps) or 'no pair'}; hurts for "
                          f"{', '.join(hurts) or 'no pair'}; no difference we can tell from the seeds for the "
                          f"other{'s' if rest != 1 else ''}.")
-    return f"**In plain words** ({source} data, {seeds} seeds):\n" + "\n".join(words)
+    n = sum(1 for v in by_column.values() for (name, _) in v if name != reference)
+    return (f"**In plain words** ({source} data, {seeds} seeds; {n} paired comparisons, each at 95 %, "
+            "uncorrected for multiple comparisons, so about one in twenty could cross zero by chance):\n"
+            + "\n".join(words))
 
 
 # ----------------------------------------------------------------------------- the summary of a whole run
@@ -323,7 +324,49 @@ def table_rows(results: dict[str, dict]) -> tuple[dict, str, int]:
         raise FileNotFoundError("no method results (baseline.json, feedback.json, ensemble.json): run notebooks 02-04 first")
     if len(sources) > 1:
         raise ValueError(f"the results mix data sources {sorted(sources)}: run every notebook on the same data")
+    prints = {name: r["data_fingerprint"] for name, r in results.items() if r.get("data_fingerprint")}
+    if len(set(prints.values())) > 1:
+        raise ValueError("the results files come from different data (data fingerprints "
+                         + ", ".join(f"{name}.json: {fp}" for name, fp in sorted(prints.items()))
+                         + "): run every notebook on the same data")
     return rows, sources.pop(), min(seeds)
+
+
+# (row, its records, the reference row, the reference's records): where each results file keeps them
+PAIRED = (("baseline", ("baseline", "trained"), "baseline_untrained", ("baseline", "untrained")),
+          ("baseline_pose_only", ("baseline", "pose_only"), "baseline", ("baseline", "trained")),
+          ("feedback", ("ensemble", "feedback"), "baseline", ("ensemble", "baseline")),
+          ("noisy_feedback", ("ensemble", "noisy_feedback"), "baseline", ("ensemble", "baseline")),
+          ("ensemble", ("ensemble", "ensemble"), "baseline", ("ensemble", "baseline")),
+          ("ensemble_att", ("ensemble", "ensemble_att"), "baseline_att", ("ensemble", "baseline_att")))
+
+
+def paired_differences(results: dict[str, dict]) -> dict[str, dict]:
+    """Every row's paired difference against its reference (the trained baseline with the same
+    attention setting; the untrained chain for the trained baseline): per row, the reference's name
+    and, per centre and metric, :func:`paired`'s mean, 95 % half-width, seed count and verdict.  Rows
+    whose records are not in ``results`` are left out."""
+    out = {}
+    for row, (file, group), ref, (ref_file, ref_group) in PAIRED:
+        runs = results.get(file, {}).get("records", {}).get(group)
+        base = results.get(ref_file, {}).get("records", {}).get(ref_group)
+        if not runs or not base:
+            continue
+        out[row] = {"against": ref, **{c: {m: paired(runs, base, m, c) for m in ("accuracy", "error_mm")}
+                                       for c in runs[0]["test"] if c in base[0]["test"]}}
+    return out
+
+
+def paired_table(differences: dict[str, dict]) -> str:
+    """:func:`paired_differences` as Markdown: difference ± 95 % half-width (verdict), per centre."""
+    def cell(p: dict, unit: str) -> str:
+        return f"{p['diff']:+.2f} ± {p['hw']:.2f} {unit} ({p['verdict']})"
+    label = {**{k: v[0] for k, v in ROWS.items()}, "baseline_att": "Baseline + attention, trained"}
+    rows = [[label[row], label[d["against"]], d["gt"]["accuracy"]["seeds"]]
+            + [cell(d[c][m], "pts" if m == "accuracy" else "mm") if c in d else "-"
+               for c in ("gt", "depth") for m in ("accuracy", "error_mm")] for row, d in differences.items()]
+    return table(["row", "against", "seeds", "accuracy", "pose error", "accuracy, depth centre",
+                  "pose error, depth centre"], rows)
 
 
 def summary_markdown(results: dict[str, dict], preset: str) -> str:
@@ -332,7 +375,8 @@ def summary_markdown(results: dict[str, dict], preset: str) -> str:
     rows, source, seeds = table_rows(results)
     tag = f"[{source}]"
     lines = [f"# handfuse results, preset `{preset}` {tag}", "",
-             f"All numbers below come from **{source}** data" + (" (not FPHA)." if source != "FPHA" else "."),
+             f"All numbers below come from **{source}**" + (" data" if source in ("synthetic", "FPHA") else "")
+             + (" (not FPHA)." if source != "FPHA" else "."),
              "The original's columns are FPHA numbers from the 2019 slides.", "", "## The table " + tag, "",
              results_table(rows, source, seeds), "", "## The error gap " + tag, ""]
     for att, ref_key in ((False, "har_gt"), (True, "har_gt_att")):
@@ -356,6 +400,12 @@ def summary_markdown(results: dict[str, dict], preset: str) -> str:
         for p, r in fb["trained_sweep"].items():
             lines.append(f"| {p} | {100 * r['test']['gt']['accuracy']:.1f} | {r['test']['gt']['error_mm']:.2f} | "
                          f"{r['epoch_seconds']:.1f} |")
+    differences = paired_differences(results)
+    if differences:
+        lines += ["", "## Paired differences " + tag, "",
+                  "Each row against its reference, paired by seed (the same pre-trained models): the mean difference "
+                  "± its 95 % t-interval; \"better\" or \"worse\" only where the interval excludes zero.", "",
+                  paired_table(differences)]
     ens = results.get("ensemble")
     if ens:
         ez = ens["eta_zeta"]
@@ -383,7 +433,8 @@ def summary_json(results: dict[str, dict], preset: str) -> dict:
             for r in records if isinstance(records, list) else []:
                 configs[f"{name}/{group}/seed{r['seed']}"] = {"fusion": r["config"], "trained": r["trained"]}
     fb, ens = results.get("feedback", {}), results.get("ensemble", {})
-    return {"preset": preset, "data": source, "seeds": seeds,
+    prints = sorted({r["data_fingerprint"] for r in results.values() if r.get("data_fingerprint")})
+    return {"preset": preset, "data": source, "seeds": seeds, "data_fingerprint": prints[0] if prints else None,
             "rows": {k: {"data": source, "label": ROWS[k][0], **v,
                          "original_fpha": {"error_mm": ROWS[k][1], "accuracy": ROWS[k][2]}} for k, v in rows.items()},
             "untrained_p_eq_sweep": {"data": source, **fb.get("untrained_sweep", {})},
@@ -392,4 +443,5 @@ def summary_json(results: dict[str, dict], preset: str) -> dict:
             "noisy_feedback_stable": ens.get("noisy_feedback_stable"),
             "epoch_seconds": {"data": source, **ens.get("epoch_seconds", {})},
             "original_p_eq_sweep_fpha": {str(k): v for k, v in ORIGINAL_P_EQ_SWEEP.items()},
+            "paired": {"data": source, **paired_differences(results)},
             "configs": configs, "software": software_versions()}

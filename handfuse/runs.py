@@ -4,6 +4,11 @@ whether it is finished, where its weights came from, and the store of its test s
 A run folder is named by its resolved configuration, ``<prefix>-<8 hex>-seed<seed>`` under
 ``runs/<preset>/models/`` (:func:`run_folder`): a changed preset, option or starting point gets
 a fresh folder, and a finished one (:func:`finished`) is only loaded by ``handfuse.train.fit``.
+The configuration holds what the run's numbers depend on beyond its settings: the contents of
+the data (:func:`data_fingerprint`: data regenerated at the same path is other data), the
+library's code (:func:`code_version`), and, for a fine-tuning, the digests of the pre-trained
+weights it starts from (:func:`weights_digest`).  A run whose record differs trains anew in a
+folder of its own; the old folder is left alone.
 Test scores of a set of weights are stored beside the runs (:class:`ScoreStore`), keyed by the
 weights' :func:`fingerprint`, the method's configuration and the test frames, so a notebook that
 reuses a finished run loads its scores instead of evaluating the same weights again.
@@ -11,7 +16,9 @@ reuses a finished run loads its scores instead of evaluating the same weights ag
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +27,58 @@ import torch
 from .paths import runs_dir
 from .train import RESULT, FitResult, TrainConfig, finished, load_checkpoint, run_digest, save_checkpoint
 
-__all__ = ["ScoreStore", "finished", "fingerprint", "frames_key", "model_parts", "models_dir", "prefix", "run_config",
-           "run_digest", "run_folder", "same_frames", "thread_record"]
+__all__ = ["ScoreStore", "code_key", "code_version", "data_fingerprint", "finished", "fingerprint", "frames_key",
+           "model_parts", "models_dir", "prefix", "run_config", "run_digest", "run_folder", "same_frames",
+           "thread_record", "weights_digest"]
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=None)
+def code_version() -> dict:
+    """The library's code: its version, a digest of every source file under ``handfuse/`` (paths and
+    bytes), and the git commit of the checkout where there is one (None elsewhere)."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        commit = None
+    from . import __version__
+
+    return {"version": __version__, "sources": h.hexdigest()[:16], "commit": commit}
+
+
+def code_key() -> dict:
+    """What of :func:`code_version` keys a run: the version and the sources' digest.  The commit is
+    recorded beside it but not keyed, so a commit that changes no library source (a notebook, a
+    test, the docs) reuses the runs made before it, while any change to ``handfuse/`` trains anew."""
+    v = code_version()
+    return {"version": v["version"], "sources": v["sources"]}
+
+
+def data_fingerprint(fpha) -> str:
+    """The contents of a data root, as the crop cache fingerprints them (the split file's bytes, each
+    skeleton's and depth file's size and modification time; no file is decoded), computed once per
+    :class:`~handfuse.fpha.FPHA` object."""
+    found = getattr(fpha, "_handfuse_fingerprint", None)
+    if found is None:
+        from .cache import fingerprint as data_stats
+
+        found = data_stats(fpha, list(fpha.train) + list(fpha.test))[:16]
+        fpha._handfuse_fingerprint = found
+    return found
+
+
+def weights_digest(result: FitResult) -> str:
+    """A digest of the weights a finished run selected (its ``best.pt``), or, for a run kept in memory
+    only, of its result."""
+    best = Path(result.run_dir) / "best.pt" if result.run_dir else None
+    if best is not None and best.is_file():
+        return hashlib.sha256(best.read_bytes()).hexdigest()[:16]
+    return fingerprint(result)[:16]
 
 
 def models_dir(preset, root: str | Path | None = None) -> Path:
@@ -36,10 +93,23 @@ def thread_record(device: str | torch.device) -> dict:
 
 
 def run_config(fpha, preset, **parts) -> dict:
-    """A pre-training's resolved configuration: the data, the preset, its crops and ``parts``
-    (dataclasses become dicts)."""
-    return {"data": str(fpha.root.resolve()), "preset": preset.name, "preprocess": asdict(preset.preprocess),
+    """A pre-training's resolved configuration: the data (where and what), the code, the preset, its
+    crops and ``parts`` (dataclasses become dicts)."""
+    return {"data": str(fpha.root.resolve()), **identity(fpha), "preset": preset.name,
+            "preprocess": asdict(preset.preprocess),
             **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in parts.items()}}
+
+
+def identity(fpha) -> dict:
+    """What every run config and results file records beyond its settings: the data's fingerprint and
+    the code (:func:`code_key`; the commit goes to the results files, see :func:`provenance`)."""
+    return {"data_fingerprint": data_fingerprint(fpha), "code": code_key()}
+
+
+def provenance(fpha) -> dict:
+    """What a results file records of where its numbers came from: the data's fingerprint and the
+    full :func:`code_version` (with the commit)."""
+    return {"data_fingerprint": data_fingerprint(fpha), "code": code_version()}
 
 
 def model_parts(kind: str, model: str, default: str, cfg) -> dict:
@@ -86,14 +156,16 @@ SCALARS = ("error_mm", "accuracy", "loss")  # the scalar scores of handfuse.meth
 
 class ScoreStore:
     """Test scores of one set of weights (``weights``: a fingerprint of where they came from), one
-    file per method configuration and test set in ``folder``; written atomically, loaded with
-    ``weights_only=True``.  Evaluation is deterministic, so a stored score *is* the evaluation."""
+    file per method (its registered name and configuration), code version and test set in ``folder``;
+    written atomically, loaded with ``weights_only=True``.  Evaluation is deterministic, so a stored
+    score *is* the evaluation."""
 
-    def __init__(self, folder: Path, weights: str):
-        self.folder, self.weights = Path(folder), weights
+    def __init__(self, folder: Path, weights: str, method: str = ""):
+        self.folder, self.weights, self.method = Path(folder), weights, method
 
     def _path(self, model, data) -> Path:
-        key = {"weights": self.weights, "method": asdict(model.cfg), "frames": frames_key(data)}
+        key = {"weights": self.weights, "name": self.method, "code": code_key(), "method": asdict(model.cfg),
+               "frames": frames_key(data)}
         return self.folder / f"{run_digest(key)}.pt"
 
     def load(self, model, data) -> dict | None:

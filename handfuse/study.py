@@ -39,6 +39,7 @@ from .plots import data_source
 from .pool import one_thread
 from .records import RunRecord, CentreScores, aggregate, standalone_rows
 from .reproduce import check_params
+from .runs import provenance
 from .standalone import splits
 from .train import FitResult
 
@@ -61,7 +62,7 @@ class Study:
         self.device, self.progress = device, progress
         self.root = Path(data_root) if data_root else ensure_synthetic(self.preset)
         self.fpha = FPHA(self.root)
-        self.source = data_source(self.root)  # "synthetic" or "FPHA": every title says which
+        self.source = data_source(self.root)  # "synthetic", "FPHA" or the folder's name: every title says which
 
     def __repr__(self) -> str:
         return (f"{self.source} data at {self.root} (preset {self.preset}): {len(self.fpha.train)} training and "
@@ -148,6 +149,7 @@ class Study:
     standalone_rows = staticmethod(standalone_rows)
 
     def write_results(self, name: str, payload: dict) -> Path:
-        """``runs/<preset>/results/<name>.json`` with the data source, preset and seeds added."""
+        """``runs/<preset>/results/<name>.json`` with the data source, preset and seeds added, and where
+        the numbers came from: the data's fingerprint and the code (:func:`handfuse.runs.provenance`)."""
         return write_results(self.preset, name, {"data": self.source, "preset": self.preset, "seeds": self.seeds,
-                                                 **payload})
+                                                 **payload, **provenance(self.fpha)})

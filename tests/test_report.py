@@ -96,7 +96,7 @@ def test_verdict_table_and_words_say_where_each_method_helps_and_hurts():
     words = report.verdict_words(by_pair, list(runs), "synthetic", 3)
     assert "- **better**, pose error: helps for A + B; hurts for C + D;" in words
     assert "- **worse**, pose error: helps for no pair; hurts for A + B, C + D;" in words
-    assert "(synthetic data, 3 seeds)" in words
+    assert "(synthetic data, 3 seeds; 8 paired comparisons, each at 95 %, uncorrected" in words
 
 
 def test_small_tables_carry_their_numbers():
@@ -109,3 +109,25 @@ def test_small_tables_carry_their_numbers():
     assert report.row_minutes(grid, ["baseline"]) == {"pretraining": 2 * (120.0 + 6.0) / 60, "finetuning": 2.0}
     assert report.row_time_table({"x": grid}, ["baseline"]).splitlines()[-1] == "| x | 4.2 | 2.0 | 10.5 |"
     assert report.compare_centres("a", grid["baseline"], "b", grid["untrained"]).count("(depth centre)") == 2
+
+
+def _file(records: dict, fingerprint: str = "abc") -> dict:
+    return {"data": "synthetic", "seeds": [0, 1, 2], "rows": {}, "data_fingerprint": fingerprint,
+            "records": {k: [r.to_json() for r in v] for k, v in records.items()}}
+
+
+def test_the_summary_carries_every_paired_difference_and_refuses_mixed_data():
+    base = _records("baseline", [11.0, 12.0, 13.0], [0.5, 0.6, 0.7])
+    results = {"baseline": {**_file({"trained": base, "untrained": _records("untrained", [14.0, 15.1, 16.0], [0.4, 0.5, 0.6])}),
+                            "rows": {"baseline": {"gt": {"error_mm": [12.0, 1.0], "accuracy": [60.0, 1.0]}}}},
+               "ensemble": _file({"baseline": base, "feedback": _records("feedback", [10.0, 11.1, 12.0], [0.5, 0.6, 0.7])})}
+    d = report.paired_differences(results)
+    assert set(d) == {"baseline", "feedback"} and d["feedback"]["against"] == "baseline"
+    assert d["feedback"]["gt"]["error_mm"]["verdict"] == "better" and d["feedback"]["gt"]["error_mm"]["seeds"] == 3
+    assert d["baseline"]["depth"]["error_mm"]["diff"] == pytest.approx(-3.0333333, rel=1e-6)
+    text = report.summary_markdown({"baseline": results["baseline"]}, "smoke")
+    assert "## Paired differences" in text and "-3.03 ± " in text  # trained against untrained, with its interval
+    assert report.summary_json(results, "smoke")["paired"]["feedback"]["gt"]["accuracy"]["verdict"] == "no difference"
+    results["ensemble"]["data_fingerprint"] = "other"
+    with pytest.raises(ValueError, match="different data.*baseline.json: abc.*ensemble.json: other"):
+        report.summary_markdown(results, "smoke")

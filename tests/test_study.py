@@ -3,8 +3,10 @@ lower layers give; a method and a p_eq schedule plug in from outside the package
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +179,65 @@ def test_the_pose_only_control_keeps_its_action_recogniser_exactly_as_pre_traine
                                                        models.hpe.state_dict().values())), "the HPE did not train"
     assert har[True], "the frozen control's HAR moved"
     assert not har[False], "with w_nll = 0 alone the HAR moves (weight decay): the control must freeze it"
+
+
+def test_data_is_called_fpha_only_when_it_looks_like_fpha(tmp_path):
+    from conftest import make_tiny_fpha
+
+    from handfuse.fpha import SPLIT_FILE
+    from handfuse.paths import ensure_synthetic
+    from handfuse.plots import data_source
+
+    assert data_source(ensure_synthetic("smoke")) == "synthetic"
+    assert data_source(make_tiny_fpha(tmp_path / "tiny")) == "data folder 'tiny'"  # FPHA's format, 4 sequences
+    full = tmp_path / "FPHA"
+    full.mkdir()
+    lines = [f"Subject_{1 + i % 6}/open_milk/{i} 0" for i in range(1175)]
+    (full / SPLIT_FILE).write_text("Training 600\n" + "\n".join(lines[:600]) + "\nTest 575\n" + "\n".join(lines[600:]))
+    assert data_source(full) == "FPHA"
+    (full / SPLIT_FILE).write_text("\n".join(lines).replace("Subject_6/", "Subject_7/"))  # not FPHA's subjects
+    assert data_source(full) == "data folder 'FPHA'"
+
+
+def _train_har(root: Path, runs: Path) -> dict:
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "handfuse", "train", "har", "--preset", "smoke", "--data-root",
+                           str(root), "--runs", str(runs)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test scores on data folder 'data'" in done.stderr  # it says which data its numbers are on
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_data_regenerated_at_the_same_path_trains_anew(tmp_path):
+    """A run is keyed by the data's contents, not only its path: the same command on regenerated data
+    trains a new run and leaves the old one alone."""
+    from handfuse.synth import generate
+
+    cfg = get_preset("smoke").synth
+    root, runs = tmp_path / "data", tmp_path / "runs"
+    generate(root, cfg, workers=2)
+    (root / "synth_info.json").unlink()  # an FPHA-format root: the command reads it as it would read yours
+    first = _train_har(root, runs)
+    old = (Path(first["run"]) / "result.json").read_bytes()
+    assert _train_har(root, runs)["run"] == first["run"]  # the same data: the finished run is reused
+    shutil.rmtree(root)
+    generate(root, replace(cfg, seed=1), workers=2)  # other data, same path
+    (root / "synth_info.json").unlink()
+    second = _train_har(root, runs)
+    assert second["run"] != first["run"] and second["test"] != first["test"]
+    assert (Path(first["run"]) / "result.json").read_bytes() == old  # the old run is left alone
+
+
+def test_stored_scores_are_keyed_by_method_name_and_code(tmp_path, monkeypatch):
+    from handfuse import runs
+    from handfuse.runs import ScoreStore
+
+    model = build("baseline", __import__("conftest").random_fusion_models(0, False, "fc"), 125.0,
+                  method_config("baseline", film="fc"))
+    data = Study("smoke", progress=False).tests["gt"]
+    paths = {ScoreStore(tmp_path, "w", name)._path(model, data) for name in ("baseline", "feedback")}
+    assert len(paths) == 2  # equal options, other methods: never the same stored score
+    before = ScoreStore(tmp_path, "w", "baseline")._path(model, data)
+    monkeypatch.setattr(runs, "code_key", lambda: {"version": "0.1.0", "sources": "changed"})
+    assert ScoreStore(tmp_path, "w", "baseline")._path(model, data) != before
