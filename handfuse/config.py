@@ -70,17 +70,21 @@ PRESETS: dict[str, Preset] = {
         SynthConfig(fps=6.0, duration_s=2.2),
         PreprocessConfig(crop=64),
         # the original's layout (stem, four bottleneck groups, two FC layers, PCA prior) at half its widths,
-        # one block per group: 10.6 MFLOPs per frame (the original's widths: 31), faster to pre-train on 2 cores
-        # (docs/benchmarks.md).  Every bottleneck keeps at least 16 inner channels (the first would narrow to 8),
-        # which makes the net channels_last-safe (see channels_last_safe), the faster memory format on CPU
+        # one block per group: 10.6 MFLOPs per frame (the original's widths: 31).  On validation (python -m
+        # benchmarks.tuning, 2 seeds, benchmarks/tuning.json) the original's widths differ by -0.11 +- 0.30 mm
+        # (paired, no difference) for 2.9x the training time.  Every bottleneck keeps at least 16 inner channels
+        # (the first would narrow to 8), which makes the net channels_last-safe (see channels_last_safe), the
+        # faster memory format on CPU
         HPEConfig(crop=64, stem_channels=16, widths=(32, 64, 128, 128), blocks=(1, 1, 1, 1), fc=512, min_mid=16),
         HARConfig(),
-        # cosine decay: 10 epochs reach a lower test error (16.5 mm, seed 0) than 16 at a constant rate (17.0)
+        # cosine decay over 10 epochs: on validation (benchmarks.tuning, 2 seeds) 16 epochs at a constant rate
+        # differ by -0.68 +- 1.14 mm (paired, no difference) for 2.3x the training time
         train_hpe=TrainConfig(epochs=10, batch_size=64, patience=10, schedule="cosine"),
         train_har=TrainConfig(epochs=80, patience=15, **_HAR_TRAIN),
-        # the original's fine-tuning is batch 4 at 3e-5 for many epochs; on CPU, batch 16 at 2e-4 with cosine decay
-        # reaches the same baseline in 3 epochs (12.57 mm / 83.3 %, seed 0) as 6 epochs of the former (12.62 / 82.4)
-        # in less CPU time (tiny batches keep the CNN's kernels from running at speed; docs/benchmarks.md)
+        # the original's fine-tuning is batch 4 at 3e-5 for many epochs; batch 16 at 2e-4 with cosine decay for
+        # 3 epochs does as well on validation (benchmarks.tuning, baseline, 2 seeds; the original's 6 epochs minus
+        # this: joint loss -0.000 +- 0.001, pose -0.06 +- 0.78 mm, accuracy +3.9 +- 7.1 points, paired, no
+        # difference) in half the CPU time (tiny batches keep the CNN's kernels from running at speed)
         train_fuse=TrainConfig(epochs=3, patience=3, batch_size=16, lr=2e-4, weight_decay=1e-5, schedule="cosine"),
         film="fc",  # FC-only FiLM: the conv trunk runs once per frame, so feedback costs ~ the baseline's time
         # ResNet-18's layout at a quarter of its widths: 18 MFLOPs per frame (DeepPrior++ here: 10.6)

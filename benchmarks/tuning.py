@@ -1,0 +1,204 @@
+"""The cpu preset's choices, re-made on the validation split only, over several seeds.
+
+    python -m benchmarks.tuning [--preset cpu] [--seeds 2] [--out benchmarks/tuning.json]
+
+Each choice of ``handfuse/config.py``'s cpu preset is set against its alternative:
+
+* the HPE's schedule: 10 epochs with cosine decay (the preset) against 16 at a constant rate;
+* the HPE's size: the original's layout at half its widths (the preset) against its full widths,
+  both one block per group;
+* fine-tuning: batch 16 at 2e-4, cosine, 3 epochs (the preset) against the original's batch 4 at
+  3e-5, 6 epochs at a constant rate.
+
+Every run trains on the training side of the action split and is selected and scored on the
+validation split held out from it (whole sequences, per class); **the test split is never read**:
+each task's ``test`` split is the validation split, so ``fit``'s closing evaluation scores
+validation again.  Runs are side by side, one thread each (``handfuse.pool``), in their own runs
+folder (``runs/tuning/``, or ``$HANDFUSE_RUNS/tuning``; a finished run is reused).  The script prints each variant's mean over
+the seeds and the paired difference against the preset's choice with its 95 % interval, and writes
+them to ``--out``.  The numbers are synthetic, never FPHA numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from handfuse.cache import get_cache
+from handfuse.config import Preset, get_preset
+from handfuse.datasets import PoseSequenceDataset, SequenceDataset
+from handfuse.finetune import FusionTask, Pretrained, build_method, resolved_config
+from handfuse.fpha import FPHA
+from handfuse.metrics import mean_ci95
+from handfuse.models.registry import har_entry, hpe_entry
+from handfuse.paths import REPO, ensure_synthetic, runs_dir
+from handfuse.pool import map_jobs, one_thread
+from handfuse.report import machine_info
+from handfuse.standalone import splits
+from handfuse.tasks import HARTask, HPETask
+from handfuse.train import fit, load_checkpoint, run_digest
+
+
+def _hpe_label(P: Preset) -> str:
+    h, t = P.hpe, P.train_hpe
+    return f"widths {list(h.widths)}, {t.schedule}, {t.epochs} epochs"
+
+
+def _fuse_label(P: Preset) -> str:
+    t = P.train_fuse
+    return f"batch {t.batch_size}, lr {t.lr:g}, {t.schedule}, {t.epochs} epochs"
+
+
+def hpe_variants(P: Preset) -> dict[str, Preset]:
+    """The preset's HPE (first) and its alternatives: a constant rate for 16 epochs; the original's widths."""
+    variants = [P, replace(P, train_hpe=replace(P.train_hpe, epochs=16, schedule="constant")),
+                replace(P, hpe=replace(P.hpe, stem_channels=32, widths=(64, 128, 256, 256), fc=1024, min_mid=1))]
+    return {("preset: " if v is P else "") + _hpe_label(v): v for v in variants}
+
+
+def fuse_variants(P: Preset) -> dict[str, Preset]:
+    """The preset's fine-tuning (first) and the original's (batch 4 at 3e-5, constant, 6 epochs)."""
+    original = replace(P, train_fuse=replace(P.train_fuse, batch_size=4, lr=3e-5, schedule="constant", epochs=6,
+                                             patience=6))
+    return {"preset: " + _fuse_label(P): P, "the original's: " + _fuse_label(original): original}
+
+
+def _no_test(refs: dict) -> dict:
+    """The splits with the validation split standing in for the test split: the test split is never read."""
+    return {"train": refs["train"], "val": refs["val"], "test": refs["val"]}
+
+
+def _opened(root: str, P: Preset):
+    fpha = FPHA(root)
+    return fpha, get_cache(fpha, P.preprocess, progress=False)
+
+
+PARTS = {"hpe": ("preprocess", "hpe", "augment", "train_hpe", "film"), "har": ("har", "train_har"),
+         "fuse": ("preprocess", "hpe", "augment", "train_hpe", "film", "har", "train_har", "train_fuse")}
+
+
+def _folder(kind: str, P: Preset, seed: int) -> str:
+    """``runs/tuning/<kind>-<8 hex>-seed<seed>``, named by the parts of the preset that kind of run depends on."""
+    parts = {name: asdict(v) if hasattr(v, "__dataclass_fields__") else v
+             for name in PARTS[kind] for v in [getattr(P, name)]}
+    return str(runs_dir() / "tuning" / f"{kind}-{run_digest({'kind': kind, **parts})}-seed{seed}")
+
+
+def train_hpe(job: dict) -> dict:
+    """One HPE pre-training (FiLM in the preset's placement, fed w_eq, as the study pre-trains it)."""
+    P, seed = job["preset"], job["seed"]
+    fpha, cache = _opened(job["root"], P)
+    cfg_model = replace(hpe_entry("deepprior").config(P), film=P.film)
+    task = HPETask(cache, _no_test(splits(fpha, P, seed)), augment=P.augment)
+    torch.manual_seed(seed)
+    net = hpe_entry("deepprior").build(cfg_model)
+    rows = task.data["train"].rows
+    net.init_pca(torch.from_numpy(cache.joints[rows] - cache.centres[rows][:, None]) / task.half_cube)
+    if net.channels_last_safe:
+        net.to_channels_last()
+    with one_thread():
+        r = fit(net, task, replace(P.train_hpe, seed=seed), job["run"], {"hpe": asdict(cfg_model), "tuning": True},
+                progress=False)
+    return {"val_error_mm": r.val["error_mm"], "seconds": r.seconds, "epochs": len(r.history), "run": r.run_dir}
+
+
+def train_har(job: dict) -> dict:
+    P, seed = job["preset"], job["seed"]
+    fpha, _ = _opened(job["root"], P)
+    data = {k: PoseSequenceDataset(fpha, refs) for k, refs in _no_test(splits(fpha, P, seed)).items()}
+    torch.manual_seed(seed)
+    net = har_entry("lstm").build(har_entry("lstm").config(P))
+    with one_thread():
+        r = fit(net, HARTask(data), replace(P.train_har, seed=seed), job["run"], {"har": "lstm", "tuning": True},
+                progress=False)
+    return {"val_accuracy": r.val["accuracy"], "seconds": r.seconds, "run": r.run_dir}
+
+
+def fine_tune(job: dict) -> dict:
+    """The baseline fine-tuned from the seed's tuning HPE and HAR (the preset's own variants)."""
+    P, seed = job["preset"], job["seed"]
+    fpha, cache = _opened(job["root"], P)
+    hpe = hpe_entry("deepprior").build(replace(hpe_entry("deepprior").config(P), film=P.film))
+    hpe.load_state_dict(load_checkpoint(Path(job["hpe_run"]) / "best.pt")["model"])
+    har = har_entry("lstm").build(har_entry("lstm").config(P))
+    har.load_state_dict(load_checkpoint(Path(job["har_run"]) / "best.pt")["model"])
+    cfg = resolved_config("baseline", P, {})
+    model = build_method("baseline", Pretrained(hpe, hpe, har, {}), P, cfg, seed)
+    data = {k: SequenceDataset(cache, refs) for k, refs in _no_test(splits(fpha, P, seed)).items()}
+    with one_thread():
+        r = fit(model, FusionTask(data), replace(P.train_fuse, seed=seed), job["run"],
+                {"fusion": asdict(cfg), "tuning": True}, progress=False)
+    return {"val_loss": r.val["loss"], "val_error_mm": r.val["error_mm"], "val_accuracy": r.val["accuracy"],
+            "seconds": r.seconds}
+
+
+def _run(job: dict) -> dict:
+    return {"hpe": train_hpe, "har": train_har, "fuse": fine_tune}[job["kind"]](job)
+
+
+def _summary(results: dict[str, list[dict]], metric: str, scale: float = 1.0) -> dict:
+    """Per variant: mean and 95 % half-width over seeds, and the paired difference against the first."""
+    names = list(results)
+    ref = [scale * r[metric] for r in results[names[0]]]
+    out = {}
+    for name in names:
+        values = [scale * r[metric] for r in results[name]]
+        out[name] = {"mean": list(mean_ci95(values)), "per_seed": values,
+                     "minus_preset": list(mean_ci95([v - b for v, b in zip(values, ref)])),
+                     "one_thread_seconds": float(np.mean([r["seconds"] for r in results[name]]))}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "tuning.json"))
+    args = ap.parse_args()
+    P, seeds = get_preset(args.preset), list(range(args.seeds))
+    root = str(ensure_synthetic(args.preset))
+    get_cache(FPHA(root), P.preprocess)  # built once, here, before the workers read it
+    hpes, fuses = hpe_variants(P), fuse_variants(P)
+    jobs = [{"kind": "hpe", "variant": v, "preset": p, "seed": s, "root": root, "run": _folder("hpe", p, s)}
+            for v, p in hpes.items() for s in seeds]
+    jobs += [{"kind": "har", "variant": "preset", "preset": P, "seed": s, "root": root, "run": _folder("har", P, s)}
+             for s in seeds]
+    first = next(iter(hpes))  # the preset's own HPE: fine-tuning starts from it
+    preset_hpe = {j["seed"]: i for i, j in enumerate(jobs) if j["kind"] == "hpe" and j["variant"] == first}
+    har = {j["seed"]: i for i, j in enumerate(jobs) if j["kind"] == "har"}
+    after = [[] for _ in jobs]
+    for v, p in fuses.items():
+        for s in seeds:
+            jobs.append({"kind": "fuse", "variant": v, "preset": p, "seed": s, "root": root,
+                         "run": _folder("fuse", p, s), "hpe_run": jobs[preset_hpe[s]]["run"],
+                         "har_run": jobs[har[s]]["run"]})
+            after.append([preset_hpe[s], har[s]])
+    done = map_jobs(_run, jobs, describe=lambda j: f"{j['kind']} {j['variant']} seed {j['seed']}", desc="tuning",
+                    after=after)
+    by = {}
+    for j, r in zip(jobs, done):
+        by.setdefault(j["kind"], {}).setdefault(j["variant"], []).append(r)
+    report = {"preset": args.preset, "seeds": seeds, "data": "synthetic (the preset's benchmark; validation split only)",
+              "machine": machine_info(),
+              "hpe": _summary(by["hpe"], "val_error_mm"),
+              "finetune": {"val_loss": _summary(by["fuse"], "val_loss"), "val_error_mm": _summary(by["fuse"], "val_error_mm"),
+                           "val_accuracy": _summary(by["fuse"], "val_accuracy", 100.0)}}
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"[synthetic, {args.preset} preset, validation split only, seeds {seeds}]")
+    for title, table, unit in (("HPE pre-training: validation error", report["hpe"], "mm"),
+                               *((f"fine-tuning (baseline): validation {m}", report["finetune"][m], u)
+                                 for m, u in (("val_loss", ""), ("val_error_mm", "mm"), ("val_accuracy", "%")))):
+        print(title)
+        for name, row in table.items():
+            (m, hw), (d, dhw) = row["mean"], row["minus_preset"]
+            print(f"  {name:55s} {m:8.3f} ± {hw:6.3f} {unit:2s}  minus the preset's: {d:+.3f} ± {dhw:.3f}"
+                  f"  ({row['one_thread_seconds']:.0f} s one thread)")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
