@@ -32,7 +32,7 @@ reproduce: $(STAMP)
 	$(BIN)/python -m handfuse reproduce --preset $(PRESET) --out $(OUT)
 
 test: $(STAMP)
-	bash scripts/ensure-chromium.sh  # Debian's chromium for tests/test_browser.py (once; no-op after)
+	bash scripts/ensure-test-tools.sh  # Debian's chromium (tests/test_browser.py) and ffmpeg (the MP4 export; once, no-op after)
 	HANDFUSE_PRESET=smoke HANDFUSE_FIGURES=$$(mktemp -d) HANDFUSE_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q tests --nbval-lax --nbval-cell-timeout=900 notebooks -p no:cacheprovider
 
 bench: $(STAMP)

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Make sure Debian's Chromium is at /usr/bin/chromium for the browser test (tests/test_browser.py).
-# Idempotent: does nothing when it is already there.  Playwright drives this browser; its own
-# browser downloads (`playwright install`) are never used.
+# Make sure the Debian tools the tests need are installed (`make test` runs this first):
+#   /usr/bin/chromium  the browser test (tests/test_browser.py); Playwright drives this browser, and its
+#                      own browser downloads (`playwright install`) are never used;
+#   /usr/bin/ffmpeg    the MP4 export of the animations (tests/test_widgets.py), which matplotlib writes
+#                      through ffmpeg.
+# Idempotent: does nothing when both are there.  Without them those tests fail, they do not skip.
 set -euo pipefail
 
 CHROMIUM=/usr/bin/chromium
-if [ -x "$CHROMIUM" ]; then
+FFMPEG=/usr/bin/ffmpeg
+packages=()
+[ -x "$CHROMIUM" ] || packages+=(chromium fonts-dejavu-core)
+[ -x "$FFMPEG" ] || packages+=(ffmpeg)
+if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi
 
 fail() {
-    echo "ensure-chromium: $1" >&2
-    echo "ensure-chromium: the browser test needs Debian's chromium at $CHROMIUM; install it (apt-get install chromium) and rerun." >&2
+    echo "ensure-test-tools: $1" >&2
+    echo "ensure-test-tools: the tests need Debian's chromium at $CHROMIUM and ffmpeg at $FFMPEG;" \
+         "install them (apt-get install chromium ffmpeg) and rerun." >&2
     exit 1
 }
 
@@ -21,9 +29,11 @@ if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || fail "not root and no sudo to run apt-get"
     SUDO="sudo"
 fi
-echo "ensure-chromium: installing Debian's chromium (once)"
+echo "ensure-test-tools: installing Debian's ${packages[*]} (once)"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq || fail "apt-get update failed"
-$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null || fail "apt-get install chromium failed"
+$SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null || fail "apt-get install ${packages[*]} failed"
 [ -x "$CHROMIUM" ] || fail "chromium installed but $CHROMIUM is missing"
+[ -x "$FFMPEG" ] || fail "ffmpeg installed but $FFMPEG is missing"
 "$CHROMIUM" --version
+"$FFMPEG" -hide_banner -version | head -1

@@ -1,9 +1,9 @@
 """Shared fixtures: a tiny hand-made FPHA tree (independent of the synthetic generator), and the
-network guard (tests/netguard.py) installed for the whole session, kernels included."""
+network guard (tests/netguard.py) installed for the whole session, in this process and in every
+Python process the tests start."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,13 @@ import netguard
 
 
 def _guard_the_network() -> None:
-    """The guard here, and in every IPython kernel started from here (nbval's, papermill's)
-    through a startup file in a private IPYTHONDIR that the kernels inherit."""
+    """The guard here, and in every Python process started from here (CLI subprocesses, torchrun and
+    its workers, JupyterLab, the kernels of nbval, papermill and the browser test, pool workers):
+    they inherit a PYTHONPATH whose first folder holds a ``sitecustomize`` that installs it.
+    Chromium gets its own flags (``netguard.chromium_args``)."""
     netguard.install()
-    ipython = Path(tempfile.mkdtemp(prefix="handfuse-ipython-"))
-    startup = ipython / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-netguard.py").write_text(netguard.STARTUP.format(tests=str(Path(__file__).parent)))
-    os.environ["IPYTHONDIR"] = str(ipython)
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != netguard.SITE]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(netguard.SITE), *path])
 
 
 _guard_the_network()

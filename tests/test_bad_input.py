@@ -18,11 +18,11 @@ copied per variant); its split file, line by line::
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -51,22 +51,6 @@ def root_replaced_by_file(root: Path) -> None:
     root.write_text("not a folder\n")
 
 
-def _chmod_blocks_reads() -> bool:
-    """Whether ``chmod 000`` makes a folder unlistable here.  Not as root (CAP_DAC_OVERRIDE), and
-    these tests run as root on the project's machines."""
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / "probe"
-        probe.mkdir()
-        probe.chmod(0)
-        try:
-            os.listdir(probe)
-            return False
-        except PermissionError:
-            return True
-        finally:
-            probe.chmod(0o700)
-
-
 # ----------------------------------------------------------------------------- the corpus
 
 
@@ -83,14 +67,8 @@ class Variant(NamedTuple):
 PNG = depth(C, 1)
 SKEL = skel(A)  # 4 lines; the skeleton variants break line 3 (frame 2)
 DEPTH_C = f"{VIDEO_DIR}/{C}/depth"
-if _chmod_blocks_reads():
-    UNREADABLE = Variant("unreadable-directory", lambda root: (root / DEPTH_C).chmod(0), DEPTH_C, None,
-                         "cannot list depth folder (Permission denied)")
-else:
-    # As root chmod 000 blocks nothing, so the folder is made unreadable the one way root cannot
-    # read through: it is replaced by a dangling symlink.  FPHA(root) then names the split entry.
-    UNREADABLE = Variant("unreadable-directory", replace_by_dangling_link(DEPTH_C), SPLIT_FILE, 5,
-                         f"names a missing sequence ({{root}}/{DEPTH_C} not found)")
+DEPTH_FOLDER_GONE = Variant("depth-folder-dangling-link", replace_by_dangling_link(DEPTH_C), SPLIT_FILE, 5,
+                            f"names a missing sequence ({{root}}/{DEPTH_C} not found)")
 
 VARIANTS = [
     # depth PNGs
@@ -139,8 +117,8 @@ VARIANTS = [
     Variant("split-count-too-high", edit_line(SPLIT_FILE, 1, lambda s: "Training 3"), SPLIT_FILE, 1, "announces 3 entries but only 2 follow"),
     Variant("split-is-a-directory", both(remove(SPLIT_FILE), lambda root: (root / SPLIT_FILE).mkdir()), SPLIT_FILE, None,
             "split file is not a file"),
-    # folders
-    UNREADABLE,
+    # folders (an unreadable one: test_an_unreadable_folder_gives_one_error_naming_it)
+    DEPTH_FOLDER_GONE,
     Variant("pose-folder-missing", remove(POSE_DIR), SPLIT_FILE, 2, f"names a missing sequence ({{root}}/{POSE_DIR}/{A} not found)",
             also=((SPLIT_FILE, 3), (SPLIT_FILE, 5), (SPLIT_FILE, 6))),
     Variant("root-is-a-file", root_replaced_by_file, "", None, "data root not found"),
@@ -154,15 +132,9 @@ def pristine(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def root(pristine: Path, tmp_path: Path):
-    """A fresh copy of the valid tree, to break.  Permissions are restored afterwards so that
-    pytest can delete it (the chmod variant, where it has effect)."""
-    path = Path(shutil.copytree(pristine, tmp_path / "fpha"))
-    yield path
-    for folder, subfolders, _ in os.walk(path):
-        for name in subfolders:
-            if not (Path(folder) / name).is_symlink():
-                (Path(folder) / name).chmod(0o755)
+def root(pristine: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the valid tree, to break."""
+    return Path(shutil.copytree(pristine, tmp_path / "fpha"))
 
 
 def open_for_training(root: Path, cache_dir: Path):
@@ -205,6 +177,65 @@ def test_bad_input_gives_one_error_naming_the_file(root, tmp_path, variant):
         expected = [(root / file, line) for file, line in ((variant.file, variant.line),) + variant.also]
         assert [(p.path, p.line) for p in problems] == expected, problems
         assert frames == 0
+
+
+# Root reads through chmod 000 by two capabilities (capabilities(7)); a process without them is held to the
+# permission bits like any user.  (A switch to user nobody would not do: the interpreter may live where only
+# root can reach it, as pyenv's under /root does.)
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, PR_CAPBSET_DROP = 1, 2, 24
+UNREADABLE_CHILD = r"""
+import json, sys
+caps = int(open("/proc/self/status").read().split("CapEff:")[1].split()[0], 16)
+from handfuse.cache import get_cache
+from handfuse.config import get_preset
+from handfuse.errors import DataError
+from handfuse.fpha import FPHA, check_root
+root, cache_dir = sys.argv[1:]
+out = {"caps": caps}
+try:
+    get_cache(FPHA(root), get_preset("smoke").preprocess, cache_dir=cache_dir, workers=1, progress=False)
+except DataError as e:
+    out["error"] = [str(e), str(e.path), e.line]
+for decode in (True, False):
+    problems, _, frames = check_root(root, decode=decode)
+    out[f"check decode={decode}"] = [[[str(p.path), p.line] for p in problems], frames]
+print(json.dumps(out))
+"""
+
+
+def _without_permission_override() -> None:
+    """In the child, before it runs the interpreter: drop the two capabilities from the bounding set, so
+    that the program it runs, even as root, never has them."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+def test_an_unreadable_folder_gives_one_error_naming_it(root, tmp_path):
+    """A depth folder that cannot be listed (chmod 000), as in the corpus above, in a child process held
+    to the permission bits: as root (these tests run as root on the project's machines), one without
+    the capabilities that let root read through them."""
+    folder, cache_dir = root / DEPTH_C, tmp_path / "cache"
+    folder.chmod(0)
+    try:
+        done = subprocess.run([sys.executable, "-c", UNREADABLE_CHILD, str(root), str(cache_dir)], cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+                              preexec_fn=_without_permission_override if os.geteuid() == 0 else None)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert not out["caps"] & (1 << CAP_DAC_OVERRIDE | 1 << CAP_DAC_READ_SEARCH), "the child could read through chmod 000"
+    assert "error" in out, "no DataError: the folder could be listed"
+    message, path, line = out["error"]
+    assert message.startswith(f"{folder}: ") and "cannot list depth folder (Permission denied)" in message, message
+    assert (path, line) == (str(folder), None) and "\n" not in message
+    assert not [p for p in cache_dir.glob("crops-*") if read_manifest(p) is not None]  # nothing usable was cached
+    for decode in (True, False):  # the check command finds this fault and nothing else
+        assert out[f"check decode={decode}"] == [[[str(folder), None]], 0], out
 
 
 # ----------------------------------------------------------------------------- python -m handfuse check

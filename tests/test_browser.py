@@ -11,7 +11,7 @@ dropdown changing the plotted numbers (read from the plot's ``_fullData``).
 Screenshots go to ``$HANDFUSE_ARTEFACTS`` (default: a temporary folder), and the
 path is printed.
 
-Chromium must be ``/usr/bin/chromium`` (``scripts/ensure-chromium.sh``, which
+Chromium must be ``/usr/bin/chromium`` (``scripts/ensure-test-tools.sh``, which
 ``make test`` runs first, installs it); Playwright's own browsers are never used.
 Without it the test fails, it does not skip.
 """
@@ -22,20 +22,22 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError, Page, expect, sync_playwright
 
+import netguard
 from handfuse.lab import get, listening_addresses, running_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync", "--disable-quic",
+                 "--force-webrtc-ip-handling-policy=disable_non_proxied_udp"]  # + netguard.chromium_args: offline
 # every cell rendered (no virtual scrolling: widgets off screen exist in the DOM), no news pop-up
 LAB_SETTINGS = {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
                 "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
@@ -98,12 +100,16 @@ def lab(tmp_path_factory, artefacts):
 
 @pytest.fixture(scope="module")
 def browser():
+    """Chromium, kept off the network (``netguard.chromium_args``): its "proxy" is a loopback port that
+    this fixture holds bound and never listens on, so every connection to it is refused."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: the browser test needs Debian's chromium. Run `bash scripts/ensure-chromium.sh`"
+        pytest.fail(f"{CHROMIUM} is missing: the browser test needs Debian's chromium. Run `bash scripts/ensure-test-tools.sh`"
                     " (`make test` does it first); `playwright install` is not used.")
     expect.set_options(timeout=STEP_MS)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with socket.socket() as refusing, sync_playwright() as p:
+        refusing.bind(("127.0.0.1", 0))
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM),
+                                     args=CHROMIUM_ARGS + netguard.chromium_args(refusing.getsockname()[1]))
         yield chromium
         chromium.close()
 
@@ -187,6 +193,35 @@ def _pids_with(text: str) -> list[int]:
     return found
 
 
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` has ended: gone from ``/proc``, or a zombie (ended, its parent has not
+    reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _python_path(pid: int) -> list[str]:
+    """The PYTHONPATH folders process ``pid`` started with."""
+    env = dict(entry.split("=", 1) for entry in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in entry)
+    return env.get("PYTHONPATH", "").split(os.pathsep)
+
+
+def wait_until(condition, what: str, timeout_s: float = STEP_MS / 1000) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` if ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
 def test_lab_shuts_down_with_its_kernels(tmp_path, lab):
     with running_lab(tmp_path) as (url, token):
         request = urllib.request.Request(f"{url}/api/kernels?token={token}", method="POST", data=b"{}",
@@ -195,11 +230,35 @@ def test_lab_shuts_down_with_its_kernels(tmp_path, lab):
             kernel = json.loads(reply.read())["id"]
         pids = _pids_with(f"kernel-{kernel}.json")
         assert len(pids) == 1, pids  # the kernel process is running
+        server = _parent(pids[0])
+        for pid in (server, pids[0]):  # JupyterLab and its kernel start with the network guard (tests/netguard.py)
+            assert _python_path(pid)[0] == str(netguard.SITE), (pid, _python_path(pid))
         port = int(url.rsplit(":", 1)[1])
         assert listening_addresses(port) == {"127.0.0.1"} and token != lab[1]  # a fresh token per server
-    time.sleep(0.5)
-    assert not Path(f"/proc/{pids[0]}").exists() and not _pids_with(f"kernel-{kernel}.json")
-    assert listening_addresses(port) == set()
+    wait_until(lambda: _exited(pids[0]), f"the kernel (pid {pids[0]}) ends with its server")
+    assert _exited(server) and not _pids_with(f"kernel-{kernel}.json")
+    wait_until(lambda: listening_addresses(port) == set(), f"port {port} closed")
+
+
+def test_chromium_reaches_nothing_beyond_loopback(browser, lab):
+    """Addresses and names beyond this machine fail at once in Chromium, at the refusing loopback proxy
+    (no packet leaves the machine); JupyterLab on loopback is reached directly."""
+    url, token = lab
+    page = browser.new_page()
+    try:
+        assert page.goto(f"{url}/api/status?token={token}").status == 200
+        fetched = page.evaluate("async () => { try { await fetch('http://192.0.2.1/', {mode: 'no-cors'}); return 'fetched'; }"
+                                " catch (err) { return String(err); } }")
+        assert fetched.startswith("TypeError"), fetched  # a page's own request: refused too
+    finally:
+        page.close()
+    for target in ("http://192.0.2.1/", "https://example.org/", "http://handfuse-offline.invalid/"):
+        page = browser.new_page()
+        try:
+            with pytest.raises(PlaywrightError, match="net::ERR_PROXY_CONNECTION_FAILED"):
+                page.goto(target, timeout=STEP_MS)
+        finally:
+            page.close()
 
 
 # ----------------------------------------------------------------------------- the notebooks in Chromium

@@ -1,13 +1,14 @@
 """torch Datasets over the crop cache and over pose sequences (handfuse.datasets)."""
 from __future__ import annotations
 
-import time
-
+import cv2
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+import handfuse.cache
+import handfuse.fpha
 from conftest import make_tiny_fpha
 from handfuse.cache import get_cache
 from handfuse.config import PreprocessConfig
@@ -79,18 +80,47 @@ def test_dataloader_over_batch_sampler_yields_collated_batches(cache):
     assert batches[0]["depth"].shape == (4, 1, 16, 16)
 
 
-def test_frame_batches_are_much_faster_than_decoding(fpha, cache):
-    ds = FrameDataset(cache)
-    refs = [(r, t) for r in fpha.sequences for t in range(len(fpha.read_skeleton(r)))][:12]
-    start = time.perf_counter()
-    for ref, t in refs:
-        crop(fpha.read_depth(ref, t), fpha.read_skeleton(ref)[t, 3], fpha.intrinsics, 250.0, 16)
-    decode = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(5):
-        ds.batch(np.arange(len(refs)))
-    cached = (time.perf_counter() - start) / 5
-    assert decode / cached > 20
+@pytest.fixture
+def png_decodes(monkeypatch) -> list[str]:
+    """A list that records every depth-PNG decode in this process: OpenCV's decoders (``read_depth_png``,
+    the one reader of the data path, calls ``cv2.imdecode``) and ``read_depth_png`` itself."""
+    decoded: list[str] = []
+
+    def counted(owner, name: str) -> None:
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, **k: decoded.append(name) or real(*a, **k))
+
+    counted(cv2, "imdecode")
+    counted(cv2, "imread")
+    for module in (handfuse.fpha, handfuse.cache):
+        counted(module, "read_depth_png")
+    return decoded
+
+
+def test_the_decode_counter_sees_the_data_paths_decodes(fpha, png_decodes, tmp_path):
+    """The control for the test below: reading a frame, and building a cache, are counted."""
+    fpha.read_depth(fpha.test[0], 0)
+    assert png_decodes == ["read_depth_png", "imdecode"]
+    png_decodes.clear()
+    get_cache(fpha, CFG, cache_dir=tmp_path, workers=1, progress=False)  # built in this process
+    frames = sum(len(fpha.read_skeleton(r)) for r in fpha.sequences)
+    assert png_decodes.count("imdecode") == png_decodes.count("read_depth_png") == frames
+
+
+def test_cached_items_and_batches_decode_no_png(fpha, cache, png_decodes):
+    """Training reads crops from the cache only: opening it again, items, batches, whole sequences
+    and a DataLoader over them decode no depth PNG."""
+    again = get_cache(fpha, CFG, cache_dir=cache.path.parent, workers=1, progress=False)
+    assert again.path == cache.path
+    frames = FrameDataset(again)
+    items = [frames[i] for i in range(len(frames))]
+    batch = frames.batch(np.arange(len(frames)))
+    torch.testing.assert_close(batch["depth"], torch.stack([it["depth"] for it in items]))
+    sampler = BatchSampler(SequentialSampler(frames), batch_size=4, drop_last=False)
+    assert sum(len(b["label"]) for b in DataLoader(frames, sampler=sampler, batch_size=None)) == len(frames)
+    seqs = SequenceDataset(again, fpha.sequences)
+    collate_sequences([seqs[i] for i in range(len(seqs))])
+    assert png_decodes == []
 
 
 def test_sequence_items_and_collate(fpha, cache):

@@ -343,8 +343,9 @@ def test_unknown_options_and_bad_cli_values_are_refused_before_work(tmp_path):
 
     with pytest.raises(ConfigError, match="fusion.pq.*known keys"):
         method_config("feedback", pq=0.5)
+    # cuda:99: a device no machine has, so refused on a machine with a GPU as well as on one without
     for args, name in ((["--set", "p_eq=2"], "fusion.p_eq"), (["--set", "eta"], "--set"), (["--method", "boost"], "method"),
-                       (["--train", "epochs=0"], "train.epochs"), (["--device", "cuda:0"], "--device")):
+                       (["--train", "epochs=0"], "train.epochs"), (["--device", "cuda:99"], "--device")):
         done = subprocess.run([sys.executable, "-m", "handfuse", "train", "fusion", "--preset", "smoke",
                                "--runs", str(tmp_path), *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and name in done.stderr, (args, done.stderr[-500:])

@@ -66,52 +66,104 @@ def test_a_failing_job_is_named_and_the_pool_recovers(monkeypatch):
     assert pool.map_jobs(_fails_on_three, [1, 2], progress=False) == [10, 20]
 
 
-def _stamp(job):
-    """Sleeps ``job["sleep"]`` s, then records when it started and ended."""
+DEADLINE_S = 120.0  # how long a job waits for what the test arranges; reached only when the code is wrong
+
+
+def _wait_for(path: Path, deadline_s: float = DEADLINE_S) -> bool:
+    """Poll until ``path`` exists; False if the deadline passes first."""
     import time
-    start = time.monotonic()
-    time.sleep(job["sleep"])
-    return start, time.monotonic()
+    deadline = time.monotonic() + deadline_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
-def test_a_job_waits_for_the_jobs_it_needs(monkeypatch):
+def _ordered(job):
+    """Marks ``started-N`` and, at its end, ``ended-N`` in ``job["dir"]``; returns the marks there when it
+    started, and (if ``job["until"]`` names a job) whether that job started while this one ran."""
+    folder, n = Path(job["dir"]), job["n"]
+    seen = sorted(p.name for p in folder.iterdir())
+    (folder / f"started-{n}").touch()
+    waited = _wait_for(folder / f"started-{job['until']}") if "until" in job else None
+    (folder / f"ended-{n}").touch()
+    return seen, waited
+
+
+def test_a_job_waits_for_the_jobs_it_needs(monkeypatch, tmp_path):
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
-    # job 2 needs job 0 (slow); job 1 is free, and so is job 3, which may pass job 2 while it waits
-    jobs = [{"sleep": 0.6}, {"sleep": 0.05}, {"sleep": 0.05}, {"sleep": 0.05}]
-    out = pool.map_jobs(_stamp, jobs, progress=False, after=[[], [], [0], []])
-    assert out[2][0] >= out[0][1]  # started after what it needs had ended
-    assert out[3][0] < out[0][1]  # a free job did not wait for it
+    # job 2 needs job 0; job 0 runs until job 3 has started, so job 3 (free) must not wait for job 0
+    jobs = [{"dir": str(tmp_path), "n": 0, "until": 3}] + [{"dir": str(tmp_path), "n": n} for n in (1, 2, 3)]
+    out = pool.map_jobs(_ordered, jobs, progress=False, after=[[], [], [0], []])
+    assert out[0][1] is True, "a free job waited for a job it does not need"
+    assert "ended-0" in out[2][0]  # started after what it needs had ended
     with pytest.raises(ValueError, match=r"job 0 \(.*\) must come after the jobs it needs: \[1\]"):
-        pool.map_jobs(_stamp, jobs[:2], progress=False, after=[[1], []])
+        pool.map_jobs(_ordered, jobs[:2], progress=False, after=[[1], []])
 
 
-def _pid_after(seconds):
+def _pid_once_all_started(job):
+    """Marks ``job["dir"]/PID`` and waits until ``job["all"]`` jobs have marked theirs (each on its own
+    worker, at the same time), then waits ``job["hold_s"]`` more; returns the pid."""
     import time
-    time.sleep(seconds)
+    folder = Path(job["dir"])
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + DEADLINE_S
+    while len(list(folder.iterdir())) < job["all"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(job.get("hold_s", 0))
     return os.getpid()
 
 
-def test_an_interrupt_stops_jobs_and_leaves_idle_workers_waiting(monkeypatch):
+def _sigint_pending(pid: int) -> bool:
+    """Whether SIGINT is still pending for process ``pid`` (not yet delivered), from Linux ``/proc``."""
+    import signal
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    bit = 1 << (signal.SIGINT - 1)
+    return any(int(fields[k], 16) & bit for k in ("SigPnd", "ShdPnd"))
+
+
+def _until(condition, what: str, deadline_s: float = DEADLINE_S) -> None:
+    import time
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {deadline_s:.0f} s"
+        time.sleep(0.01)
+
+
+def test_an_interrupt_stops_jobs_and_leaves_idle_workers_waiting(monkeypatch, tmp_path):
     """Jupyter sends SIGINT to a kernel's whole process group when a user interrupts a cell and when
     it shuts the kernel down: idle workers must survive it quietly, running jobs must stop."""
     import signal
     import threading
-    import time
 
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
     pool.shutdown()
-    pids = set(pool.map_jobs(_pid_after, [0.4, 0.4], progress=False))
-    assert len(pids) == 2  # both workers took a job
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for folder in (first, second, third):
+        folder.mkdir()
+    def jobs(folder: Path, **kw) -> list[dict]:
+        return [{"dir": str(folder), "all": 2, **kw}] * 2
+
+    pids = set(pool.map_jobs(_pid_once_all_started, jobs(first), progress=False))
+    assert len(pids) == 2  # both workers took a job, at the same time
     for pid in pids:  # both idle now
         os.kill(pid, signal.SIGINT)
-    time.sleep(0.3)
-    assert set(pool.map_jobs(_pid_after, [0.4, 0.4], progress=False)) == pids  # the same workers, pool intact
-    timer = threading.Timer(1.0, lambda: [os.kill(pid, signal.SIGINT) for pid in pids])
+    for pid in pids:  # delivered, so handled while idle, before the next jobs arrive
+        _until(lambda: not _sigint_pending(pid), f"SIGINT delivered to worker {pid}")
+    assert set(pool.map_jobs(_pid_once_all_started, jobs(second), progress=False)) == pids  # the same workers, pool intact
+
+    def interrupt_once_both_run():  # both jobs have marked their start: both workers are busy
+        _until(lambda: len(list(third.iterdir())) == 2, "both long jobs started")
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt_once_both_run)
     timer.start()
-    t0 = time.monotonic()
+    # a job that is not stopped runs its DEADLINE_S wait and then returns, and the call does not raise
     with pytest.raises(RuntimeError, match=r"long job: failed in a worker process \(KeyboardInterrupt"):
-        pool.map_jobs(_pid_after, [30, 30], describe=lambda j: "long job", progress=False)
-    assert time.monotonic() - t0 < 20  # the jobs stopped, not ran out
+        pool.map_jobs(_pid_once_all_started, jobs(third, hold_s=DEADLINE_S), describe=lambda j: "long job",
+                      progress=False)
     timer.join()
     assert pool.map_jobs(_threads, [7], progress=False) == [(7, 1)]  # and the next call has a fresh pool
 

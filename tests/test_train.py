@@ -177,10 +177,20 @@ def test_foreign_pickles_are_refused(tmp_path):
         load_checkpoint(tmp_path / "evil2.pt")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error():
-    with pytest.raises(ConfigError, match="train.device"):
-        _run(cfg=TrainConfig(**{**CFG.__dict__, "device": "cuda"}))
+    """On a machine without CUDA, which a child process with its GPUs hidden is (on any machine)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom handfuse.errors import ConfigError\nfrom handfuse.train import TrainConfig, fit\n"
+            "assert not torch.cuda.is_available()\n"
+            "try:\n    fit(torch.nn.Linear(1, 1), None, TrainConfig(device='cuda'))\n"
+            "except ConfigError as e:\n    print(type(e).__name__, e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ConfigError") and "train.device" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"val_fraction": 1.0}, {"device": "tpu"}])
