@@ -51,9 +51,10 @@ def test_two_gloo_processes_train_like_one(tmp_path):
             for n, r in (("one", one), ("two", two))}
     for a, b in zip(hist["one"], hist["two"]):  # the last batch differs by DistributedSampler's padding only
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.02)
-    # a fusion method (frozen batch norm): its pre-trained models are trained data-parallel too
-    one = _train(tmp_path, 1, "fusion", "--method", "baseline")
-    two = _train(tmp_path, 2, "fusion", "--method", "baseline")
+    # a fusion method (frozen batch norm): its pre-trained models are trained data-parallel too.  A global batch
+    # of 10 sequences, 5 per process: the preset's 5 (which divides its 45 training sequences) does not split in two
+    one = _train(tmp_path, 1, "fusion", "--method", "baseline", "--train", "batch_size=10")
+    two = _train(tmp_path, 2, "fusion", "--method", "baseline", "--train", "batch_size=10")
     assert one["test"]["error_mm"] == pytest.approx(two["test"]["error_mm"], rel=0.05)
     leftovers = [p for p in two["runs"].rglob("*") if ".tmp-" in p.name]
     assert not leftovers, leftovers
