@@ -38,7 +38,7 @@ from handfuse.models.registry import har_entry, hpe_entry
 from handfuse.paths import REPO, ensure_synthetic, runs_dir
 from handfuse.pool import map_jobs, one_thread
 from handfuse.report import machine_info
-from handfuse.standalone import splits
+from handfuse.standalone import initial_hpe, splits
 from handfuse.tasks import HARTask, HPETask
 from handfuse.train import fit, load_checkpoint, run_digest
 
@@ -94,10 +94,7 @@ def train_hpe(job: dict) -> dict:
     fpha, cache = _opened(job["root"], P)
     cfg_model = replace(hpe_entry("deepprior").config(P), film=P.film)
     task = HPETask(cache, _no_test(splits(fpha, P, seed)), augment=P.augment)
-    torch.manual_seed(seed)
-    net = hpe_entry("deepprior").build(cfg_model)
-    rows = task.data["train"].rows
-    net.init_pca(torch.from_numpy(cache.joints[rows] - cache.centres[rows][:, None]) / task.half_cube)
+    net = initial_hpe(task, cfg_model, seed)
     if net.channels_last_safe:
         net.to_channels_last()
     with one_thread():

@@ -22,18 +22,16 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from .cache import CropCache, get_cache
 from .config import Preset
 from .datasets import FrameDataset
 from .fpha import FPHA, SequenceRef
 from .metrics import mean_joint_error
-from .models.interfaces import PosePrior
 from .models.registry import DEFAULT_HPE, hpe_entry
 from .pool import one_thread
 from .skeleton import NUM_ACTIONS
-from .standalone import splits
+from .standalone import initial_hpe, splits
 from .tasks import HPETask
 
 HPE_MARGIN = 0.1  # a trained HPE's error must lie at least 10 % below each reference
@@ -59,11 +57,7 @@ def untrained_hpe_error_mm(fpha: FPHA, preset: Preset, seed: int = 0, film: str 
     pose prior the prior fitted to the training poses), evaluated as pre-training evaluates."""
     cache = cache or get_cache(fpha, preset.preprocess, progress=False)
     task = HPETask(cache, splits(fpha, preset, seed))
-    torch.manual_seed(seed)  # as pretrain_hpe, so the same initial weights
-    net = hpe_entry(model).build(replace(hpe_entry(model).config(preset), film=film))
-    if isinstance(net, PosePrior):
-        rows = task.data["train"].rows
-        net.init_pca(torch.from_numpy(cache.joints[rows] - cache.centres[rows][:, None]) / task.half_cube)
+    net = initial_hpe(task, replace(hpe_entry(model).config(preset), film=film), seed, model)  # pretrain_hpe's start
     with one_thread(device):
         return float(task.evaluate(net.to(device), "test", replace(preset.train_hpe, device=device))["error_mm"])
 

@@ -67,17 +67,23 @@ def pretrain_hpe(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, 
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
     run, config, cfg_train, cfg_model = hpe_run(fpha, preset, film, seed, device, root, model)
     task = HPETask(cache, splits(fpha, preset, seed), augment=preset.augment)
-    torch.manual_seed(seed)
-    net = hpe_entry(model).build(cfg_model)
-    if isinstance(net, PosePrior):
-        train_rows = task.data["train"].rows
-        joints = torch.from_numpy(cache.joints[train_rows] - cache.centres[train_rows][:, None]) / task.half_cube
-        net.init_pca(joints)  # the prior, from the training poses only; frozen while pre-training
+    net = initial_hpe(task, cfg_model, seed, model)
     if net.channels_last_safe:  # faster on CPU and CUDA alike (docs/benchmarks.md)
         net.to_channels_last()
     with one_thread(device):
         result = fit(net, task, cfg_train, run, config, progress=progress)
     return net, result
+
+
+def initial_hpe(task: HPETask, cfg_model, seed: int, model: str = DEFAULT_HPE) -> PoseEstimator:
+    """The network :func:`pretrain_hpe` starts from: built from ``cfg_model`` after seeding with
+    ``seed``; a model with a pose prior fits it to ``task``'s training poses (frozen while pre-training)."""
+    torch.manual_seed(seed)
+    net = hpe_entry(model).build(cfg_model)
+    if isinstance(net, PosePrior):
+        rows = task.data["train"].rows
+        net.init_pca(torch.from_numpy(task.cache.joints[rows] - task.cache.centres[rows][:, None]) / task.half_cube)
+    return net
 
 
 def pretrain_har(fpha: FPHA, preset: Preset, attention: bool = False, seed: int = 0, device: str = "cpu",
