@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 env: $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/python -m handfuse reproduce --preset $(PRESET) --out $(OUT)
+	$(BIN)/python -m handfuse reproduce --preset $(PRESET) --out $(OUT) --figures figures
 
 test: $(STAMP)
 	bash scripts/ensure-test-tools.sh  # Debian's chromium (tests/test_browser.py) and ffmpeg (the MP4 export; once, no-op after)

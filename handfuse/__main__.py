@@ -30,7 +30,7 @@ def _reproduce(args) -> None:
     from .reproduce import reproduce
 
     reproduce(preset=args.preset, out=Path(args.out), data_root=args.data_root, seed=args.seed, device=args.device,
-              seeds=args.seeds, only=args.notebooks)
+              seeds=args.seeds, only=args.notebooks, figures=None if args.figures is None else Path(args.figures))
 
 
 def _value(text: str):
@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_synth)
     p = sub.add_parser("reproduce", help="run the workbook headless with papermill")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    p.add_argument("--out", default=None, help="output folder (default runs/PRESET)")
+    p.add_argument("--out", default=None, help="this run's folder: executed notebooks, results, summary, timings, run.json"
+                                                " (default runs/PRESET; trained models stay in runs/PRESET/models)")
+    p.add_argument("--figures", default=None, help="where the figures go (default: OUT/figures, or $HANDFUSE_FIGURES)")
     p.add_argument("--data-root", default=None, help="an FPHA root; default: the synthetic benchmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (bf16 autocast)")

@@ -2,10 +2,11 @@
 
 ``HANDFUSE_DATA`` overrides the data folder (default: ``data/`` in the checkout,
 or ``~/.cache/handfuse`` for a non-editable install).  ``HANDFUSE_FIGURES``
-overrides the figures folder (default: ``figures/`` in the checkout) and
-``HANDFUSE_RUNS`` the folder of trained models and results files (default:
-``runs/``); the test suite points both at temporary folders so that smoke-preset
-runs never mix with real ones.
+overrides the figures folder (default: ``figures/`` in the checkout, or the
+run's ``<out>/figures``, see :func:`use_run_figures`) and
+``HANDFUSE_RUNS`` the folder of trained models and of each run's outputs (default:
+``runs/``; where a run's results go is :mod:`handfuse.results`); the test suite
+points both at temporary folders so that smoke-preset runs never mix with real ones.
 """
 from __future__ import annotations
 
@@ -23,35 +24,34 @@ def data_home() -> Path:
     return Path(env) if env else (REPO / "data" if _IN_CHECKOUT else Path.home() / ".cache" / "handfuse")
 
 
+_run_figures: Path | None = None  # set by a study with its own out folder or data (use_run_figures)
+
+
 def figures_dir() -> Path:
+    """Where figures go: ``$HANDFUSE_FIGURES`` when set; else the figures folder of the run in progress
+    (:func:`use_run_figures`); else ``figures/`` in the checkout, the synthetic benchmark's figures."""
     env = os.environ.get("HANDFUSE_FIGURES")
-    path = Path(env) if env else (REPO / "figures" if _IN_CHECKOUT else Path.cwd() / "figures")
+    if env:
+        path = Path(env)
+    elif _run_figures is not None:
+        path = _run_figures
+    else:
+        path = REPO / "figures" if _IN_CHECKOUT else Path.cwd() / "figures"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def use_run_figures(folder: str | Path | None) -> None:
+    """Send this process's figures to ``folder`` (None: back to the default).  A study given its own
+    ``out``, or data other than the synthetic benchmark, sends them to ``<out>/figures``, so that a
+    parameterised run never overwrites ``figures/`` and figures of FPHA frames never land in the checkout."""
+    global _run_figures
+    _run_figures = None if folder is None else Path(folder)
 
 
 def runs_dir() -> Path:
     env = os.environ.get("HANDFUSE_RUNS")
     return Path(env) if env else (REPO / "runs" if _IN_CHECKOUT else Path.cwd() / "runs")
-
-
-def write_results(preset: str, name: str, payload: dict) -> Path:
-    """Write ``runs/<preset>/results/<name>.json`` atomically; the payload should say whether
-    the data was synthetic.  Run records are written as ``record.to_json()``.  Returns the path."""
-    folder = runs_dir() / preset / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
-    os.replace(tmp, path)
-    return path
-
-
-def _jsonable(o):
-    """What json cannot write itself: records (``to_json``), arrays and tensors (``tolist``), else ``str``."""
-    if hasattr(o, "to_json"):
-        return o.to_json()
-    return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
 def synthetic_root(preset: str, seed: int | None = None) -> Path:

@@ -248,26 +248,39 @@ def verdict_words(by_column: dict[str, dict], methods: list[str], source: str, s
 # ----------------------------------------------------------------------------- the summary of a whole run
 
 
-def open_results(preset: str) -> tuple[str, "Path", dict[str, dict]]:
+def open_results(preset: str, out: str | None = None) -> tuple[str, "Path", dict[str, dict]]:
     """``05``'s set-up: the preset it summarises (its parameter, unless the test suite forces one
-    through ``HANDFUSE_PRESET``), the results folder ``runs/<preset>/results`` and the results files
-    in it (:func:`load_results`).  No data is opened."""
+    through ``HANDFUSE_PRESET``), the results folder ``<out>/results`` (``runs/<preset>/results`` when
+    ``out`` is None) and its results files, refused when they come from different runs
+    (:func:`handfuse.results.check_one_run`).  Figures of this summary go to ``<out>/figures`` when
+    ``out`` is given or the data is not the synthetic benchmark.  No data is opened."""
     from .config import notebook_preset
-    from .paths import runs_dir
+    from .errors import check
+    from .paths import use_run_figures
+    from .results import check_one_run, load_results, results_dir
 
     preset = notebook_preset(preset)
-    folder = runs_dir() / preset / "results"
+    check(out is None or (isinstance(out, str) and out != ""), "out", out, "the folder a run wrote (a path), or None for runs/<preset>")
+    folder = results_dir(preset, out)
     results = load_results(folder)
+    if not results:
+        raise FileNotFoundError(f"{folder}: no results files; run notebooks 01-04 with out={out!r} first")
+    check_one_run(results)
+    sources = {r.get("data") for r in results.values()}
+    use_run_figures(folder.parent / "figures" if out is not None or sources != {"synthetic"} else None)
     print(f"results files in {folder}: {sorted(results)}")
     return preset, folder, results
 
 
-def load_results(folder) -> dict[str, dict]:
-    """Every ``<name>.json`` results file of ``runs/<preset>/results`` (not the summary), by name."""
-    import json
-    from pathlib import Path
+def parameters_table(results: dict[str, dict]) -> str:
+    """The parameters of the run the results files come from, one row each, with the files that
+    record it (every notebook records the parameters it was run with)."""
+    from .results import shared_parameters
 
-    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json")) if p.stem != "summary"}
+    everyone = set(results)
+    return table(["parameter", "value", "recorded by"],
+                 [[f"`{k}`", f"`{v!r}`", "every file" if set(files) == everyone else ", ".join(f"{f}.json" for f in files)]
+                  for k, (v, files) in shared_parameters(results).items()])
 
 
 def machine_info() -> dict:
@@ -313,29 +326,27 @@ def software_versions() -> dict[str, str]:
 
 def table_rows(results: dict[str, dict]) -> tuple[dict, str, int]:
     """The study's rows gathered from the method notebooks' results (later notebooks win), with the
-    data source and the number of seeds.  Refuses results that mix synthetic and FPHA data."""
-    rows, sources, seeds = {}, set(), set()
+    data source and the number of seeds.  Refuses (:func:`handfuse.results.check_one_run`) results
+    files from different runs: other data, or another value of a parameter they share."""
+    from .results import check_one_run
+
+    check_one_run(results)
+    rows, seeds = {}, set()
     for name in ("baseline", "feedback", "ensemble"):
         if name in results:
             rows.update(results[name]["rows"])
-            sources.add(results[name]["data"])
             seeds.add(len(results[name]["seeds"]))
     if not rows:
         raise FileNotFoundError("no method results (baseline.json, feedback.json, ensemble.json): run notebooks 02-04 first")
-    if len(sources) > 1:
-        raise ValueError(f"the results mix data sources {sorted(sources)}: run every notebook on the same data")
-    prints = {name: r["data_fingerprint"] for name, r in results.items() if r.get("data_fingerprint")}
-    if len(set(prints.values())) > 1:
-        raise ValueError("the results files come from different data (data fingerprints "
-                         + ", ".join(f"{name}.json: {fp}" for name, fp in sorted(prints.items()))
-                         + "): run every notebook on the same data")
-    return rows, sources.pop(), min(seeds)
+    return rows, next(r["data"] for n, r in results.items() if n in ("baseline", "feedback", "ensemble")), min(seeds)
 
 
-# (row, its records, the reference row, the reference's records): where each results file keeps them
+# (row, its records, the reference row, the reference's records): where each results file keeps them;
+# a row found in two files is taken from the first (04's feedback, else 03's)
 PAIRED = (("baseline", ("baseline", "trained"), "baseline_untrained", ("baseline", "untrained")),
           ("baseline_pose_only", ("baseline", "pose_only"), "baseline", ("baseline", "trained")),
           ("feedback", ("ensemble", "feedback"), "baseline", ("ensemble", "baseline")),
+          ("feedback", ("feedback", "feedback"), "baseline", ("feedback", "baseline")),
           ("noisy_feedback", ("ensemble", "noisy_feedback"), "baseline", ("ensemble", "baseline")),
           ("ensemble", ("ensemble", "ensemble"), "baseline", ("ensemble", "baseline")),
           ("ensemble_att", ("ensemble", "ensemble_att"), "baseline_att", ("ensemble", "baseline_att")))
@@ -350,7 +361,7 @@ def paired_differences(results: dict[str, dict]) -> dict[str, dict]:
     for row, (file, group), ref, (ref_file, ref_group) in PAIRED:
         runs = results.get(file, {}).get("records", {}).get(group)
         base = results.get(ref_file, {}).get("records", {}).get(ref_group)
-        if not runs or not base:
+        if not runs or not base or row in out:
             continue
         out[row] = {"against": ref, **{c: {m: paired(runs, base, m, c) for m in ("accuracy", "error_mm")}
                                        for c in runs[0]["test"] if c in base[0]["test"]}}
@@ -369,15 +380,37 @@ def paired_table(differences: dict[str, dict]) -> str:
                   "pose error, depth centre"], rows)
 
 
+# the rows each method notebook's results file holds (05 checks that the summary has them)
+NOTEBOOK_ROWS = {"baseline": ("hpe", "har_gt", "baseline_untrained", "baseline", "baseline_pose_only"),
+                 "feedback": ("hpe", "har_gt", "baseline", "feedback"),
+                 "ensemble": ("hpe", "har_gt", "baseline_untrained", "baseline", "feedback", "noisy_feedback", "ensemble",
+                              "ensemble_att")}
+
+
+def expected_rows(results: dict[str, dict]) -> set[str]:
+    """The rows a summary of ``results`` must hold: those of every method notebook that was run."""
+    return {row for name in NOTEBOOK_ROWS if name in results for row in NOTEBOOK_ROWS[name]}
+
+
+def fingerprint(results: dict[str, dict]) -> str | None:
+    """The data fingerprint the results files share (None when none records one)."""
+    return next((r["data_fingerprint"] for r in results.values() if r.get("data_fingerprint")), None)
+
+
 def summary_markdown(results: dict[str, dict], preset: str) -> str:
     """The whole run in Markdown: the table, the error gap, the p_eq sweeps, eta/zeta, noisy feedback.
     Every section names its data source."""
     rows, source, seeds = table_rows(results)
     tag = f"[{source}]"
+    missing = [f"`{n}.json`" for n in NOTEBOOK_ROWS if n not in results]
     lines = [f"# handfuse results, preset `{preset}` {tag}", "",
              f"All numbers below come from **{source}**" + (" data" if source in ("synthetic", "FPHA") else "")
              + (" (not FPHA)." if source != "FPHA" else "."),
-             "The original's columns are FPHA numbers from the 2019 slides.", "", "## The table " + tag, "",
+             "The original's columns are FPHA numbers from the 2019 slides.", "",
+             "## The run", "", f"Results files: {', '.join(f'`{n}.json`' for n in sorted(results))}"
+             + (f"; not run: {', '.join(missing)}" if missing else "")
+             + f". Data fingerprint `{fingerprint(results)}`. Their parameters:", "", parameters_table(results), "",
+             "## The table " + tag, "",
              results_table(rows, source, seeds), "", "## The error gap " + tag, ""]
     for att, ref_key in ((False, "har_gt"), (True, "har_gt_att")):
         ref = rows.get(ref_key, {}).get("gt", {}).get("accuracy")
@@ -433,8 +466,10 @@ def summary_json(results: dict[str, dict], preset: str) -> dict:
             for r in records if isinstance(records, list) else []:
                 configs[f"{name}/{group}/seed{r['seed']}"] = {"fusion": r["config"], "trained": r["trained"]}
     fb, ens = results.get("feedback", {}), results.get("ensemble", {})
-    prints = sorted({r["data_fingerprint"] for r in results.values() if r.get("data_fingerprint")})
-    return {"preset": preset, "data": source, "seeds": seeds, "data_fingerprint": prints[0] if prints else None,
+    from .results import shared_parameters
+
+    return {"preset": preset, "data": source, "seeds": seeds, "data_fingerprint": fingerprint(results),
+            "files": sorted(results), "parameters": {k: v for k, (v, _) in shared_parameters(results).items()},
             "rows": {k: {"data": source, "label": ROWS[k][0], **v,
                          "original_fpha": {"error_mm": ROWS[k][1], "accuracy": ROWS[k][2]}} for k, v in rows.items()},
             "untrained_p_eq_sweep": {"data": source, **fb.get("untrained_sweep", {})},

@@ -1,12 +1,20 @@
 """The main job: run the numbered notebooks headless with papermill, in order.
 
-``python -m handfuse reproduce --preset cpu`` generates the synthetic benchmark
-when no FPHA root is given, then executes ``notebooks/NN_*.ipynb`` with the
-parameters injected, writing the executed copies to ``--out`` (never over the
-sources).  It stops at the first failing notebook and names it and the cell.
+``python -m handfuse reproduce --preset cpu --out DIR`` generates the synthetic
+benchmark when no FPHA root is given, then executes ``notebooks/NN_*.ipynb`` with
+the parameters injected (``out`` among them).  Everything the run produces lives
+under ``DIR``: the executed copies (never over the sources), ``results/`` (every
+notebook's numbers, ``summary.md`` and ``summary.json``), ``timings.json``,
+``run.json`` (its parameters, the data's fingerprint and the code version; it says
+``"complete": false`` until the last notebook passed) and, unless ``--figures``
+names another folder, ``figures/``.  Only the trained models stay in the shared,
+content-keyed ``runs/<preset>/models``.  A ``DIR`` that holds another run (other
+parameters or data) is refused before any work.  It stops at the first failing
+notebook and names it and the cell.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -18,6 +26,7 @@ from .config import get_preset
 from .errors import check, is_int
 from .fpha import FPHA, POSE_DIR, SPLIT_FILE, VIDEO_DIR
 from .paths import REPO, ensure_synthetic
+from .results import ResultsConflict, differences, run_record, write_json
 
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
@@ -31,42 +40,74 @@ def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
 
 
 def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu",
-              seeds: int | None = None, only: list[str] | None = None) -> list[Path]:
-    """Run the numbered notebooks (``only``: those whose number is listed) into ``out``; see the module
+              seeds: int | None = None, only: list[str] | None = None, figures: Path | None = None) -> list[Path]:
+    """Run the numbered notebooks (``only``: those whose number is listed) into ``out``; figures go to
+    ``figures`` (None: ``$HANDFUSE_FIGURES`` when set, else ``out/figures``).  See the module
     docstring.  Returns the executed copies."""
     check_params(preset, data_root, seed, device, seeds)  # before any work starts
     chosen = select(notebooks(), only)
+    out = Path(out).resolve()
+    figures = Path(figures) if figures is not None else Path(os.environ.get("HANDFUSE_FIGURES") or out / "figures")
+    check(data_root is None or figures.resolve() != (REPO / "figures").resolve(), "--figures", str(figures),
+          "a folder outside the checkout's figures/ (that folder holds the synthetic benchmark's figures; "
+          "figures of a data root, FPHA's frames among them, must never be committed)")
     start = time.perf_counter()
-    if data_root is None:
-        ensure_synthetic(preset)  # once, with its own progress bar, before any notebook runs (seed seeds models)
+    root = Path(data_root) if data_root is not None else ensure_synthetic(preset)  # once, before any notebook runs
     seconds = {"data": time.perf_counter() - start}
-    out.mkdir(parents=True, exist_ok=True)
     params = {"preset": preset, "data_root": str(Path(data_root).resolve()) if data_root else None, "seed": seed,
               "device": device, **({"seeds": seeds} if seeds is not None else {})}
+    run = _claim(out, root, params)  # refused here when out holds another run
     for stale in out.glob("*.running.ipynb"):  # left by a run that was killed: never a result
         stale.unlink()
     done = []
-    for nb in tqdm(chosen, desc=f"reproduce ({preset})", unit="notebook"):
-        t0 = time.perf_counter()
-        done.append(_execute(nb, out, _known(nb, params)))
-        seconds[nb.stem] = time.perf_counter() - t0
+    saved = os.environ.get("HANDFUSE_FIGURES")
+    os.environ["HANDFUSE_FIGURES"] = str(figures)  # the kernels inherit it
+    try:
+        for nb in tqdm(chosen, desc=f"reproduce ({preset})", unit="notebook"):
+            t0 = time.perf_counter()
+            done.append(_execute(nb, out, _known(nb, {**params, "out": str(out)})))
+            seconds[nb.stem] = time.perf_counter() - t0
+    finally:
+        if saved is None:
+            del os.environ["HANDFUSE_FIGURES"]
+        else:
+            os.environ["HANDFUSE_FIGURES"] = saved
     _write_timings(out, preset, params, seconds, time.perf_counter() - start)
+    write_json(out / RUN_FILE, {**run, "notebooks": [nb.stem for nb in chosen], "figures": str(figures), "complete": True})
     return done
+
+
+RUN_FILE = "run.json"
+
+
+def _claim(out: Path, root: Path, params: dict) -> dict:
+    """Write ``out/run.json`` (the parameters, data source and fingerprint, code version; not yet
+    complete), after refusing an ``out`` whose ``run.json`` records another run."""
+    from .plots import data_source
+    from .runs import code_version, data_fingerprint
+
+    record = {**run_record(data_source(root), data_fingerprint(FPHA(root)), params), "code": code_version()}
+    held = out / RUN_FILE
+    if held.is_file():
+        diffs = differences(record, json.loads(held.read_text()))
+        if diffs:
+            raise ResultsConflict(f"{out} holds another run ({'; '.join(diffs)}; this run's first): choose another --out,"
+                                  " or delete that folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(held, {**record, "complete": False})
+    return record
 
 
 def _write_timings(out: Path, preset: str, params: dict, seconds: dict, total: float) -> None:
     """``out/timings.json``: wall seconds of the data step and of each notebook, and the total, with
     the machine (what ``python -m benchmarks`` reports as the reproduction's time)."""
     import datetime
-    import json
 
     from .report import machine_info
 
     record = {"preset": preset, "parameters": params, "seconds": seconds, "total_minutes": total / 60,
               "machine": machine_info(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    tmp = out / ".timings.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / "timings.json")
+    write_json(out / "timings.json", record)
     tqdm.write(f"reproduction ({preset}): {total / 60:.1f} min; timings in {out / 'timings.json'}")
 
 

@@ -102,14 +102,8 @@ def run_config(fpha, preset, **parts) -> dict:
 
 def identity(fpha) -> dict:
     """What every run config and results file records beyond its settings: the data's fingerprint and
-    the code (:func:`code_key`; the commit goes to the results files, see :func:`provenance`)."""
+    the code (:func:`code_key`; the commit goes to the results files, see :mod:`handfuse.results`)."""
     return {"data_fingerprint": data_fingerprint(fpha), "code": code_key()}
-
-
-def provenance(fpha) -> dict:
-    """What a results file records of where its numbers came from: the data's fingerprint and the
-    full :func:`code_version` (with the commit)."""
-    return {"data_fingerprint": data_fingerprint(fpha), "code": code_version()}
 
 
 def model_parts(kind: str, model: str, default: str, cfg) -> dict:

@@ -31,15 +31,17 @@ from . import grid as _grid
 from .cache import get_cache
 from .config import get_preset, notebook_preset
 from .datasets import SequenceDataset
+from .errors import check
 from .fpha import FPHA
 from .methods import method_config, options
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
-from .paths import ensure_synthetic, write_results
+from .paths import ensure_synthetic, use_run_figures
 from .plots import data_source
 from .pool import one_thread
 from .records import RunRecord, CentreScores, aggregate, standalone_rows
+from .results import ResultsFile, out_dir, results_dir, run_record
 from .reproduce import check_params
-from .runs import provenance
+from .runs import code_version, data_fingerprint
 from .standalone import splits
 from .train import FitResult
 
@@ -49,12 +51,15 @@ class Study:
 
     ``preset`` is the notebook's parameter (``HANDFUSE_PRESET`` overrides it in the test suite);
     ``seeds`` counts the seeds from ``seed``; ``film`` is the conditioned HPE's FiLM placement
-    (None: the preset's).  Every parameter is checked before any work starts."""
+    (None: the preset's); ``out`` is the folder of this run's results (``<out>/results``; None:
+    ``runs/<preset>``, see :mod:`handfuse.results`).  Every parameter is checked before any work starts."""
 
     def __init__(self, preset: str = "cpu", data_root: str | Path | None = None, seed: int = 0, seeds: int | None = 1,
-                 device: str = "cpu", film: str | None = None, progress: bool = True):
+                 device: str = "cpu", film: str | None = None, progress: bool = True, out: str | Path | None = None):
         self.preset = notebook_preset(preset)
         check_params(self.preset, data_root, seed, device, seeds)
+        check(out is None or (isinstance(out, (str, Path)) and str(out) != ""), "out", out,
+              "a folder for this run's results (a path), or None for runs/<preset>")
         self.P = get_preset(self.preset)
         self.film = film or self.P.film
         method_config("feedback", film=self.film)  # an unknown placement is refused here, by name
@@ -63,10 +68,14 @@ class Study:
         self.root = Path(data_root) if data_root else ensure_synthetic(self.preset)
         self.fpha = FPHA(self.root)
         self.source = data_source(self.root)  # "synthetic", "FPHA" or the folder's name: every title says which
+        self.data_root = None if data_root is None else str(Path(data_root).resolve())
+        self.out = out_dir(self.preset, out)
+        use_run_figures(self.out / "figures" if out is not None or self.source != "synthetic" else None)
 
     def __repr__(self) -> str:
         return (f"{self.source} data at {self.root} (preset {self.preset}): {len(self.fpha.train)} training and "
-                f"{len(self.fpha.test)} test sequences; seeds {self.seeds}, FiLM in {self.film}, device {self.device}")
+                f"{len(self.fpha.test)} test sequences; seeds {self.seeds}, FiLM in {self.film}, device {self.device}; "
+                f"results to {self.out / 'results'}")
 
     @cached_property
     def cache(self):
@@ -148,8 +157,13 @@ class Study:
     aggregate = staticmethod(aggregate)
     standalone_rows = staticmethod(standalone_rows)
 
-    def write_results(self, name: str, payload: dict) -> Path:
-        """``runs/<preset>/results/<name>.json`` with the data source, preset and seeds added, and where
-        the numbers came from: the data's fingerprint and the code (:func:`handfuse.runs.provenance`)."""
-        return write_results(self.preset, name, {"data": self.source, "preset": self.preset, "seeds": self.seeds,
-                                                 **payload, **provenance(self.fpha)})
+    def results_file(self, name: str, **parameters) -> ResultsFile:
+        """This run's results file ``<out>/results/<name>.json``, claimed now, before any work: refused
+        (:class:`~handfuse.results.ResultsConflict`, naming what differs) when it holds another run's
+        results.  The file records the study's parameters (preset, data root, seed, device) and the
+        notebook's own ``parameters``, the data source and fingerprint; ``write`` adds the code version."""
+        params = {"preset": self.preset, "data_root": self.data_root, "seed": self.seed, "device": self.device,
+                  **parameters}
+        record = {**run_record(self.source, data_fingerprint(self.fpha), params), "preset": self.preset,
+                  "seeds": self.seeds, "code": code_version()}
+        return ResultsFile(results_dir(self.preset, self.out) / f"{name}.json", record).claim()

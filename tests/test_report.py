@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from handfuse import report
+from handfuse.results import ResultsConflict
 
 
 def _runs(values, metric="accuracy"):
@@ -43,7 +44,7 @@ def test_table_has_the_original_column_and_the_error_gap():
 def test_summary_refuses_mixed_data_and_tags_every_row():
     base = {"data": "synthetic", "seeds": [0, 1], "rows": {"baseline": {"gt": {"error_mm": [12.0, 0.5], "accuracy": [70.0, 1.0]}}}}
     fpha = {**base, "data": "FPHA"}
-    with pytest.raises(ValueError, match="mix data sources"):
+    with pytest.raises(ResultsConflict, match="baseline.json against feedback.json: data: synthetic .*against FPHA"):
         report.table_rows({"baseline": base, "feedback": fpha})
     with pytest.raises(FileNotFoundError, match="02-04"):
         report.table_rows({})
@@ -129,5 +130,6 @@ def test_the_summary_carries_every_paired_difference_and_refuses_mixed_data():
     assert "## Paired differences" in text and "-3.03 ± " in text  # trained against untrained, with its interval
     assert report.summary_json(results, "smoke")["paired"]["feedback"]["gt"]["accuracy"]["verdict"] == "no difference"
     results["ensemble"]["data_fingerprint"] = "other"
-    with pytest.raises(ValueError, match="different data.*baseline.json: abc.*ensemble.json: other"):
+    with pytest.raises(ResultsConflict, match=r"baseline.json against ensemble.json: data: synthetic \(fingerprint abc\) "
+                                              r"against synthetic \(fingerprint other\)"):
         report.summary_markdown(results, "smoke")
