@@ -91,6 +91,11 @@ def _train_config(args):
     # the method's config is used by fusion only, but --method is checked for all
     cfg = method_config(args.method, attention=args.attention, **{"film": preset.film, **options})
     check(args.film in FILM_PLACEMENTS, "--film", args.film, f"one of {FILM_PLACEMENTS}")
+    from .tasks import PRETRAIN_FEEDS
+
+    check(args.feed in PRETRAIN_FEEDS, "--feed", args.feed, f"one of {PRETRAIN_FEEDS}")
+    check(args.feed == "w_eq" or (args.what == "hpe" and args.film != "none"), "--feed", args.feed,
+          "'w_eq' unless training a FiLM HPE (train hpe --film fc|blocks|both)")
     from .models.registry import HARS, HPES
 
     check(args.hpe_model in HPES, "--hpe-model", args.hpe_model, f"a registered pose estimator, one of {sorted(HPES)}")
@@ -129,7 +134,7 @@ def _train(args) -> None:
     if args.what == "hpe":
         from .standalone import pretrain_hpe
 
-        _, result = pretrain_hpe(fpha, preset, args.film, args.seed, args.device, model=args.hpe_model)
+        _, result = pretrain_hpe(fpha, preset, args.film, args.seed, args.device, model=args.hpe_model, feed=args.feed)
         scores = {"error_mm": result.test["error_mm"]}
     elif args.what == "har":
         from .standalone import pretrain_har
@@ -140,7 +145,7 @@ def _train(args) -> None:
         from .finetune import finetune, pretrained
 
         models = pretrained(fpha, preset, args.seed, cfg.attention, cfg.film, args.device,
-                            hpe_model=args.hpe_model, har_model=args.har_model)
+                            hpe_model=args.hpe_model, har_model=args.har_model, hpe_feed=cfg.hpe_feed)
         _, result = finetune(args.method, models, fpha, preset, cfg, args.seed, args.device)
         scores = {k: result.test[k] for k in ("error_mm", "accuracy", "loss")}
     if rank == 0:
@@ -196,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (bf16 autocast; cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--film", default="none", help="hpe: FiLM placement (none, blocks, fc, both)")
+    p.add_argument("--feed", default="w_eq", help="hpe: what a FiLM HPE is fed while pre-training (w_eq, true, mix, smooth)")
     p.add_argument("--attention", action="store_true", help="har / fusion: temporal attention")
     p.add_argument("--method", default="baseline", help="fusion: a registered method name")
     p.add_argument("--hpe-model", default="deepprior", help="hpe / fusion: a registered pose estimator (deepprior, resnet)")

@@ -31,6 +31,7 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from .datasets import collate_sequences
+from .methods.common import see_labels
 from .paths import figures_dir
 from .plots import bone_colour
 from .skeleton import ACTIONS, BONES
@@ -67,6 +68,7 @@ def sequence_outputs(model: nn.Module, item: dict) -> dict:
     model.eval()
     try:
         with torch.inference_mode():
+            see_labels(model, batch["label"])
             out = model(batch["depth"].to(device), batch["centre"].to(device), batch["mask"].to(device))
     finally:
         model.train(was_training)

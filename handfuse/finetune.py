@@ -30,6 +30,7 @@ from .config import Preset
 from .datasets import SequenceDataset
 from .fpha import FPHA
 from .methods import FusionConfig, build, evaluate_sequences, method_config
+from .methods.common import see_labels
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
 from .pool import one_thread
 from .records import PretrainedScores, RunRecord, CentreScores
@@ -73,15 +74,20 @@ def pair_name(hpe_model: str, har_model: str) -> str:
 
 
 def pretrained_requests(seed: int, attention: bool, film: str, hpe_model: str = DEFAULT_HPE,
-                        har_model: str = DEFAULT_HAR) -> list[tuple[str, dict]]:
-    """What :func:`pretrained` pre-trains, as :func:`handfuse.standalone.pretrain` requests."""
-    return [("hpe", {"film": film, "seed": seed, "model": hpe_model}),
-            ("har", {"attention": attention, "seed": seed, "model": har_model})]
+                        har_model: str = DEFAULT_HAR, hpe_feed: str = "w_eq") -> list[tuple[str, dict]]:
+    """What :func:`pretrained` pre-trains, as :func:`handfuse.standalone.pretrain` requests: the
+    w_eq-fed conditioned HPE, the HAR, and the conditioned HPE pre-trained on ``hpe_feed`` when that
+    is another feed."""
+    requests = [("hpe", {"film": film, "seed": seed, "model": hpe_model}),
+                ("har", {"attention": attention, "seed": seed, "model": har_model})]
+    if hpe_feed != "w_eq":
+        requests.append(("hpe", {"film": film, "seed": seed, "model": hpe_model, "feed": hpe_feed}))
+    return requests
 
 
 def pretrained(fpha: FPHA, preset: Preset, seed: int, attention: bool = False, film: str = "both",
                device: str = "cpu", cache: CropCache | None = None, progress: bool = True,
-               hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR) -> Pretrained:
+               hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR, hpe_feed: str = "w_eq") -> Pretrained:
     """The pre-trained models every method of one seed starts from: the pose estimator and the
     action recogniser registered as ``hpe_model`` and ``har_model``.
 
@@ -90,10 +96,15 @@ def pretrained(fpha: FPHA, preset: Preset, seed: int, attention: bool = False, f
     as both ``hpe`` and ``hpe_film``.  Every method thus starts from the same weights, and what
     differs between them is only what they add (the fed action, the second pass), not a second
     pre-training run's luck.  ``01_standalone`` pre-trains a plain HPE beside it and shows that the
-    two reach the same error."""
-    (hpe_film, r_film), (har, r_har) = (pretrain(fpha, preset, kind, kwargs, device, cache, progress) for kind, kwargs
-                                        in pretrained_requests(seed, attention, film, hpe_model, har_model))
-    return Pretrained(hpe_film, hpe_film, har, {"hpe": r_film, "hpe_film": r_film, "har": r_har}, hpe_model, har_model)
+    two reach the same error.
+
+    ``hpe_feed`` other than w_eq (a curriculum pre-training, :data:`handfuse.tasks.PRETRAIN_FEEDS`)
+    makes ``hpe_film`` the conditioned HPE pre-trained on that feed; ``hpe`` stays the w_eq one."""
+    made = [pretrain(fpha, preset, kind, kwargs, device, cache, progress)
+            for kind, kwargs in pretrained_requests(seed, attention, film, hpe_model, har_model, hpe_feed)]
+    (hpe, r_hpe), (har, r_har) = made[:2]
+    hpe_film, r_film = made[2] if hpe_feed != "w_eq" else made[0]
+    return Pretrained(hpe, hpe_film, har, {"hpe": r_hpe, "hpe_film": r_film, "har": r_har}, hpe_model, har_model)
 
 
 @dataclass
@@ -118,6 +129,7 @@ class FusionTask:
 
     def loss(self, model, batch):
         model.at_epoch(self.epoch, self.epochs)
+        see_labels(model, batch["label"])  # for the feeds of the truth (scheduled sampling)
         return model.loss(model(batch["depth"], batch["centre"], batch["mask"]), batch)
 
     def evaluate(self, model, split, cfg):
@@ -204,7 +216,8 @@ def run(name: str, fpha: FPHA, preset: Preset, seed: int, tests: dict[str, Seque
     fine-tuned (``trained``) or chained as they are, scored on ``tests``.  ``options`` are
     FusionConfig fields (``film`` defaults to the preset's).  The record holds the live method."""
     cfg = resolved_config(name, preset, options)
-    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model)
+    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, progress, hpe_model, har_model,
+                        cfg.hpe_feed)
     scored = {}  # the gt test split, if fine-tuning just scored it with the selected weights
     if trained:
         with one_thread(device):  # on CPU one thread, wherever the run runs (see handfuse.pool)

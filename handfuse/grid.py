@@ -118,7 +118,8 @@ def _pretraining_needs(fpha: FPHA, preset: Preset, spec: dict, seed: int, device
     spec's run of ``seed`` waits for: those of its pre-trained models not finished on disk."""
     name, _, hpe_model, har_model, options = split_spec(spec)
     cfg = resolved_config(name, preset, options)
-    jobs = pretrain_jobs(fpha, preset, pretrained_requests(seed, cfg.attention, cfg.film, hpe_model, har_model), device)
+    jobs = pretrain_jobs(fpha, preset, pretrained_requests(seed, cfg.attention, cfg.film, hpe_model, har_model,
+                                                               cfg.hpe_feed), device)
     for j in jobs:
         pre.setdefault(j["run"], j)
     return {list(pre).index(j["run"]) for j in jobs}
@@ -130,7 +131,8 @@ def _finished(fpha: FPHA, preset: Preset, spec: dict, seed: int, device: str, ca
     if not trained:
         return False
     cfg = resolved_config(name, preset, options)
-    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, False, hpe_model, har_model)
+    models = pretrained(fpha, preset, seed, cfg.attention, cfg.film, device, cache, False, hpe_model, har_model,
+                        cfg.hpe_feed)
     return finished(finetune_run(name, models, fpha, preset, cfg, seed, device)[0])
 
 

@@ -12,12 +12,14 @@ import math
 # key -> (label, original pose error mm or None, original accuracy % or None)
 ROWS: dict[str, tuple[str, float | None, float | None]] = {
     "hpe": ("HPE standalone (pre-trained with FiLM fed w_eq)", 14.49, None),
+    "hpe_oracle": ("HPE fed the true action (oracle, pre-trained and scored on it)", None, None),
     "har_gt": ("HAR standalone on ground-truth pose", None, 72.3),
     "har_gt_att": ("HAR + attention on ground-truth pose", None, None),
     "baseline_untrained": ("Baseline, untrained", 14.49, 59.0),
     "baseline": ("Baseline, trained", 10.87, 68.0),
     "baseline_pose_only": ("Baseline, fine-tuned on pose only (control: w_nll = 0, HAR frozen)", None, None),
     "feedback": ("Method #2, action feedback", 10.95, 68.2),
+    "feedback_oracle": ("Method #2 fed the true action at test (its oracle)", None, None),
     "noisy_feedback": ("Noisy feedback (ours, the seed's future work)", None, None),
     "ensemble": ("Method #3, two-HPE ensemble", 10.72, 71.0),
     "ensemble_att": ("Method #3 + attention", 10.69, 71.3),
@@ -142,13 +144,27 @@ def realism_table(real: dict, source: str) -> str:
 def standalone_table(results: dict, source: str, seed: int) -> str:
     """``01``'s table: ours (one seed) beside the original's FPHA numbers, which come from :data:`ROWS`
     (the one definition every table and slide reads).  ``results`` maps ``hpe``, ``hpe_film``, ``har``
-    and ``har_att`` to fit results."""
+    and ``har_att`` (and, optionally, ``hpe_oracle``) to fit results."""
     rows = [("HPE standalone (mm)", results["hpe"].test["error_mm"], ROWS["hpe"][1]),
             ("HPE + FiLM fed w_eq (mm)", results["hpe_film"].test["error_mm"], None),
+            *([("HPE + FiLM fed the true action, oracle (mm)", results["hpe_oracle"].test["error_mm"], None)]
+              if "hpe_oracle" in results else []),
             ("HAR on true pose (%)", 100 * results["har"].test["accuracy"], ROWS["har_gt"][2]),
             ("HAR + attention on true pose (%)", 100 * results["har_att"].test["accuracy"], ROWS["har_gt_att"][2])]
     return table(["model", f"ours ({source}, seed {seed})", "original (FPHA, 2019)"],
                  [[name, f"{v:.2f}", "-" if o is None else o] for name, v, o in rows])
+
+
+def oracle_table(film, oracle, source: str, seed: int) -> str:
+    """``01``'s headroom of one seed: the conditioned HPE pre-trained on w_eq, scored fed w_eq and fed
+    the true action, beside the oracle pre-trained and scored on the true action (fit results)."""
+    rows = [("FiLM HPE pre-trained on w_eq, fed w_eq (every method's start)", film.test["error_mm"]),
+            ("the same weights fed the true action at test", film.test["error_mm_true_action"]),
+            ("FiLM HPE pre-trained and scored on the true action (oracle)", oracle.test["error_mm"])]
+    gap = film.test["error_mm"] - oracle.test["error_mm"]
+    return (table(["pose estimator", f"test error, mm ({source}, seed {seed})"], [[n, f"{v:.2f}"] for n, v in rows])
+            + f"\n\nHeadroom, seed {seed}: {gap:.2f} mm ({100 * gap / film.test['error_mm']:.0f} % of the error)."
+            " One seed: `03` gives it with an interval over seeds.")
 
 
 def two_rows_table(rows: dict[str, dict], centre: str = "gt") -> str:
@@ -243,6 +259,68 @@ def verdict_words(by_column: dict[str, dict], methods: list[str], source: str, s
     return (f"**In plain words** ({source} data, {seeds} seeds; {n} paired comparisons, each at 95 %, "
             "uncorrected for multiple comparisons, so about one in twenty could cross zero by chance):\n"
             + "\n".join(words))
+
+
+# ----------------------------------------------------------------------------- the headroom: could action help?
+
+
+def _pretrained_film_error(run) -> tuple[int, float]:
+    """(seed, test error of the w_eq-fed conditioned HPE the run started from) of a record or its dict."""
+    if isinstance(run, dict):
+        return run["seed"], run["pretrained"]["hpe_film_error_mm"]
+    return run.seed, run.pretrained.hpe_film_error_mm
+
+
+def headroom(baseline: list, method: list, oracle: dict, centre: str = "gt") -> dict:
+    """How much of the action's headroom ``method`` recovers, paired by seed (records or their dicts).
+
+    The headroom of seed s is what knowing the action is worth to a pre-trained pose estimator: the
+    test error of the conditioned HPE pre-trained on w_eq (the one every method starts from) minus
+    that of the one pre-trained and scored on the true action (``oracle[s]``, mm).  The method's gain
+    is the trained baseline's error minus the method's.  Returns ``headroom_mm`` and ``share_pct``
+    (gain / headroom, in %), each [mean, 95 % t half-width] over the seeds all three share, the
+    ``seeds`` and a ``verdict``: "recovers some" or "loses ground" only where the share's interval
+    excludes zero, else "nothing we can tell"."""
+    from .metrics import mean_ci95
+
+    oracle = {int(k): float(v) for k, v in oracle.items()}
+    start = dict(_pretrained_film_error(r) for r in baseline)
+    base = dict(_seed_score(r, "error_mm", centre) for r in baseline)
+    got = dict(_seed_score(r, "error_mm", centre) for r in method)
+    seeds = sorted(set(start) & set(got) & set(oracle))
+    if not seeds:
+        raise ValueError("the baseline, the method and the oracle share no seed: nothing to compare")
+    room = [start[s] - oracle[s] for s in seeds]
+    share = [100.0 * (base[s] - got[s]) / r for s, r in zip(seeds, room)]
+    mean, hw = mean_ci95(share)
+    verdict = ("one seed" if len(seeds) < 2 else "nothing we can tell" if abs(mean) <= hw
+               else "recovers some" if mean > 0 else "loses ground")
+    return {"headroom_mm": list(mean_ci95(room)), "share_pct": [mean, hw], "seeds": len(seeds), "verdict": verdict}
+
+
+def headroom_table(shares: dict[str, dict]) -> str:
+    """:func:`headroom` of several methods as Markdown: the headroom and each method's share of it."""
+    return table(["method", "headroom (mm, oracle HPE against the w_eq one)", "share recovered (%)", "seeds", "verdict"],
+                 [[name, fmt(h["headroom_mm"]), fmt(h["share_pct"], 1), h["seeds"], h["verdict"]]
+                  for name, h in shares.items()])
+
+
+# the methods whose share of the headroom the summary reports: (row, the file and group of its records)
+HEADROOM = (("feedback", ("ensemble", "feedback")), ("feedback", ("feedback", "feedback")),
+            ("noisy_feedback", ("ensemble", "noisy_feedback")), ("ensemble", ("ensemble", "ensemble")))
+
+
+def headroom_shares(results: dict[str, dict]) -> dict[str, dict]:
+    """Every method's :func:`headroom` share, against the trained baseline of the same file, with the
+    oracle HPE's test errors that ``03`` records (``feedback.json``'s ``oracle_hpe``).  Empty when
+    ``03`` was not run."""
+    oracle = results.get("feedback", {}).get("oracle_hpe")
+    out = {}
+    for row, (file, group) in HEADROOM if oracle else ():
+        records = results.get(file, {}).get("records", {})
+        if row not in out and records.get(group) and records.get("baseline"):
+            out[row] = headroom(records["baseline"], records[group], oracle)
+    return out
 
 
 # ----------------------------------------------------------------------------- the summary of a whole run
@@ -382,7 +460,7 @@ def paired_table(differences: dict[str, dict]) -> str:
 
 # the rows each method notebook's results file holds (05 checks that the summary has them)
 NOTEBOOK_ROWS = {"baseline": ("hpe", "har_gt", "baseline_untrained", "baseline", "baseline_pose_only"),
-                 "feedback": ("hpe", "har_gt", "baseline", "feedback"),
+                 "feedback": ("hpe", "hpe_oracle", "har_gt", "baseline", "feedback", "feedback_oracle"),
                  "ensemble": ("hpe", "har_gt", "baseline_untrained", "baseline", "feedback", "noisy_feedback", "ensemble",
                               "ensemble_att")}
 
@@ -433,6 +511,13 @@ def summary_markdown(results: dict[str, dict], preset: str) -> str:
         for p, r in fb["trained_sweep"].items():
             lines.append(f"| {p} | {100 * r['test']['gt']['accuracy']:.1f} | {r['test']['gt']['error_mm']:.2f} | "
                          f"{r['epoch_seconds']:.1f} |")
+    shares = headroom_shares(results)
+    if shares:
+        lines += ["", "## Could action help pose? The headroom " + tag, "",
+                  "The headroom is what knowing the action is worth to the pre-trained pose estimator: the HPE "
+                  "pre-trained and scored on the true action against the one every method starts from. Each "
+                  "method's share is its gain over the trained baseline divided by that, paired by seed "
+                  "(mean ± 95 % t-interval).", "", headroom_table(shares)]
     differences = paired_differences(results)
     if differences:
         lines += ["", "## Paired differences " + tag, "",
@@ -479,4 +564,5 @@ def summary_json(results: dict[str, dict], preset: str) -> dict:
             "epoch_seconds": {"data": source, **ens.get("epoch_seconds", {})},
             "original_p_eq_sweep_fpha": {str(k): v for k, v in ORIGINAL_P_EQ_SWEEP.items()},
             "paired": {"data": source, **paired_differences(results)},
+            "headroom": {"data": source, **headroom_shares(results)},
             "configs": configs, "software": software_versions()}

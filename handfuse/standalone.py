@@ -21,13 +21,14 @@ from torch import nn
 
 from .cache import CropCache, get_cache
 from .config import Preset
+from .errors import check
 from .datasets import PoseSequenceDataset
 from .fpha import FPHA
 from .models.interfaces import ActionRecogniser, PoseEstimator, PosePrior
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
 from .pool import one_thread
 from .runs import model_parts, prefix, run_config, run_folder, thread_record
-from .tasks import HARTask, HPETask, split_train_val
+from .tasks import PRETRAIN_FEEDS, HARTask, HPETask, split_train_val
 from .train import FitResult, TrainConfig, fit
 
 
@@ -38,13 +39,18 @@ def splits(fpha: FPHA, preset: Preset, seed: int) -> dict[str, list]:
 
 
 def hpe_run(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, device: str = "cpu",
-            root: str | Path | None = None, model: str = DEFAULT_HPE) -> tuple[Path, dict, TrainConfig, object]:
+            root: str | Path | None = None, model: str = DEFAULT_HPE,
+            feed: str = "w_eq") -> tuple[Path, dict, TrainConfig, object]:
     """Where :func:`pretrain_hpe` trains (run folder), with its run config, training settings and model config."""
+    check(feed in PRETRAIN_FEEDS, "feed", feed, f"what a conditioned HPE is fed while pre-training, one of {PRETRAIN_FEEDS}")
+    check(feed == "w_eq" or film != "none", "feed", feed, "'w_eq' for a plain HPE (film='none'): only a "
+          "FiLM-conditioned one reads an action")
     cfg_model = replace(hpe_entry(model).config(preset), film=film)
     cfg_train = replace(preset.train_hpe, seed=seed, device=device)
+    fed = {} if feed == "w_eq" else {"feed": feed}  # the w_eq runs keep the folders they always had
     config = run_config(fpha, preset, **model_parts("hpe", model, DEFAULT_HPE, cfg_model), augment=preset.augment,
-                        **thread_record(device))
-    name = prefix("hpe", model, DEFAULT_HPE, film)
+                        **fed, **thread_record(device))
+    name = prefix("hpe", model, DEFAULT_HPE, film if feed == "w_eq" else f"{film}-{feed}")
     return run_folder(preset, name, config, cfg_train, seed, root), config, cfg_train, cfg_model
 
 
@@ -60,13 +66,14 @@ def har_run(fpha: FPHA, preset: Preset, attention: bool = False, seed: int = 0, 
 
 def pretrain_hpe(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, device: str = "cpu",
                  cache: CropCache | None = None, root: str | Path | None = None,
-                 progress: bool = True, model: str = DEFAULT_HPE) -> tuple[PoseEstimator, FitResult]:
+                 progress: bool = True, model: str = DEFAULT_HPE, feed: str = "w_eq") -> tuple[PoseEstimator, FitResult]:
     """The pose estimator registered as ``model`` (:data:`handfuse.models.registry.HPES`; default
-    DeepPrior++), plain (``film="none"``) or FiLM-conditioned and fed w_eq = 1/45.  A model with a
-    pose prior fits it to the training poses first."""
+    DeepPrior++), plain (``film="none"``) or FiLM-conditioned and fed what ``feed`` says
+    (:data:`handfuse.tasks.PRETRAIN_FEEDS`: w_eq = 1/45 by default, ``"true"`` for the oracle, or a
+    curriculum).  A model with a pose prior fits it to the training poses first."""
+    run, config, cfg_train, cfg_model = hpe_run(fpha, preset, film, seed, device, root, model, feed)  # checks first
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    run, config, cfg_train, cfg_model = hpe_run(fpha, preset, film, seed, device, root, model)
-    task = HPETask(cache, splits(fpha, preset, seed), augment=preset.augment)
+    task = HPETask(cache, splits(fpha, preset, seed), augment=preset.augment, feed=feed)
     net = initial_hpe(task, cfg_model, seed, model)
     if net.channels_last_safe:  # faster on CPU and CUDA alike (docs/benchmarks.md)
         net.to_channels_last()
@@ -106,7 +113,7 @@ PRETRAIN = {"hpe": (pretrain_hpe, hpe_run), "har": (pretrain_har, har_run)}
 def pretrain(fpha: FPHA, preset: Preset, kind: str, kwargs: dict, device: str = "cpu", cache: CropCache | None = None,
              progress: bool = True) -> tuple[nn.Module, FitResult]:
     """One pre-training request (``kind`` "hpe" or "har"; ``kwargs`` those of :func:`pretrain_hpe`
-    or :func:`pretrain_har`: ``film``, ``attention``, ``seed``, ``model``), trained here or loaded."""
+    or :func:`pretrain_har`: ``film``, ``attention``, ``seed``, ``model``, ``feed``), trained here or loaded."""
     if kind == "hpe":
         return pretrain_hpe(fpha, preset, device=device, cache=cache, progress=progress, **kwargs)
     return pretrain_har(fpha, preset, device=device, progress=progress, **kwargs)

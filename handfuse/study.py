@@ -113,7 +113,7 @@ class Study:
         seed = self.seed if seed is None else seed
         cfg = _ft.resolved_config(method, self.P, {"film": self.film, **opts})
         models = _ft.pretrained(self.fpha, self.P, seed, cfg.attention, cfg.film, self.device, self.cache,
-                                self.progress, hpe_model, har_model)
+                                self.progress, hpe_model, har_model, cfg.hpe_feed)
         with one_thread(self.device):  # as every run: its numbers must not depend on the thread count
             return _ft.finetune(method, models, self.fpha, self.P, cfg, seed, self.device, self.cache,
                                 progress=self.progress)

@@ -46,14 +46,26 @@ def sequence_batches(ds, epoch: int, cfg, salt: int):
         yield collate_sequences([ds[i] for i in idx])
 
 
+# What a FiLM-conditioned HPE is fed while pre-training (HPETask.feed):
+#   "w_eq"    the uniform action, in training and evaluation (the original; a plain HPE);
+#   "true"    the true action's one-hot, in training and evaluation: the oracle, an HPE that knows the action;
+#   "mix"     a curriculum, per item: a third each the true one-hot, w_eq, and the true one-hot moved by
+#             Dirichlet noise (noisy feedback's, level 0.5); evaluated on w_eq;
+#   "smooth"  label smoothing: every item fed 0.5 * true one-hot + 0.5 * w_eq; evaluated on w_eq.
+PRETRAIN_FEEDS = ("w_eq", "true", "mix", "smooth")
+
+
 @dataclass
 class HPETask:
     """Frame-wise pose estimation from the crop cache.  ``augment`` (an ``AugmentConfig`` or None)
-    is applied to training batches only.  A FiLM-conditioned model is fed w_eq = 1/45 (pre-training)."""
+    is applied to training batches only.  A FiLM-conditioned model is fed what ``feed`` says
+    (:data:`PRETRAIN_FEEDS`; w_eq = 1/45 by default); its test scores also hold
+    ``error_mm_true_action``, the error when fed the true action."""
 
     cache: CropCache
     splits: dict[str, list[SequenceRef]]
     augment: object | None = None
+    feed: str = "w_eq"
     metric: str = "error_mm"
     higher_is_better: bool = False
     eval_batch: int = 256
@@ -78,18 +90,38 @@ class HPETask:
             yield batch
 
     def loss(self, model, batch):
-        out = model(batch["depth"])
+        out = model(batch["depth"], self.action(batch["label"], batch["depth"], training=True))
         return model.loss(out, batch["joints"])
 
-    def predict(self, model, split: str, action: torch.Tensor | None = None) -> np.ndarray:
-        """(N, 21, 3) predicted joints in mm for every frame of a split, in dataset order."""
+    def action(self, labels: torch.Tensor, like: torch.Tensor, training: bool) -> torch.Tensor | None:
+        """What the model is fed for a batch of frames with true ``labels`` (B,): None (w_eq) or (B, 45)."""
+        if self.feed == "w_eq" or (not training and self.feed != "true"):
+            return None
+        true = torch.nn.functional.one_hot(labels.long(), NUM_ACTIONS).to(like.device, torch.float32)
+        if self.feed == "true":
+            return true
+        w_eq = torch.full_like(true, 1.0 / NUM_ACTIONS)
+        if self.feed == "smooth":
+            return 0.5 * true + 0.5 * w_eq
+        from .methods.noise import perturb  # "mix": per item, the truth, w_eq or the noisy truth
+
+        pick = torch.randint(0, 3, (len(true), 1), device=true.device)
+        return torch.where(pick == 0, true, torch.where(pick == 1, w_eq, perturb(true, "dirichlet", 0.5)))
+
+    def predict(self, model, split: str, action: torch.Tensor | None = None, true_action: bool | None = None) -> np.ndarray:
+        """(N, 21, 3) predicted joints in mm for every frame of a split, in dataset order, fed ``action``
+        (None: w_eq) or, with ``true_action``, each frame's true action (default: as ``feed`` evaluates)."""
         ds, device = self.data[split], next(model.parameters()).device
+        true_action = (self.feed == "true") if true_action is None else true_action
         model.eval()
         out = []
         with torch.inference_mode():
             for start in range(0, len(ds), self.eval_batch):
                 batch = ds.batch(np.arange(start, min(start + self.eval_batch, len(ds))))
-                pred = model(batch["depth"].to(device), action)["joints"].float().cpu()
+                depth = batch["depth"].to(device)
+                fed = torch.nn.functional.one_hot(batch["label"].long(), NUM_ACTIONS).to(device, torch.float32) \
+                    if true_action else action
+                pred = model(depth, fed)["joints"].float().cpu()
                 out.append(pred * self.half_cube + batch["centre"][:, None])
         return torch.cat(out).numpy()
 
@@ -97,8 +129,11 @@ class HPETask:
         pred = self.predict(model, split)
         true = self.cache.joints[self.data[split].rows]
         thresholds, curve = success_curve(pred, true, np.arange(0, 81, 5))
-        return {"error_mm": float(mean_joint_error(pred, true)), "per_joint_mm": per_joint_error(pred, true).tolist(),
-                "success_thresholds_mm": list(map(float, thresholds)), "success": list(map(float, curve))}
+        scores = {"error_mm": float(mean_joint_error(pred, true)), "per_joint_mm": per_joint_error(pred, true).tolist(),
+                  "success_thresholds_mm": list(map(float, thresholds)), "success": list(map(float, curve))}
+        if split == "test" and getattr(model, "accepts_action", False):
+            scores["error_mm_true_action"] = float(mean_joint_error(self.predict(model, split, true_action=True), true))
+        return scores
 
 
 @dataclass

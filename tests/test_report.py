@@ -133,3 +133,25 @@ def test_the_summary_carries_every_paired_difference_and_refuses_mixed_data():
     with pytest.raises(ResultsConflict, match=r"baseline.json against ensemble.json: data: synthetic \(fingerprint abc\) "
                                               r"against synthetic \(fingerprint other\)"):
         report.summary_markdown(results, "smoke")
+
+
+def test_the_headroom_share_is_each_seeds_gain_over_its_headroom():
+    """Seed by seed: headroom = the w_eq HPE's error - the oracle's; share = (baseline - method) / headroom."""
+    def run(seed, error, start=None):
+        return {"seed": seed, "test": {"gt": {"error_mm": error}}, "pretrained": {"hpe_film_error_mm": start}}
+
+    base = [run(0, 14.0, 16.0), run(1, 14.2, 16.4), run(2, 13.8, 15.9)]
+    method = [run(0, 13.0), run(1, 13.1), run(2, 12.9)]
+    oracle = {"0": 14.0, "1": 14.4, "2": 13.9}  # as a results file gives it back: seeds as strings
+    h = report.headroom(base, method, oracle)
+    assert h["headroom_mm"][0] == pytest.approx(2.0) and h["headroom_mm"][1] == pytest.approx(0.0, abs=1e-9)
+    assert h["share_pct"][0] == pytest.approx(50.0) and h["seeds"] == 3 and h["verdict"] == "recovers some"
+    worse = report.headroom(base, [run(0, 14.5), run(1, 14.6), run(2, 14.4)], oracle)
+    assert worse["share_pct"][0] == pytest.approx(-25.0) and worse["verdict"] == "loses ground"
+    assert report.headroom(base, [run(0, 13.0), run(1, 14.5), run(2, 13.9)], oracle)["verdict"] == "nothing we can tell"
+    with pytest.raises(ValueError, match="share no seed"):
+        report.headroom(base, method, {"7": 14.0})
+    results = {"feedback": {"data": "synthetic", "seeds": [0, 1, 2], "oracle_hpe": oracle, "rows": {},
+                            "records": {"baseline": base, "feedback": method}, "untrained_sweep": {}, "trained_sweep": {}}}
+    assert report.headroom_shares(results)["feedback"]["share_pct"][0] == pytest.approx(50.0)
+    assert report.headroom_shares({"feedback": {**results["feedback"], "oracle_hpe": None}}) == {}

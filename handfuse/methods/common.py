@@ -28,6 +28,7 @@ are fed ``w_eq`` and run only the others step by step.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,11 +40,12 @@ from torch import nn
 from ..datasets import SequenceDataset, collate_sequences
 from ..models.film import CONDITIONED, uniform_action
 from ..models.interfaces import PosePrior
-from ..errors import check
+from ..errors import ConfigError, check
+from ..skeleton import NUM_ACTIONS
 from ..metrics import accuracy
 from .noise import perturb
 
-FEEDS = ("prediction", "w_eq", "mix")  # what a feedback HPE is fed at evaluation (see FusionConfig)
+FEEDS = ("prediction", "w_eq", "mix", "true")  # what a feedback HPE is fed at evaluation (see FusionConfig)
 NOISES = ("none", "smooth", "dirichlet", "temperature")
 COINS = ("step", "item")
 
@@ -53,10 +55,24 @@ def constant_p_eq(p_eq: float, epoch: int, epochs: int) -> float:
     return p_eq
 
 
-# p_eq schedules by name: (p_eq, epoch, epochs) -> the probability of feeding w_eq at that epoch
-# of fine-tuning.  FusionConfig.p_eq_schedule picks one; docs/extending.md adds another.
+def linear_decay(p: float, epoch: int, epochs: int) -> float:
+    """``p`` at the first epoch, falling linearly to 0 at the last (scheduled sampling's linear decay)."""
+    return p * (1.0 - epoch / (epochs - 1)) if epochs > 1 else p
+
+
+def inverse_sigmoid(p: float, epoch: int, epochs: int) -> float:
+    """``p`` times an inverse sigmoid of the training progress, halfway through at half of ``p``
+    (scheduled sampling's inverse-sigmoid decay, Bengio et al. 2015, in epochs)."""
+    return p / (1.0 + math.exp(10.0 * (epoch / max(1, epochs - 1) - 0.5)))
+
+
+# Schedules by name: (p, epoch, epochs) -> the probability at that epoch of fine-tuning, for the
+# coins of FusionConfig (p_eq through p_eq_schedule, p_true through p_true_schedule).
+# docs/extending.md adds another.
 P_EQ_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
     "constant": constant_p_eq,
+    "linear_decay": linear_decay,
+    "inverse_sigmoid": inverse_sigmoid,
 }
 
 
@@ -77,12 +93,20 @@ class FusionConfig:
     w_nll: float = 0.002  # weight of the action cross-entropy in the joint loss (the original's)
     w_pose: float = 0.998  # weight of the pose MSE (normalised crop units)
     freeze_norm: bool = True  # batch-norm statistics and dropout frozen while fine-tuning (the original)
+    hpe_feed: str = "w_eq"  # the conditioned HPE starts from its pre-training on this feed (handfuse.tasks.PRETRAIN_FEEDS)
     # feedback (and the ensemble's second pass): the p_eq coin, training only
     p_eq: float = 0.95  # probability of feeding w_eq instead of the prediction at a step
     p_eq_schedule: str = "constant"  # how p_eq moves over the fine-tuning epochs: a name in P_EQ_SCHEDULES
     coin: str = "step"  # "step": one draw per step for the whole batch (the original); "item": per sequence
     feedback_grad: bool = True  # gradients flow through the fed-back action (the original let them)
-    eval_feed: str = "prediction"  # evaluation feeds the prediction, w_eq, or "mix": eval_mix*w_eq + (1-eval_mix)*pred
+    # scheduled sampling (Bengio et al. 2015): a step after frame 0 is fed the TRUE action with
+    # probability p_true (scheduled over the epochs), else the p_eq coin decides; training only
+    p_true: float = 0.0
+    p_true_schedule: str = "constant"  # a name in P_EQ_SCHEDULES, e.g. "linear_decay": true early, own later
+    feed_after: int = 0  # a late action: frames before this one are fed w_eq, in training and evaluation
+    # evaluation: the prediction, w_eq, "mix" (eval_mix*w_eq + (1-eval_mix)*pred), or "true": the
+    # true action on every frame (the oracle: the best the architecture can do with a perfect HAR)
+    eval_feed: str = "prediction"
     eval_mix: float = 0.0  # the weight of w_eq in the deterministic "mix" feed
     film_response: float = 0.0  # diagnostics: a random FiLM response to actions, w_eq unchanged (FiLM.add_random_response)
     # noisy feedback (beyond the original): noise injected into the fed action while training
@@ -99,7 +123,7 @@ class FusionConfig:
     def __post_init__(self):
         for name in ("attention", "freeze_norm", "feedback_grad", "train_hpe1", "train_hpe2", "train_hpe", "train_har"):
             check(isinstance(getattr(self, name), bool), f"fusion.{name}", getattr(self, name), "True or False")
-        for name in ("p_eq", "eval_mix", "eta", "zeta"):
+        for name in ("p_eq", "p_true", "eval_mix", "eta", "zeta"):
             check(_is_prob(getattr(self, name)), f"fusion.{name}", getattr(self, name), "a number in [0, 1]")
         for name in ("w_nll", "w_pose"):
             value = getattr(self, name)
@@ -107,8 +131,14 @@ class FusionConfig:
                   value, "a weight >= 0")
         check(self.w_nll + self.w_pose > 0, "fusion.w_nll", self.w_nll, "w_nll + w_pose > 0 (nothing to train on)")
         check(self.film in CONDITIONED, "fusion.film", self.film, f"one of {CONDITIONED}")
-        check(self.p_eq_schedule in P_EQ_SCHEDULES, "fusion.p_eq_schedule", self.p_eq_schedule,
-              f"one of {sorted(P_EQ_SCHEDULES)}")
+        from ..tasks import PRETRAIN_FEEDS  # here: the tasks module imports the datasets, as this one does
+
+        check(self.hpe_feed in PRETRAIN_FEEDS, "fusion.hpe_feed", self.hpe_feed, f"one of {PRETRAIN_FEEDS}")
+        for name in ("p_eq_schedule", "p_true_schedule"):
+            check(getattr(self, name) in P_EQ_SCHEDULES, f"fusion.{name}", getattr(self, name),
+                  f"one of {sorted(P_EQ_SCHEDULES)}")
+        check(isinstance(self.feed_after, int) and not isinstance(self.feed_after, bool) and self.feed_after >= 0,
+              "fusion.feed_after", self.feed_after, "a frame index >= 0 (0: every frame may be fed an action)")
         check(self.coin in COINS, "fusion.coin", self.coin, f"one of {COINS}")
         check(self.eval_feed in FEEDS, "fusion.eval_feed", self.eval_feed, f"one of {FEEDS}")
         check(self.noise in NOISES, "fusion.noise", self.noise, f"one of {NOISES}")
@@ -136,21 +166,44 @@ def scatter_frames(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def w_eq_mask(mask: torch.Tensor, cfg: FusionConfig, training: bool, first_frame: bool = True,
               p_eq: float | None = None) -> torch.Tensor:
     """(B, T) bool: the frames fed ``w_eq``; frame 0 always with ``first_frame`` (step-by-step
-    feedback: nothing has been recognised yet).
+    feedback: nothing has been recognised yet), and every frame before ``cfg.feed_after`` (a late action).
     Training draws the p_eq coin (per step for the whole batch, or per item: ``cfg.coin``) from
     torch's global generator, with probability ``p_eq`` (default ``cfg.p_eq``; a method passes its
     scheduled value, :meth:`FusionMethod.p_eq_now`); evaluation never does: every frame with
-    ``eval_feed="w_eq"``, none after frame 0 otherwise."""
+    ``eval_feed="w_eq"``, none after frame 0 otherwise (``eval_feed="true"``: not frame 0 either)."""
     B, T = mask.shape
     if training:
-        shape = (1, T) if cfg.coin == "step" else (B, T)
-        fed = (torch.rand(shape) < (cfg.p_eq if p_eq is None else p_eq)).expand(B, T).to(mask.device)
+        fed = _coin(mask, cfg, cfg.p_eq if p_eq is None else p_eq)
     else:
         fed = torch.full((B, T), cfg.eval_feed == "w_eq", dtype=torch.bool, device=mask.device)
-    if first_frame:
-        fed = fed.clone()
+    fed = fed.clone()
+    if first_frame and (training or cfg.eval_feed != "true"):
         fed[:, 0] = True
+    fed[:, :cfg.feed_after] = True
     return fed
+
+
+def true_mask(mask: torch.Tensor, cfg: FusionConfig, training: bool, p_true: float) -> torch.Tensor:
+    """(B, T) bool: the frames fed the true action.  Training: the scheduled-sampling coin with
+    probability ``p_true`` (drawn as the p_eq coin is, ``cfg.coin``), never frame 0; evaluation:
+    every frame with ``eval_feed="true"``, none otherwise.  Never a frame before ``cfg.feed_after``."""
+    B, T = mask.shape
+    if training:
+        fed = _coin(mask, cfg, p_true) if p_true > 0 else torch.zeros((B, T), dtype=torch.bool, device=mask.device)
+        fed = fed.clone()
+        fed[:, 0] = False
+    else:
+        fed = torch.full((B, T), cfg.eval_feed == "true", dtype=torch.bool, device=mask.device)
+    fed[:, :cfg.feed_after] = False
+    return fed & mask
+
+
+def _coin(mask: torch.Tensor, cfg: FusionConfig, p: float) -> torch.Tensor:
+    """(B, T) bool drawn from torch's global generator with probability ``p``: one draw per step for
+    the whole batch (``coin="step"``) or one per item and step (``"item"``)."""
+    B, T = mask.shape
+    shape = (1, T) if cfg.coin == "step" else (B, T)
+    return (torch.rand(shape) < p).expand(B, T).to(mask.device)
 
 
 class FusionMethod(nn.Module):
@@ -159,20 +212,41 @@ class FusionMethod(nn.Module):
     A subclass implements ``from_pretrained(models, half_cube_mm, cfg)`` and ``forward(depth, centre,
     mask)`` (the module docstring says what it returns); :func:`handfuse.methods.register_method`
     names it.  Fine-tuning tells it the epoch before every step (:meth:`at_epoch`), so anything that
-    changes over training reads it here, as :meth:`p_eq_now` does."""
+    changes over training reads it here, as :meth:`p_eq_now` and :meth:`p_true_now` do; and every
+    batch's true labels before its forward (:meth:`see_labels`), which only the feeds that use the
+    truth read (scheduled sampling, the oracle ``eval_feed="true"``)."""
 
     def __init__(self, cfg: FusionConfig, half_cube_mm: float):
         super().__init__()
         self.cfg, self.half_cube = cfg, float(half_cube_mm)
         self.epoch, self.epochs = 0, 1
+        self.labels: torch.Tensor | None = None
 
     def at_epoch(self, epoch: int, epochs: int) -> None:
         """Fine-tuning is at ``epoch`` (from 0) of ``epochs``."""
         self.epoch, self.epochs = epoch, epochs
 
+    def see_labels(self, labels: torch.Tensor | None) -> None:
+        """The true actions (B,) of the batch the next forward runs on (None: unknown)."""
+        self.labels = labels
+
     def p_eq_now(self) -> float:
         """The coin's probability of feeding w_eq at the current epoch: ``cfg.p_eq_schedule`` applied to ``cfg.p_eq``."""
         return P_EQ_SCHEDULES[self.cfg.p_eq_schedule](self.cfg.p_eq, self.epoch, self.epochs)
+
+    def p_true_now(self) -> float:
+        """Scheduled sampling's probability of feeding the true action at the current epoch."""
+        return P_EQ_SCHEDULES[self.cfg.p_true_schedule](self.cfg.p_true, self.epoch, self.epochs)
+
+    def true_action(self, like: torch.Tensor) -> torch.Tensor:
+        """The one-hot true actions (B, 45) of the current batch (:meth:`see_labels`), as ``like``'s
+        device and dtype.  Refused when no labels were given."""
+        if self.labels is None:
+            raise ConfigError("fusion.eval_feed" if not self.training else "fusion.p_true",
+                              self.cfg.eval_feed if not self.training else self.cfg.p_true,
+                              "a feed of the true action needs the batch's labels: call model.see_labels(batch['label'])"
+                              " before forward (FusionTask and evaluate_sequences do)")
+        return F.one_hot(self.labels.to(like.device).long(), NUM_ACTIONS).to(like.dtype)
 
     def to_mm(self, joints: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """Normalised joints (..., 21, 3) around crop centres (..., 3) -> mm."""
@@ -225,6 +299,13 @@ def conditioned_copy(hpe: nn.Module, cfg: FusionConfig) -> nn.Module:
     return hpe
 
 
+def see_labels(model: nn.Module, labels: torch.Tensor) -> None:
+    """Tell a fusion method the batch's true labels (:meth:`FusionMethod.see_labels`); a method
+    registered from elsewhere without that hook is left alone."""
+    if hasattr(model, "see_labels"):
+        model.see_labels(labels)
+
+
 def sequence_action(logits: torch.Tensor) -> torch.Tensor:
     """Action distributions (B, 45) from sequence or step logits."""
     return torch.softmax(logits.float(), dim=-1)
@@ -244,6 +325,7 @@ def evaluate_sequences(model: nn.Module, data: SequenceDataset, batch_size: int 
         for start in range(0, len(data), batch_size):
             batch = collate_sequences([data[i] for i in range(start, min(start + batch_size, len(data)))])
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            see_labels(model, batch["label"])
             out = model(batch["depth"], batch["centre"], batch["mask"])
             err = (out["joints_mm"].double() - batch["joints_mm"].double()).norm(dim=-1).mean(-1).cpu().numpy()  # (B, T)
             mask = batch["mask"].cpu().numpy()

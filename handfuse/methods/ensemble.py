@@ -15,8 +15,9 @@ are exactly the first pass (the untrained baseline before fine-tuning).
 
 Fine-tuned end to end on the joint loss of the combined outputs.  While training,
 each frame of pass 2 is fed ``w_eq`` with probability ``p_eq`` (the original: 0.95)
-and the optional ``noise``; evaluation feeds ``eval_feed`` deterministically, as
-feedback does.  Which parts train is configurable: ``train_hpe1`` (the original
+and the optional ``noise``, and, with scheduled sampling (``p_true``), first the true
+action with probability ``p_true``; evaluation feeds ``eval_feed`` deterministically,
+as feedback does (``"true"``: HPE2 fed the true action, the ensemble's oracle).  Which parts train is configurable: ``train_hpe1`` (the original
 froze it; a frozen HPE1 runs without building a graph), ``train_hpe2``,
 ``train_har``.  ``attention`` switches the HAR's temporal attention (both passes:
 the HAR is shared).
@@ -37,7 +38,7 @@ from ..errors import ConfigError
 from ..models.film import CONDITIONED, uniform_action
 from ..models.interfaces import ActionRecogniser, PoseEstimator
 from ..pool import one_thread
-from .common import FusionConfig, FusionMethod, conditioned_copy, scatter_frames, w_eq_mask
+from .common import FusionConfig, FusionMethod, conditioned_copy, scatter_frames, see_labels, true_mask, w_eq_mask
 
 
 class TwoHPEEnsemble(FusionMethod):
@@ -69,8 +70,11 @@ class TwoHPEEnsemble(FusionMethod):
         p = self.fed_action(logits)  # (B, 45)
         per_frame = p[:, None].expand(B, T, p.shape[-1])  # (B, T, 45)
         # the coin (training) or eval_feed="w_eq"; frame 0 is not special here: z' is already known
-        fed_w_eq = w_eq_mask(mask, self.cfg, self.training, first_frame=False, p_eq=self.p_eq_now())  # (B, T)
+        fed_true = true_mask(mask, self.cfg, self.training, self.p_true_now())  # (B, T)
+        fed_w_eq = w_eq_mask(mask, self.cfg, self.training, first_frame=False, p_eq=self.p_eq_now()) & ~fed_true
         per_frame = torch.where(fed_w_eq[..., None], uniform_action(1, p.device, p.dtype), per_frame)
+        if bool(fed_true.any()):
+            per_frame = torch.where(fed_true[..., None], self.true_action(p)[:, None], per_frame)
         return per_frame[mask]
 
     def forward(self, depth: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -100,6 +104,7 @@ def _outputs(model: TwoHPEEnsemble, data, batch_size: int = 64) -> dict[str, np.
         for start in range(0, len(data), batch_size):
             batch = collate_sequences([data[i] for i in range(start, min(start + batch_size, len(data)))])
             mask = batch["mask"]
+            see_labels(model, batch["label"])
             out = model(batch["depth"].to(device), batch["centre"].to(device), mask.to(device))
             for key, p in (("1", out["first"]), ("2", out["second"])):
                 parts["j" + key].append(p["joints_mm"][mask.to(device)].double().cpu().numpy())

@@ -11,11 +11,19 @@ Fine-tuning (``self.training``): each step feeds ``w_eq`` with probability
 ``noise`` of :mod:`handfuse.methods.noise` when one is set (noisy feedback).
 ``feedback_grad`` says whether gradients flow back through the fed action.
 
+Scheduled sampling (``p_true`` > 0, beyond the original): each training step
+after frame 0 is first fed the *true* action with probability ``p_true``
+(scheduled over the epochs by ``p_true_schedule``, e.g. ``"linear_decay"``: the
+truth early, the model's own prediction later); the p_eq coin decides the rest.
+A late action (``feed_after = k``): frames before k are fed ``w_eq``, in training
+and evaluation.
+
 Evaluation is deterministic, never a coin: ``eval_feed="prediction"`` (the
 method) feeds every step the clean prediction, ``"w_eq"`` feeds ``w_eq`` everywhere
-(the conditioned HPE as a plain one: this *is* p_eq = 1), and ``"mix"`` feeds
+(the conditioned HPE as a plain one: this *is* p_eq = 1), ``"mix"`` feeds
 ``eval_mix * w_eq + (1 - eval_mix) * prediction``, the coin's expectation, which
-the untrained p_eq sweep uses.
+the untrained p_eq sweep uses, and ``"true"`` feeds the true action on every frame,
+frame 0 included: the oracle, the best these weights can do with a perfect recogniser.
 
 Speed.  Frames fed ``w_eq`` do not depend on the HAR, so they all go through the
 HPE in one batch first; only the frames fed a prediction run step by step, each
@@ -34,7 +42,7 @@ from ..datasets import pose_features
 from ..errors import ConfigError
 from ..models.film import CONDITIONED, uniform_action
 from ..models.interfaces import ActionRecogniser, PoseEstimator
-from .common import FusionConfig, FusionMethod, conditioned_copy, frame_index, scatter_frames, w_eq_mask
+from .common import FusionConfig, FusionMethod, conditioned_copy, frame_index, scatter_frames, true_mask, w_eq_mask
 
 
 class ActionFeedback(FusionMethod):
@@ -60,13 +68,16 @@ class ActionFeedback(FusionMethod):
     def forward(self, depth: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor) -> dict:
         """``depth`` (B, T, 1, S, S), ``centre`` (B, T, 3) mm, ``mask`` (B, T) -> ``joints_mm``
         (B, T, 21, 3), ``logits`` (B, 45), ``step_logits`` (B, T, 45), ``attention`` (B, T) or None,
-        ``hidden`` (B, T, H) and ``fed_w_eq`` (B, T): which frames were fed w_eq."""
+        ``hidden`` (B, T, H), ``fed_w_eq`` and ``fed_true`` (B, T): which frames were fed w_eq, the truth."""
         B, T = mask.shape
         run = self._pose_runner(depth, mask)
-        fed_w_eq = w_eq_mask(mask, self.cfg, self.training, p_eq=self.p_eq_now())  # (B, T), always True at t = 0
-        batched = mask & fed_w_eq  # these frames do not wait for the HAR
-        n = int(batched.sum())
-        joints_w_eq = scatter_frames(self.to_mm(run(batched, uniform_action(n, depth.device)), centre[batched]), batched)
+        fed_true = true_mask(mask, self.cfg, self.training, self.p_true_now())  # (B, T): scheduled sampling, oracle
+        fed_w_eq = w_eq_mask(mask, self.cfg, self.training, p_eq=self.p_eq_now()) & ~fed_true  # (B, T)
+        joints_w_eq = self._fixed_feed(run, mask & fed_w_eq, uniform_action(B, depth.device), centre)
+        if bool(fed_true.any()):  # these frames do not wait for the HAR either
+            truth = self._fixed_feed(run, fed_true, self.true_action(depth), centre)
+            joints_w_eq = torch.where(fed_true[..., None, None], truth, joints_w_eq)
+        fed_w_eq = fed_w_eq | fed_true  # from here: the frames whose action is fixed before the HAR runs
 
         state, action = self.har.init_state(B), None
         joints, step_logits, hidden = [], [], []
@@ -92,4 +103,12 @@ class ActionFeedback(FusionMethod):
         hidden = torch.where(valid, torch.stack(hidden, 1), 0.0)  # (B, T, H)
         logits, attention = self.har.readout(step_logits, hidden, mask)
         return {"joints_mm": joints, "logits": logits, "step_logits": step_logits, "attention": attention,
-                "hidden": hidden, "fed_w_eq": fed_w_eq & mask}
+                "hidden": hidden, "fed_w_eq": fed_w_eq & ~fed_true & mask, "fed_true": fed_true}
+
+    def _fixed_feed(self, run, frames: torch.Tensor, actions: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """Joints in mm (B, T, 21, 3) of ``frames`` (B, T) fed a per-sequence action ``actions`` (B, 45)
+        that does not depend on the HAR, all in one batch (zero elsewhere)."""
+        if not bool(frames.any()):  # the oracle feeds no frame w_eq
+            return centre.new_zeros(*frames.shape, 21, 3)
+        per_frame = actions[:, None].expand(*frames.shape, actions.shape[-1])[frames]  # (n, 45)
+        return scatter_frames(self.to_mm(run(frames, per_frame), centre[frames]), frames)
