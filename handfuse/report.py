@@ -20,10 +20,15 @@ ROWS: dict[str, tuple[str, float | None, float | None]] = {
     "baseline_pose_only": ("Baseline, fine-tuned on pose only (control: w_nll = 0, HAR frozen)", None, None),
     "feedback": ("Method #2, action feedback", 10.95, 68.2),
     "feedback_oracle": ("Method #2 fed the true action at test (its oracle)", None, None),
+    "feedback_scheduled": ("Feedback + scheduled sampling (ours)", None, None),
+    "feedback_curriculum": ("Feedback from a curriculum-pre-trained HPE (ours)", None, None),
+    "feedback_late": ("Feedback with a late action (ours)", None, None),
     "noisy_feedback": ("Noisy feedback (ours, the seed's future work)", None, None),
     "ensemble": ("Method #3, two-HPE ensemble", 10.72, 71.0),
     "ensemble_att": ("Method #3 + attention", 10.69, 71.3),
 }
+# the remedies for exposure bias that 03 fine-tunes, each a feedback variant chosen on validation
+REMEDIES = ("feedback_scheduled", "feedback_curriculum", "feedback_late")
 # the original's untrained p_eq sweep: p_eq -> (accuracy %, pose error mm), FPHA
 ORIGINAL_P_EQ_SWEEP = {1.0: (58.1, 14.46), 0.9: (55.2, 14.63), 0.6: (53.4, 15.26), 0.35: (50.9, 15.60), 0.0: (39.4, 18.77)}
 
@@ -307,7 +312,21 @@ def headroom_table(shares: dict[str, dict]) -> str:
 
 # the methods whose share of the headroom the summary reports: (row, the file and group of its records)
 HEADROOM = (("feedback", ("ensemble", "feedback")), ("feedback", ("feedback", "feedback")),
+            ("feedback_oracle", ("feedback", "feedback_oracle")),
+            *((row, ("feedback", row)) for row in REMEDIES),
             ("noisy_feedback", ("ensemble", "noisy_feedback")), ("ensemble", ("ensemble", "ensemble")))
+
+
+def choose_on_validation(runs: dict, metric: str = "error_mm") -> tuple[object, str]:
+    """The key of ``runs`` (key -> run records; the first seed's is read) whose selected epoch scored
+    best on the **validation** split on ``metric`` (lowest error or loss, highest accuracy), and a
+    Markdown table of every candidate's validation score.  Test scores are never read."""
+    scores = {key: records[0].val[metric] for key, records in runs.items()}
+    best = (max if metric == "accuracy" else min)(scores, key=scores.get)
+    unit = "%" if metric == "accuracy" else "mm" if metric == "error_mm" else ""
+    scale = 100.0 if metric == "accuracy" else 1.0
+    rows = [[str(k), f"{scale * v:.3f}", "**chosen**" if k == best else ""] for k, v in scores.items()]
+    return best, table(["candidate", f"validation {metric} ({unit}), seed {runs[best][0].seed}", ""], rows)
 
 
 def headroom_shares(results: dict[str, dict]) -> dict[str, dict]:
@@ -425,6 +444,7 @@ PAIRED = (("baseline", ("baseline", "trained"), "baseline_untrained", ("baseline
           ("baseline_pose_only", ("baseline", "pose_only"), "baseline", ("baseline", "trained")),
           ("feedback", ("ensemble", "feedback"), "baseline", ("ensemble", "baseline")),
           ("feedback", ("feedback", "feedback"), "baseline", ("feedback", "baseline")),
+          *((row, ("feedback", row), "baseline", ("feedback", "baseline")) for row in REMEDIES),
           ("noisy_feedback", ("ensemble", "noisy_feedback"), "baseline", ("ensemble", "baseline")),
           ("ensemble", ("ensemble", "ensemble"), "baseline", ("ensemble", "baseline")),
           ("ensemble_att", ("ensemble", "ensemble_att"), "baseline_att", ("ensemble", "baseline_att")))
@@ -466,8 +486,10 @@ NOTEBOOK_ROWS = {"baseline": ("hpe", "har_gt", "baseline_untrained", "baseline",
 
 
 def expected_rows(results: dict[str, dict]) -> set[str]:
-    """The rows a summary of ``results`` must hold: those of every method notebook that was run."""
-    return {row for name in NOTEBOOK_ROWS if name in results for row in NOTEBOOK_ROWS[name]}
+    """The rows a summary of ``results`` must hold: those of every method notebook that was run, and
+    the remedies ``03`` ran."""
+    rows = {row for name in NOTEBOOK_ROWS if name in results for row in NOTEBOOK_ROWS[name]}
+    return rows | set(results.get("feedback", {}).get("remedies", {}))
 
 
 def fingerprint(results: dict[str, dict]) -> str | None:

@@ -86,7 +86,9 @@ def test_the_summary_of_a_partial_run_says_what_ran_and_with_which_parameters():
     assert "`p_eq` | `0.35` | every file" in text and "not run: `baseline.json`, `ensemble.json`" in text
     summary = report.summary_json(results, "smoke")
     assert summary["parameters"]["p_eq"] == 0.35 and summary["files"] == ["feedback"]
-    assert report.expected_rows(results) == {"hpe", "har_gt", "baseline", "feedback"}
+    assert report.expected_rows(results) == {"hpe", "hpe_oracle", "har_gt", "baseline", "feedback", "feedback_oracle"}
+    with_remedy = {"feedback": {**results["feedback"], "remedies": {"feedback_late": {"chosen": "feed_after=3"}}}}
+    assert report.expected_rows(with_remedy) - report.expected_rows(results) == {"feedback_late"}
     assert report.expected_rows({**results, "ensemble": {}}) > report.expected_rows(results)
 
 
@@ -159,7 +161,7 @@ def test_two_papermill_runs_of_feedback_keep_their_own_results_and_summaries(tmp
     outs = {p: tmp_path / f"p_eq-{p}" for p in (0.0, 1.0)}
     for p, out in outs.items():
         out.mkdir()
-        run("03_feedback", out, seeds=1, p_eq=p, p_eq_sweep=[p], trained_p_eq=[p])
+        run("03_feedback", out, seeds=1, p_eq=p, p_eq_sweep=[p], trained_p_eq=[p], remedies=[])
         run("05_summary", out)
     for p, out in outs.items():
         held = json.loads((out / "results" / "feedback.json").read_text())
@@ -170,7 +172,7 @@ def test_two_papermill_runs_of_feedback_keep_their_own_results_and_summaries(tmp
         assert (out / "figures" / "feedback_untrained_sweep.png").is_file()
     assert (guarded.stat().st_mtime_ns if guarded.exists() else None) == before
     with pytest.raises(papermill.PapermillExecutionError) as refused:
-        run("03_feedback", outs[0.0], seeds=1, p_eq=0.5, p_eq_sweep=[0.5], trained_p_eq=[0.5])
+        run("03_feedback", outs[0.0], seeds=1, p_eq=0.5, p_eq_sweep=[0.5], trained_p_eq=[0.5], remedies=[])
     assert refused.value.ename == "ResultsConflict" and "p_eq: 0.5 against 0.0" in refused.value.evalue
     assert refused.value.source.startswith("study = Study(")  # the set-up cell: no work started
     assert json.loads((outs[0.0] / "results" / "feedback.json").read_text())["parameters"]["p_eq"] == 0.0

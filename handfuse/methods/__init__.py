@@ -46,6 +46,29 @@ HEADLINE: dict[str, dict] = {
 }
 
 
+# Remedies for exposure bias (issue 22): feedback variants, each with the candidate settings 03
+# fine-tunes once and chooses between on validation.  ``frames``: a typical sequence length.
+REMEDIES = ("scheduled", "curriculum", "late")
+
+
+def remedy_candidates(remedy: str, p_eq: float, frames: int) -> dict[str, dict]:
+    """The candidate settings of one remedy, as FusionConfig options of ``feedback`` by label:
+
+    - ``scheduled``: scheduled sampling (Bengio et al. 2015), the truth at first and the model's own
+      prediction by the end (p_eq = 0: no w_eq coin in the way), linear or inverse-sigmoid decay;
+    - ``curriculum``: the conditioned HPE pre-trained on a mix of the truth, w_eq and noisy truth, or
+      on label-smoothed truth (``hpe_feed``), then fine-tuned as feedback (``p_eq``);
+    - ``late``: the action fed only after the first quarter or half of the frames (``feed_after``)."""
+    if remedy == "scheduled":
+        return {f"p_true 1 -> 0 ({s})": {"p_true": 1.0, "p_true_schedule": s, "p_eq": 0.0}
+                for s in ("linear_decay", "inverse_sigmoid")}
+    if remedy == "curriculum":
+        return {f"hpe_feed={f}": {"hpe_feed": f, "p_eq": p_eq} for f in ("mix", "smooth")}
+    if remedy == "late":
+        return {f"feed_after={k}": {"feed_after": k, "p_eq": p_eq} for k in sorted({max(1, frames // 4), max(1, frames // 2)})}
+    raise ConfigError("remedies", remedy, f"names from {REMEDIES}")
+
+
 def headline(name: str, **overrides) -> dict:
     """The headline options of method ``name``, with the ``overrides`` that are not None."""
     if name not in METHODS:
@@ -96,6 +119,6 @@ def options(model: nn.Module, **fields):
         model.cfg = old
 
 
-__all__ = ["BUILTIN", "HEADLINE", "METHODS", "P_EQ_SCHEDULES", "FusionConfig", "FusionMethod", "SequentialBaseline",
+__all__ = ["BUILTIN", "HEADLINE", "METHODS", "P_EQ_SCHEDULES", "REMEDIES", "remedy_candidates", "FusionConfig", "FusionMethod", "SequentialBaseline",
            "ActionFeedback", "TwoHPEEnsemble", "build", "evaluate_sequences", "headline", "method_config", "options",
            "register_method"]
