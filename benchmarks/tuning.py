@@ -1,6 +1,6 @@
 """The cpu preset's choices, re-made on the validation split only, over several seeds.
 
-    python -m benchmarks.tuning [--preset cpu] [--seeds 2] [--out benchmarks/tuning.json]
+    python -m benchmarks.tuning [--preset cpu] [--seeds 2] [--only hpe har fuse] [--out benchmarks/tuning.json]
 
 Each choice of ``handfuse/config.py``'s cpu preset is set against its alternative:
 
@@ -8,7 +8,9 @@ Each choice of ``handfuse/config.py``'s cpu preset is set against its alternativ
 * the HPE's size: the original's layout at half its widths (the preset) against its full widths,
   both one block per group;
 * fine-tuning: batch 16 at 2e-4, cosine, 3 epochs (the preset) against the original's batch 4 at
-  3e-5, 6 epochs at a constant rate.
+  3e-5, 6 epochs at a constant rate;
+* the HAR's input: the joints in the camera's frame (the original) against the hand's own frame
+  (``HARConfig.frame``), on validation accuracy and on the look-alike groups' within-group accuracy.
 
 Every run trains on the training side of the action split and is selected and scored on the
 validation split held out from it (whole sequences, per class); **the test split is never read**:
@@ -33,12 +35,14 @@ from handfuse.config import Preset, get_preset
 from handfuse.datasets import PoseSequenceDataset, SequenceDataset
 from handfuse.finetune import FusionTask, Pretrained, build_method, resolved_config
 from handfuse.fpha import FPHA
-from handfuse.metrics import mean_ci95
+from handfuse.metrics import group_accuracy, mean_ci95
 from handfuse.models.registry import har_entry, hpe_entry
 from handfuse.paths import REPO, ensure_synthetic, runs_dir
 from handfuse.pool import map_jobs, one_thread
 from handfuse.report import machine_info
 from handfuse.standalone import initial_hpe, splits
+from handfuse.skeleton import ACTION_INDEX
+from handfuse.synth.actions import LOOKALIKE_GROUPS
 from handfuse.tasks import HARTask, HPETask
 from handfuse.train import fit, load_checkpoint, run_digest
 
@@ -65,6 +69,12 @@ def fuse_variants(P: Preset) -> dict[str, Preset]:
     original = replace(P, train_fuse=replace(P.train_fuse, batch_size=4, lr=3e-5, schedule="constant", epochs=6,
                                              patience=6))
     return {"preset: " + _fuse_label(P): P, "the original's: " + _fuse_label(original): original}
+
+
+def har_variants(P: Preset) -> dict[str, Preset]:
+    """The preset's HAR input (first) and the other frame (camera or hand, ``HARConfig.frame``)."""
+    other = "hand" if P.har.frame == "camera" else "camera"
+    return {f"preset: {P.har.frame} frame": P, f"{other} frame": replace(P, har=replace(P.har, frame=other))}
 
 
 def _no_test(refs: dict) -> dict:
@@ -109,10 +119,15 @@ def train_har(job: dict) -> dict:
     data = {k: PoseSequenceDataset(fpha, refs) for k, refs in _no_test(splits(fpha, P, seed)).items()}
     torch.manual_seed(seed)
     net = har_entry("lstm").build(har_entry("lstm").config(P))
+    task = HARTask(data)
     with one_thread():
-        r = fit(net, HARTask(data), replace(P.train_har, seed=seed), job["run"], {"har": "lstm", "tuning": True},
+        r = fit(net, task, replace(P.train_har, seed=seed), job["run"], {"har": asdict(P.har), "tuning": True},
                 progress=False)
-    return {"val_accuracy": r.val["accuracy"], "seconds": r.seconds, "run": r.run_dir}
+        val = task.outputs(net, "val")
+    groups = [[ACTION_INDEX[a] for a in g] for g in LOOKALIKE_GROUPS]
+    look = group_accuracy(np.stack(val["logits"]), [data["val"][i]["label"] for i in range(len(data["val"]))], groups)
+    return {"val_accuracy": r.val["accuracy"], "val_lookalike_within": look["within_group"],
+            "val_lookalike_accuracy": look["accuracy"], "seconds": r.seconds, "run": r.run_dir}
 
 
 def fine_tune(job: dict) -> dict:
@@ -154,19 +169,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--only", nargs="+", choices=["hpe", "har", "fuse"], default=["hpe", "har", "fuse"],
+                    help="the choices to re-make (default: all; fine-tuning needs the preset's HPE and HAR runs)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "tuning.json"))
     args = ap.parse_args()
     P, seeds = get_preset(args.preset), list(range(args.seeds))
     root = str(ensure_synthetic(args.preset))
     get_cache(FPHA(root), P.preprocess)  # built once, here, before the workers read it
-    hpes, fuses = hpe_variants(P), fuse_variants(P)
+    hpes, hars = hpe_variants(P), har_variants(P)
+    fuses = fuse_variants(P) if "fuse" in args.only else {}
+    if "hpe" not in args.only and fuses:
+        hpes = dict([next(iter(hpes.items()))])  # fine-tuning starts from the preset's HPE
+    elif "hpe" not in args.only:
+        hpes = {}
+    if "har" not in args.only:
+        hars = dict([next(iter(hars.items()))]) if fuses else {}
     jobs = [{"kind": "hpe", "variant": v, "preset": p, "seed": s, "root": root, "run": _folder("hpe", p, s)}
             for v, p in hpes.items() for s in seeds]
-    jobs += [{"kind": "har", "variant": "preset", "preset": P, "seed": s, "root": root, "run": _folder("har", P, s)}
-             for s in seeds]
-    first = next(iter(hpes))  # the preset's own HPE: fine-tuning starts from it
+    jobs += [{"kind": "har", "variant": v, "preset": p, "seed": s, "root": root, "run": _folder("har", p, s)}
+             for v, p in hars.items() for s in seeds]
+    first, first_har = next(iter(hpes), None), next(iter(hars), None)  # the preset's own: fine-tuning starts from them
     preset_hpe = {j["seed"]: i for i, j in enumerate(jobs) if j["kind"] == "hpe" and j["variant"] == first}
-    har = {j["seed"]: i for i, j in enumerate(jobs) if j["kind"] == "har"}
+    har = {j["seed"]: i for i, j in enumerate(jobs) if j["kind"] == "har" and j["variant"] == first_har}
     after = [[] for _ in jobs]
     for v, p in fuses.items():
         for s in seeds:
@@ -179,16 +203,25 @@ def main() -> None:
     by = {}
     for j, r in zip(jobs, done):
         by.setdefault(j["kind"], {}).setdefault(j["variant"], []).append(r)
-    report = {"preset": args.preset, "seeds": seeds, "data": "synthetic (the preset's benchmark; validation split only)",
-              "machine": machine_info(),
-              "hpe": _summary(by["hpe"], "val_error_mm"),
-              "finetune": {"val_loss": _summary(by["fuse"], "val_loss"), "val_error_mm": _summary(by["fuse"], "val_error_mm"),
-                           "val_accuracy": _summary(by["fuse"], "val_accuracy", 100.0)}}
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    report = {**previous, "preset": args.preset, "seeds": seeds,
+              "data": "synthetic (the preset's benchmark; validation split only)", "machine": machine_info()}
+    if "hpe" in args.only:
+        report["hpe"] = _summary(by["hpe"], "val_error_mm")
+    if "har" in args.only:
+        report["har"] = {m: _summary(by["har"], m, 100.0)
+                         for m in ("val_accuracy", "val_lookalike_within", "val_lookalike_accuracy")}
+    if fuses:
+        report["finetune"] = {"val_loss": _summary(by["fuse"], "val_loss"),
+                              "val_error_mm": _summary(by["fuse"], "val_error_mm"),
+                              "val_accuracy": _summary(by["fuse"], "val_accuracy", 100.0)}
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"[synthetic, {args.preset} preset, validation split only, seeds {seeds}]")
-    for title, table, unit in (("HPE pre-training: validation error", report["hpe"], "mm"),
-                               *((f"fine-tuning (baseline): validation {m}", report["finetune"][m], u)
-                                 for m, u in (("val_loss", ""), ("val_error_mm", "mm"), ("val_accuracy", "%")))):
+    tables = ([("HPE pre-training: validation error", report["hpe"], "mm")] if "hpe" in args.only else []) + \
+        ([(f"HAR on true poses: {m}", report["har"][m], "%") for m in report["har"]] if "har" in args.only else []) + \
+        ([(f"fine-tuning (baseline): validation {m}", report["finetune"][m], u)
+          for m, u in (("val_loss", ""), ("val_error_mm", "mm"), ("val_accuracy", "%"))] if fuses else [])
+    for title, table, unit in tables:
         print(title)
         for name, row in table.items():
             (m, hw), (d, dhw) = row["mean"], row["minus_preset"]

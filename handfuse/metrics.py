@@ -91,6 +91,21 @@ def accuracy(logits_or_pred, labels) -> float:
     return float((pred == labels).mean())
 
 
+def group_accuracy(logits, labels, groups: list[list[int]]) -> dict[str, float]:
+    """How well the classes of small look-alike ``groups`` (lists of class indices) are told apart,
+    over the samples whose true class is in a group: ``accuracy`` (the argmax over every class) and
+    ``within_group`` (the argmax over the true class's own group only: 1 / group size is chance).
+    NaN for both when no sample is in a group."""
+    logits, labels = _np(logits), _np(labels).astype(np.int64).reshape(-1)
+    group_of = {c: g for g in groups for c in g}
+    rows = [i for i, y in enumerate(labels) if int(y) in group_of]
+    if not rows:
+        return {"accuracy": float("nan"), "within_group": float("nan"), "samples": 0}
+    within = [group_of[int(labels[i])][int(np.argmax(logits[i, group_of[int(labels[i])]]))] == labels[i] for i in rows]
+    return {"accuracy": float((logits[rows].argmax(-1) == labels[rows]).mean()), "within_group": float(np.mean(within)),
+            "samples": len(rows)}
+
+
 def confusion_matrix(pred, labels, num_classes: int = NUM_ACTIONS) -> np.ndarray:
     """(C, C) int64 counts: entry [i, j] is the number of samples of true class i predicted as j."""
     pred, labels = _predictions(pred, labels)

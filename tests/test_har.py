@@ -226,3 +226,33 @@ def test_order_task_control_without_order_stays_at_chance():
     """The same training on time-shuffled sequences learns nothing: the class lives only in the order."""
     first, final, accuracy = _train_on_order_task(False, shuffle=True)
     assert final > 0.6 and accuracy < 0.7, (first, final, accuracy)
+
+
+def test_the_hand_frame_input_ignores_how_the_whole_hand_is_turned_and_placed():
+    """``HARConfig(frame="hand")``: rotating and moving every joint of a sequence changes only the
+    wrist and orientation features, never the 63 hand-frame coordinates; stepping one frame at a
+    time reproduces the full forward, and padding (NaN even) changes nothing."""
+    from handfuse.models.har import HARConfig, PoseLSTM, hand_frame
+
+    torch.manual_seed(0)
+    joints = torch.randn(3, 6, 21, 3)
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    rotation = q * torch.sign(torch.det(q))  # a proper rotation
+    moved = joints @ rotation.T + torch.tensor([0.5, -2.0, 3.0])
+    torch.testing.assert_close(hand_frame(moved)[..., :63], hand_frame(joints)[..., :63], atol=1e-4, rtol=1e-4)
+    assert (hand_frame(moved)[..., 63:] - hand_frame(joints)[..., 63:]).abs().max() > 0.1
+    model = PoseLSTM(HARConfig(hidden=16, frame="hand")).eval()
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    padded = joints.clone()
+    padded[1, 4:] = float("nan")
+    with torch.no_grad():
+        out = model(padded, mask)
+        state, steps = model.init_state(3), []
+        for t in range(6):
+            logits, state = model.step(joints[:, t], state)
+            steps.append(logits)
+    assert torch.isfinite(out["logits"]).all()
+    torch.testing.assert_close(torch.stack(steps, 1)[mask], out["step_logits"][mask], atol=1e-5, rtol=1e-5)
+    with pytest.raises(Exception, match="har.frame"):
+        HARConfig(frame="wrist")

@@ -37,6 +37,13 @@ full forward, :meth:`PoseLSTM.hidden` reads ``h_t`` from a stepped state, and
 ``"lstm"``).  :func:`sequence_readout` and :func:`sequence_loss` are shared with
 the other recognisers.
 
+Input (``HARConfig.frame``): ``"camera"`` (the original) flattens the joints as
+they come; ``"hand"`` (beyond the original, a standard skeleton-action step) feeds
+each frame in the hand's own frame instead (:func:`hand_frame`): the joints relative
+to the wrist, rotated into axes the palm defines, beside the wrist's position and
+the hand's orientation, so that a finger articulation of 10-25 mm is not drowned
+by how the whole hand is turned.
+
 Loss (:meth:`PoseLSTM.loss`): cross-entropy on the sequence logits, as the
 original.  ``step_loss > 0`` adds that weight times the mean cross-entropy of
 every valid step's logits (an auxiliary loss the original did not use; default 0).
@@ -50,10 +57,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import check, is_int
-from ..skeleton import NUM_ACTIONS, NUM_JOINTS
+from ..skeleton import JOINT_INDEX, NUM_ACTIONS, NUM_JOINTS
 from .flops import forward_flops
 
 IN_FEATURES = NUM_JOINTS * 3  # 63 numbers per frame
+HAND_FEATURES = NUM_JOINTS * 3 + 3 + 6  # the hand frame: 63 local coordinates, the wrist, two axes
+FRAMES = ("camera", "hand")
+_WRIST, _INDEX, _MIDDLE, _PINKY = (JOINT_INDEX[j] for j in ("Wrist", "IMCP", "MMCP", "PMCP"))
+
+
+def hand_frame(joints: torch.Tensor) -> torch.Tensor:
+    """(..., 21, 3) joints -> (..., 72) features in the hand's own frame: every joint minus the
+    wrist, in axes the palm defines (x: wrist to middle MCP; z: the palm's normal, from the index
+    and pinky MCPs; y completes them), then the wrist's position and the x and y axes (the hand's
+    orientation, 6 numbers).  Rotating the whole hand changes only the last 9 numbers."""
+    wrist = joints[..., _WRIST, :]  # (..., 3)
+    rel = joints - wrist[..., None, :]  # (..., 21, 3)
+    x = F.normalize(rel[..., _MIDDLE, :], dim=-1, eps=1e-6)
+    z = F.normalize(torch.linalg.cross(rel[..., _INDEX, :], rel[..., _PINKY, :], dim=-1), dim=-1, eps=1e-6)
+    y = torch.linalg.cross(z, x, dim=-1)
+    axes = torch.stack([x, y, z], -2)  # (..., 3, 3), rows: the hand's axes in camera coordinates
+    local = rel @ axes.transpose(-1, -2)  # (..., 21, 3)
+    return torch.cat([local.flatten(-2), wrist, x, y], -1)
+
+
+def frame_features(joints: torch.Tensor, frame: str) -> torch.Tensor:
+    """(..., 21, 3) joints -> the recogniser's per-frame input: flat (63) or :func:`hand_frame` (72)."""
+    return hand_frame(joints) if frame == "hand" else joints.flatten(-2)
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (layers, B, hidden)
 
 
@@ -70,6 +100,7 @@ class HARConfig:
     dropout: float = 0.0  # on every LSTM layer's output (between layers and before the classifier)
     attention: bool = False  # temporal attention readout instead of the last valid step
     step_loss: float = 0.0  # weight of the auxiliary per-step cross-entropy (0: the original, none)
+    frame: str = "camera"  # the input: "camera" (the original) or "hand" (the hand's own frame, hand_frame)
 
     def __post_init__(self):
         check(is_int(self.hidden) and self.hidden >= 1, "har.hidden", self.hidden,
@@ -78,6 +109,11 @@ class HARConfig:
         check(_is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "har.dropout", self.dropout, "a probability in [0, 1)")
         check(isinstance(self.attention, bool), "har.attention", self.attention, "True or False")
         check(_is_number(self.step_loss) and self.step_loss >= 0.0, "har.step_loss", self.step_loss, "a weight >= 0")
+        check(self.frame in FRAMES, "har.frame", self.frame, f"one of {FRAMES}")
+
+    @property
+    def in_features(self) -> int:
+        return HAND_FEATURES if self.frame == "hand" else IN_FEATURES
 
 
 def lengths_of(mask: torch.Tensor) -> torch.Tensor:
@@ -112,7 +148,7 @@ class PoseLSTM(nn.Module):
     def __init__(self, cfg: HARConfig = HARConfig(), num_classes: int = NUM_ACTIONS):
         super().__init__()
         self.cfg = cfg
-        self.lstm = nn.LSTM(IN_FEATURES, cfg.hidden, cfg.layers, batch_first=True,
+        self.lstm = nn.LSTM(cfg.in_features, cfg.hidden, cfg.layers, batch_first=True,
                             dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden, num_classes)
@@ -131,7 +167,7 @@ class PoseLSTM(nn.Module):
         Returns ``step_logits`` (B, T, C) (zero on padding), ``logits`` (B, C), ``attention``
         (B, T) or None, ``hidden`` (B, T, H) the top layer's outputs (zero on padding), and
         ``loss`` when ``labels`` (B,) are given."""
-        x, mask = sequence_input(joints, mask)  # (B, T, 63), (B, T)
+        x, mask = sequence_input(joints, mask, self.cfg.frame)  # (B, T, 63 or 72), (B, T)
         hidden, _ = self.lstm(x)  # (B, T, H); causal, so padding comes too late
         return sequence_outputs(self, hidden, mask, labels)
 
@@ -149,7 +185,7 @@ class PoseLSTM(nn.Module):
     def step(self, joints_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One frame ``joints_t`` (B, 21, 3) -> its step logits (B, C) and the new state.
         The top layer's output ``h_t`` (B, H), which :meth:`readout` needs, is :meth:`hidden` of it."""
-        x = joints_t.reshape(len(joints_t), 1, IN_FEATURES)  # (B, 1, 63)
+        x = frame_features(joints_t, self.cfg.frame)[:, None]  # (B, 1, 63 or 72)
         out, state = self.lstm(x, state)  # (B, 1, H)
         return self.classifier(self.drop(out[:, 0])), state  # (B, C)
 
@@ -158,16 +194,20 @@ class PoseLSTM(nn.Module):
         return state[0][-1]
 
 
-def sequence_input(joints: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_input(joints: torch.Tensor, mask: torch.Tensor | None,
+                   frame: str = "camera") -> tuple[torch.Tensor, torch.Tensor]:
     """Joints (B, T, 21, 3) and a mask (B, T) (None: all valid; holes and empty sequences refused)
-    -> the flat inputs (B, T, 63), zero on padding, and the mask."""
+    -> the per-frame inputs (B, T, F) of :func:`frame_features`, zero on padding, and the mask."""
     B, T = joints.shape[:2]
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=joints.device)
     if mask.shape != (B, T):
         raise ValueError(f"mask {tuple(mask.shape)} must be (B, T) = {(B, T)}")
     lengths_of(mask)  # refuses holes and empty sequences
-    return torch.where(mask[..., None], joints.reshape(B, T, IN_FEATURES), 0.0), mask
+    joints = torch.where(mask[..., None, None], joints, 0.0)  # padding (NaN even) never reaches the features
+    if frame == "hand":  # padding gets the features of an all-zero hand: finite, and masked out downstream
+        return torch.where(mask[..., None], frame_features(joints, frame), 0.0), mask
+    return joints.reshape(B, T, IN_FEATURES), mask
 
 
 def sequence_outputs(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None) -> dict:
