@@ -53,6 +53,10 @@ class SynthConfig:
     speed_jitter: float = 0.3  # relative jitter of the motion speed (and so of the length)
     orient_jitter_deg: float = 10.0  # per-sequence wrist orientation jitter (std per axis, degrees)
     articulation_gap: float = 1.0  # scales the finger-only differences between look-alike classes
+    # how strongly the action determines the hand's articulation: 1 = every finger posture is the action's
+    # (FPHA: each object implies its grasp types); 0 = the posture of another, random action (the action
+    # then says nothing about the fingers).  handfuse.synth.sequence.decouple
+    action_pose_coupling: float = 1.0
     pose_noise_mm: float = 1.5  # per-frame annotation jitter of the written skeleton (magnetic sensors)
     # sensor model
     depth_noise: float = 1.0  # scales the distance-dependent depth jitter
@@ -68,6 +72,8 @@ class SynthConfig:
         for name in ("style_deg", "orient_jitter_deg", "amplitude_jitter", "articulation_gap", "pose_noise_mm", "depth_noise", "dropout"):
             _check(getattr(self, name) >= 0, f"synth.{name}", getattr(self, name), "a number >= 0")
         _check(0 <= self.speed_jitter < 0.9, "synth.speed_jitter", self.speed_jitter, "a number in [0, 0.9)")
+        _check(0 <= self.action_pose_coupling <= 1, "synth.action_pose_coupling", self.action_pose_coupling,
+               "a number in [0, 1] (1: the action determines the grasp, 0: it says nothing about it)")
         _check(0 <= self.png_compression <= 9, "synth.png_compression", self.png_compression, "an integer in 0..9")
 
 

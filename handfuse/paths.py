@@ -54,27 +54,38 @@ def runs_dir() -> Path:
     return Path(env) if env else (REPO / "runs" if _IN_CHECKOUT else Path.cwd() / "runs")
 
 
-def synthetic_root(preset: str, seed: int | None = None) -> Path:
+def synthetic_root(preset: str, seed: int | None = None, overrides: dict | None = None) -> Path:
+    """``data/synth/<preset>-seed<seed>``, with ``-<knob><value>`` for each generator knob ``overrides`` sets."""
     from .config import get_preset  # here, not at the top: the data layer does not import the models
 
     cfg = get_preset(preset).synth
-    return data_home() / "synth" / f"{preset}-seed{cfg.seed if seed is None else seed}"
+    tail = "".join(f"-{k}{v}" for k, v in sorted((overrides or {}).items()))
+    return data_home() / "synth" / f"{preset}-seed{cfg.seed if seed is None else seed}{tail}"
 
 
-def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None = None) -> Path:
-    """The synthetic benchmark of a preset: generated on first use, then reused.  A folder whose
-    recorded parameters differ from the preset's (an older generator, say) is refused, not reused."""
+def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None = None,
+                     overrides: dict | None = None) -> Path:
+    """The synthetic benchmark of a preset (with generator knobs ``overrides``, e.g.
+    ``{"action_pose_coupling": 0.5}``): generated on first use, then reused.  A folder whose recorded
+    parameters differ from these (an older generator, say) is refused, not reused; a knob added since
+    it was made counts as its default, which generates exactly what the folder holds."""
     from .config import get_preset
+    from .dataconfig import SynthConfig
     from .synth import generate
     from .synth.generate import GENERATOR_VERSION, INFO_FILE
 
     cfg = get_preset(preset).synth
     cfg = cfg if seed is None else replace(cfg, seed=seed)
-    root = synthetic_root(preset, cfg.seed)
+    if overrides:
+        from .dataconfig import from_dict
+
+        cfg = from_dict(SynthConfig, {**asdict(cfg), **overrides}, prefix="synth.")  # unknown knobs refused by name
+    root = synthetic_root(preset, cfg.seed, overrides)
     info_path = root / INFO_FILE
     if root.exists():
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        if info.get("config") != asdict(cfg) or info.get("version") != GENERATOR_VERSION:
+        made = {**asdict(SynthConfig()), **info["config"]} if isinstance(info.get("config"), dict) else None
+        if made != asdict(cfg) or info.get("version") != GENERATOR_VERSION:
             raise FileExistsError(f"{root}: holds a synthetic dataset made with other parameters or generator version;"
                                   " delete it to regenerate")
         return root

@@ -231,6 +231,26 @@ def sweep_figure(x: list[float], curves: dict[str, dict[str, list]], xlabel: str
     return fig
 
 
+def when_fusion_helps_figure(values: list[float], headroom: list, shares: dict[str, list], title: str):
+    """``08``'s answer: the oracle headroom (left, mm) and each method's share of it (right, %) against
+    the generator's action-pose coupling; every point a mean with its 95 % interval over seeds."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, curves, label in ((a, {"oracle HPE against the w_eq one": headroom}, "headroom (mm)"),
+                              (b, shares, "share of the headroom recovered (%)")):
+        for name, points in curves.items():
+            mean = np.array([p[0] for p in points], float)
+            hw = np.nan_to_num(np.array([p[1] for p in points], dtype=float))
+            ax.errorbar(values, mean, yerr=hw, marker="o", capsize=3, label=name)
+        ax.set_xlabel("action-pose coupling (1: the action sets the grasp)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    b.axhline(0.0, color="k", lw=0.8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def grid_figure(values: list[float], error_mm: np.ndarray, accuracy: np.ndarray, title: str):
     """Pose error and accuracy over an eta (rows) x zeta (columns) grid, as annotated contour maps."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))

@@ -27,6 +27,31 @@ ROWS: dict[str, tuple[str, float | None, float | None]] = {
     "ensemble": ("Method #3, two-HPE ensemble", 10.72, 71.0),
     "ensemble_att": ("Method #3 + attention", 10.69, 71.3),
 }
+def best_remedy(feedback_results: dict) -> str:
+    """The remedy of ``03``'s results whose chosen setting scored the lowest validation pose error
+    (its ``remedies``: row -> chosen label and the validation error of every candidate)."""
+    remedies = feedback_results.get("remedies") or {}
+    if not remedies:
+        raise FileNotFoundError("03's results hold no remedies: run 03 (with its remedies) into the same out first")
+    return min(remedies, key=lambda row: remedies[row]["validation_error_mm"][remedies[row]["chosen"]])
+
+
+def coupling_verdict(values: list[float], headroom: list, shares: dict[str, list], seeds: int) -> str:
+    """``08``'s answer in plain words: where the headroom is distinguishable from zero, and where each
+    method recovers a share of it (95 % intervals over ``seeds`` seeds, uncorrected)."""
+    def where(points, test):
+        hits = [f"{v:g}" for v, p in zip(values, points) if test(p)]
+        return ", ".join(hits) if hits else "no coupling"
+    lines = [f"- the headroom (knowing the action, for a pre-trained pose estimator) is above zero at coupling "
+             f"{where(headroom, lambda p: p[0] - p[1] > 0)}: {', '.join(f'{fmt(p)} mm at {v:g}' for v, p in zip(values, headroom))};"]
+    for name, points in shares.items():
+        lines.append(f"- **{name}** recovers a share above zero at {where(points, lambda p: p[0] - p[1] > 0)} and loses "
+                     f"ground at {where(points, lambda p: p[0] + p[1] < 0)} "
+                     f"({', '.join(f'{fmt(p, 0)} % at {v:g}' for v, p in zip(values, points))}).")
+    return (f"**In plain words** (synthetic data, {seeds} seeds, 95 % intervals, uncorrected for "
+            f"{len(values) * (len(shares) + 1)} comparisons):\n" + "\n".join(lines))
+
+
 # the remedies for exposure bias that 03 fine-tunes, each a feedback variant chosen on validation
 REMEDIES = ("feedback_scheduled", "feedback_curriculum", "feedback_late")
 # the original's untrained p_eq sweep: p_eq -> (accuracy %, pose error mm), FPHA
@@ -494,7 +519,8 @@ def expected_rows(results: dict[str, dict]) -> set[str]:
 
 def fingerprint(results: dict[str, dict]) -> str | None:
     """The data fingerprint the results files share (None when none records one)."""
-    return next((r["data_fingerprint"] for r in results.values() if r.get("data_fingerprint")), None)
+    return next((r["data_fingerprint"] for r in results.values() if r.get("data_fingerprint") and not r.get("own_data")),
+                None)
 
 
 def summary_markdown(results: dict[str, dict], preset: str) -> str:

@@ -48,6 +48,7 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
     chosen = select(notebooks(), only)
     out = Path(out).resolve()
     figures = Path(figures) if figures is not None else Path(os.environ.get("HANDFUSE_FIGURES") or out / "figures")
+    figures = figures.resolve()  # the kernels run in notebooks/: a relative path would land there
     check(data_root is None or figures.resolve() != (REPO / "figures").resolve(), "--figures", str(figures),
           "a folder outside the checkout's figures/ (that folder holds the synthetic benchmark's figures; "
           "figures of a data root, FPHA's frames among them, must never be committed)")

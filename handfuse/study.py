@@ -157,13 +157,15 @@ class Study:
     aggregate = staticmethod(aggregate)
     standalone_rows = staticmethod(standalone_rows)
 
-    def results_file(self, name: str, **parameters) -> ResultsFile:
+    def results_file(self, name: str, own_data: bool = False, **parameters) -> ResultsFile:
         """This run's results file ``<out>/results/<name>.json``, claimed now, before any work: refused
         (:class:`~handfuse.results.ResultsConflict`, naming what differs) when it holds another run's
         results.  The file records the study's parameters (preset, data root, seed, device) and the
-        notebook's own ``parameters``, the data source and fingerprint; ``write`` adds the code version."""
+        notebook's own ``parameters``, the data source and fingerprint; ``write`` adds the code version.
+        ``own_data``: the notebook runs on datasets of its own (``08``'s sweep), so a summary holds the
+        file to the parameters only, never to this study's data."""
         params = {"preset": self.preset, "data_root": self.data_root, "seed": self.seed, "device": self.device,
                   **parameters}
         record = {**run_record(self.source, data_fingerprint(self.fpha), params), "preset": self.preset,
-                  "seeds": self.seeds, "code": code_version()}
+                  "seeds": self.seeds, "code": code_version(), **({"own_data": True} if own_data else {})}
         return ResultsFile(results_dir(self.preset, self.out) / f"{name}.json", record).claim()

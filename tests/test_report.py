@@ -155,3 +155,15 @@ def test_the_headroom_share_is_each_seeds_gain_over_its_headroom():
                             "records": {"baseline": base, "feedback": method}, "untrained_sweep": {}, "trained_sweep": {}}}
     assert report.headroom_shares(results)["feedback"]["share_pct"][0] == pytest.approx(50.0)
     assert report.headroom_shares({"feedback": {**results["feedback"], "oracle_hpe": None}}) == {}
+
+
+def test_the_best_remedy_is_chosen_on_validation_and_the_sweep_verdict_reads_the_intervals():
+    remedies = {"feedback_scheduled": {"chosen": "a", "validation_error_mm": {"a": 14.1, "b": 13.0}},
+                "feedback_late": {"chosen": "k", "validation_error_mm": {"k": 13.9}}}
+    assert report.best_remedy({"remedies": remedies}) == "feedback_late"  # the chosen setting's score counts
+    with pytest.raises(FileNotFoundError, match="run 03"):
+        report.best_remedy({})
+    text = report.coupling_verdict([0.0, 1.0], [[0.1, 0.3], [2.0, 0.5]],
+                                   {"feedback": [[-5.0, 20.0], [10.0, 4.0]], "ensemble": [[0.0, 1.0], [-30.0, 10.0]]}, 3)
+    assert "above zero at coupling 1: " in text and "**feedback** recovers a share above zero at 1 and loses ground at no" in text
+    assert "**ensemble** recovers a share above zero at no coupling and loses ground at 1" in text and "3 seeds" in text

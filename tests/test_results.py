@@ -120,8 +120,11 @@ def test_reproduce_keeps_its_run_under_out_and_refuses_an_out_holding_another_ru
     with pytest.raises(ResultsConflict, match=r"holds another run \(seed: 1 against 0;"):
         reproduce("smoke", out, data_root=str(tiny), seed=1, only=["03"])
     assert calls == [] and json.loads((out / "run.json").read_text())["parameters"]["seed"] == 0
-    reproduce("smoke", tmp_path / "run-b", data_root=str(tiny), seed=1, only=["03"])  # its own out: fine
+    monkeypatch.chdir(tmp_path)
+    reproduce("smoke", Path("run-b"), data_root=str(tiny), seed=1, only=["03"], figures=Path("figs"))  # its own out
     assert json.loads((out / "run.json").read_text())["complete"]
+    assert calls[-1]["out"] == str(tmp_path / "run-b")  # absolute: the kernels run in notebooks/
+    assert json.loads((tmp_path / "run-b" / "run.json").read_text())["figures"] == str(tmp_path / "figs")
 
 
 def test_figures_of_a_data_root_never_go_to_the_checkout(tmp_path, tiny):
@@ -176,3 +179,14 @@ def test_two_papermill_runs_of_feedback_keep_their_own_results_and_summaries(tmp
     assert refused.value.ename == "ResultsConflict" and "p_eq: 0.5 against 0.0" in refused.value.evalue
     assert refused.value.source.startswith("study = Study(")  # the set-up cell: no work started
     assert json.loads((outs[0.0] / "results" / "feedback.json").read_text())["parameters"]["p_eq"] == 0.0
+
+
+def test_a_file_on_datasets_of_its_own_is_held_to_the_parameters_only(tmp_path):
+    folder = tmp_path / "results"
+    write_json(folder / "feedback.json", {**_record(seeds=3, p_eq=0.9), "rows": {}})
+    write_json(folder / "when_fusion_helps.json", {**_record("sweep-data", seeds=3), "own_data": True})
+    check_one_run(load_results(folder))  # other data, but its own on purpose
+    write_json(folder / "when_fusion_helps.json", {**_record("sweep-data", seeds=2), "own_data": True})
+    with pytest.raises(ResultsConflict, match="feedback.json against when_fusion_helps.json: seeds: 3 against 2"):
+        check_one_run(load_results(folder))
+    assert report.fingerprint(load_results(folder)) == "abc"  # the run's data, never the sweep's

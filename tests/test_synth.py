@@ -176,3 +176,60 @@ def test_a_frame_rendered_and_measured_near_its_change_equals_the_whole_frame():
     whole = sensor.measure(zbuf, np.random.default_rng(3))
     near = sensor.measure(zbuf, np.random.default_rng(3), backdrop=sensor.backdrop(table[0]), changed=changed)
     assert np.array_equal(whole, near) and (whole > 0).any()
+
+
+def test_action_pose_coupling_loosens_the_actions_hold_on_the_fingers_only():
+    """At 1 (the default) nothing changes; below, the fingers take part of another action's posture
+    while the wrist keeps its motion; at 0 the fingers no longer tell the action: two actions with
+    different grasps get postures as far apart as two draws of the same action."""
+    shape, base = HandShape.nominal(), get_preset("cpu").synth
+    seq = lambda name, c, seed=3: make_sequence(name, shape, replace(base, action_pose_coupling=c),  # noqa: E731
+                                                np.random.default_rng(seed))
+    np.testing.assert_array_equal(seq("pour_milk", 1.0).joints, make_sequence("pour_milk", shape, base,
+                                                                              np.random.default_rng(3)).joints)
+    half, full = seq("pour_milk", 0.5), seq("pour_milk", 1.0)
+    np.testing.assert_allclose(half.wrist, full.wrist)  # the same wrist motion and placement
+    assert np.abs(half.joints[:, TIPS] - full.joints[:, TIPS]).max() > 5.0  # but other fingers
+
+    def grasp_gap(c: float) -> float:
+        """Mean fingertip distance, in the hand's frame, between two actions' sequences against two draws of one."""
+        def tips(name, seed):
+            f = seq(name, c, seed)
+            return np.einsum("tji,tkj->tki", f.hand_rot, f.joints[:, TIPS] - f.wrist[:, None]).mean(0)
+        between = np.mean([np.linalg.norm(tips("open_peanut_butter", s) - tips("high_five", s + 50), axis=-1).mean()
+                           for s in range(12)])
+        within = np.mean([np.linalg.norm(tips("open_peanut_butter", s) - tips("open_peanut_butter", s + 50), axis=-1).mean()
+                          for s in range(12)])
+        return between / within
+
+    assert grasp_gap(1.0) > 1.5 * grasp_gap(0.0)
+    with pytest.raises(ConfigError, match="synth.action_pose_coupling"):
+        replace(base, action_pose_coupling=1.5)
+
+
+def test_a_knob_gets_its_own_benchmark_folder_and_an_unknown_knob_is_refused(tmp_path, monkeypatch):
+    import json
+
+    import handfuse.paths as paths
+
+    monkeypatch.setenv("HANDFUSE_DATA", str(tmp_path))
+    made = []
+    monkeypatch.setattr("handfuse.synth.generate", lambda root, cfg, workers=None: made.append((root, cfg)) or root)
+    root = paths.ensure_synthetic("smoke", overrides={"action_pose_coupling": 0.5, "subjects": 1})
+    assert root.name == "smoke-seed0-action_pose_coupling0.5-subjects1"
+    assert made[0][1].action_pose_coupling == 0.5 and made[0][1].subjects == 1
+    with pytest.raises(ConfigError, match="synth.coupling"):
+        paths.ensure_synthetic("smoke", overrides={"coupling": 0.5})
+    # a folder made before a knob existed counts as the knob's default (which generates the same data)
+    from dataclasses import asdict
+
+    from handfuse.synth.generate import GENERATOR_VERSION, INFO_FILE
+
+    old = tmp_path / "synth" / "smoke-seed0"
+    old.mkdir(parents=True)
+    config = {k: v for k, v in asdict(get_preset("smoke").synth).items() if k != "action_pose_coupling"}
+    (old / INFO_FILE).write_text(json.dumps({"config": config, "version": GENERATOR_VERSION, "synthetic": True}))
+    assert paths.ensure_synthetic("smoke") == old
+    (old / INFO_FILE).write_text(json.dumps({"config": {**config, "style_deg": 1.0}, "version": GENERATOR_VERSION}))
+    with pytest.raises(FileExistsError, match="other parameters"):
+        paths.ensure_synthetic("smoke")

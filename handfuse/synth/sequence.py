@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dataconfig import SynthConfig
+from ..skeleton import ACTIONS
 from . import render as R
 from .actions import CHANNELS, OBJECTS, ORIENTS, POSTURES, WRIST_CHANNELS, Action, Part, program
 from .hand import PALM_HALF_THICKNESS, HandShape, clip_posture, forward_kinematics, frame_from_axes, rotation_from_euler
@@ -132,6 +133,8 @@ def make_sequence(action: str, shape: HandShape, cfg: SynthConfig, rng: np.rando
     n = max(4, int(round(duration * cfg.fps)))
     s = phases(n, rng)
     wrist_ch, posture = animate(spec, s, cfg, rng)
+    if cfg.action_pose_coupling < 1.0:
+        posture = decouple(posture, s, cfg, rng)
 
     fingers, palm = ORIENTS[spec.orient]
     base = frame_from_axes(np.array(fingers), np.array(palm)) @ random_rotation(rng, cfg.orient_jitter_deg)
@@ -153,6 +156,19 @@ def make_sequence(action: str, shape: HandShape, cfg: SynthConfig, rng: np.rando
             parts.append((part, rots, centres))
     frames = SequenceFrames(joints, hand_rot, wrist, shape, parts, table_clutter(rng))
     return reverse_frames(frames) if reverse else frames
+
+
+def decouple(posture: np.ndarray, s: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """The finger postures (T, 5, 4) with the action's hold on them loosened: ``c`` times the action's
+    own plus ``1 - c`` times those of another action drawn at random (``c = cfg.action_pose_coupling``),
+    animated over the same phases.  The draws come from a generator derived from ``rng``'s seed
+    without advancing ``rng``, so that every other draw of the sequence stays what it is at c = 1."""
+    seq = rng.bit_generator.seed_seq
+    other_rng = np.random.default_rng(np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, 0xC0DE)))
+    other, _ = program(ACTIONS[other_rng.integers(len(ACTIONS))])
+    _, other_posture = animate(other, s, cfg, other_rng)
+    c = cfg.action_pose_coupling
+    return clip_posture(c * posture + (1.0 - c) * other_posture)
 
 
 def reverse_frames(f: SequenceFrames) -> SequenceFrames:
