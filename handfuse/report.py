@@ -47,7 +47,7 @@ def coupling_verdict(values: list[float], headroom: list, shares: dict[str, list
     for name, points in shares.items():
         lines.append(f"- **{name}** recovers a share above zero at {where(points, lambda p: p[0] - p[1] > 0)} and loses "
                      f"ground at {where(points, lambda p: p[0] + p[1] < 0)} "
-                     f"({', '.join(f'{fmt(p, 0)} % at {v:g}' for v, p in zip(values, points))}).")
+                     f"({', '.join(f'{fmt(p, 1)} % at {v:g}' for v, p in zip(values, points))}).")
     return (f"**In plain words** (synthetic data, {seeds} seeds, 95 % intervals, uncorrected for "
             f"{len(values) * (len(shares) + 1)} comparisons):\n" + "\n".join(lines))
 
@@ -331,8 +331,8 @@ def headroom(baseline: list, method: list, oracle: dict, centre: str = "gt") -> 
 def headroom_table(shares: dict[str, dict]) -> str:
     """:func:`headroom` of several methods as Markdown: the headroom and each method's share of it."""
     return table(["method", "headroom (mm, oracle HPE against the w_eq one)", "share recovered (%)", "seeds", "verdict"],
-                 [[name, fmt(h["headroom_mm"]), fmt(h["share_pct"], 1), h["seeds"], h["verdict"]]
-                  for name, h in shares.items()])
+                 [[ROWS[name][0] if name in ROWS else name, fmt(h["headroom_mm"]), fmt(h["share_pct"], 1), h["seeds"],
+                   h["verdict"]] for name, h in shares.items()])
 
 
 # the methods whose share of the headroom the summary reports: (row, the file and group of its records)

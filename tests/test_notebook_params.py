@@ -14,6 +14,10 @@ from handfuse.paths import REPO
     ("07_explore", {"sequence": -1}, "sequence"),
     ("06_generality", {"p_eq": 1.5}, "fusion.p_eq"),
     ("06_generality", {"methods": ["baseline", "boost"]}, "methods"),
+    ("08_when_fusion_helps", {"couplings": [0.5]}, "couplings"),
+    ("08_when_fusion_helps", {"subjects": 0}, "subjects"),
+    ("08_when_fusion_helps", {}, "out"),  # no results of 03 to take the remedies from
+    ("03_feedback", {"remedies": ["dropout"]}, "remedies"),
 ])
 def test_a_bad_notebook_parameter_stops_the_notebook_before_any_work(tmp_path, monkeypatch, notebook, params, name):
     import papermill
