@@ -176,14 +176,13 @@ def main() -> None:
     P, seeds = get_preset(args.preset), list(range(args.seeds))
     root = str(ensure_synthetic(args.preset))
     get_cache(FPHA(root), P.preprocess)  # built once, here, before the workers read it
-    hpes, hars = hpe_variants(P), har_variants(P)
     fuses = fuse_variants(P) if "fuse" in args.only else {}
-    if "hpe" not in args.only and fuses:
-        hpes = dict([next(iter(hpes.items()))])  # fine-tuning starts from the preset's HPE
-    elif "hpe" not in args.only:
-        hpes = {}
-    if "har" not in args.only:
-        hars = dict([next(iter(hars.items()))]) if fuses else {}
+
+    def wanted(kind: str, variants: dict[str, Preset]) -> dict[str, Preset]:
+        """Every variant of a choice being re-made; else the preset's own, when fine-tuning starts from it."""
+        return variants if kind in args.only else dict(list(variants.items())[:1]) if fuses else {}
+
+    hpes, hars = wanted("hpe", hpe_variants(P)), wanted("har", har_variants(P))
     jobs = [{"kind": "hpe", "variant": v, "preset": p, "seed": s, "root": root, "run": _folder("hpe", p, s)}
             for v, p in hpes.items() for s in seeds]
     jobs += [{"kind": "har", "variant": v, "preset": p, "seed": s, "root": root, "run": _folder("har", p, s)}

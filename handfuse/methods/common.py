@@ -38,10 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..datasets import SequenceDataset, collate_sequences
-from ..models.film import CONDITIONED, uniform_action
+from ..models.film import CONDITIONED, one_hot_action, uniform_action
 from ..models.interfaces import PosePrior
 from ..errors import ConfigError, check
-from ..skeleton import NUM_ACTIONS
 from ..metrics import accuracy
 from .noise import perturb
 
@@ -246,7 +245,7 @@ class FusionMethod(nn.Module):
                               self.cfg.eval_feed if not self.training else self.cfg.p_true,
                               "a feed of the true action needs the batch's labels: call model.see_labels(batch['label'])"
                               " before forward (FusionTask and evaluate_sequences do)")
-        return F.one_hot(self.labels.to(like.device).long(), NUM_ACTIONS).to(like.dtype)
+        return one_hot_action(self.labels, like.device, like.dtype)
 
     def to_mm(self, joints: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """Normalised joints (..., 21, 3) around crop centres (..., 3) -> mm."""

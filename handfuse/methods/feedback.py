@@ -77,13 +77,13 @@ class ActionFeedback(FusionMethod):
         if bool(fed_true.any()):  # these frames do not wait for the HAR either
             truth = self._fixed_feed(run, fed_true, self.true_action(depth), centre)
             joints_w_eq = torch.where(fed_true[..., None, None], truth, joints_w_eq)
-        fed_w_eq = fed_w_eq | fed_true  # from here: the frames whose action is fixed before the HAR runs
+        fixed = fed_w_eq | fed_true  # the frames whose action is known before the HAR runs
 
         state, action = self.har.init_state(B), None
         joints, step_logits, hidden = [], [], []
         for t in range(T):
             j_t = joints_w_eq[:, t]  # (B, 21, 3)
-            live = mask[:, t] & ~fed_w_eq[:, t]  # (B,) frames fed the previous step's prediction
+            live = mask[:, t] & ~fixed[:, t]  # (B,) frames fed the previous step's prediction
             if bool(live.any()):
                 frames = torch.zeros_like(mask)
                 frames[:, t] = live
@@ -103,7 +103,7 @@ class ActionFeedback(FusionMethod):
         hidden = torch.where(valid, torch.stack(hidden, 1), 0.0)  # (B, T, H)
         logits, attention = self.har.readout(step_logits, hidden, mask)
         return {"joints_mm": joints, "logits": logits, "step_logits": step_logits, "attention": attention,
-                "hidden": hidden, "fed_w_eq": fed_w_eq & ~fed_true & mask, "fed_true": fed_true}
+                "hidden": hidden, "fed_w_eq": fed_w_eq & mask, "fed_true": fed_true}
 
     def _fixed_feed(self, run, frames: torch.Tensor, actions: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """Joints in mm (B, T, 21, 3) of ``frames`` (B, T) fed a per-sequence action ``actions`` (B, 45)

@@ -33,6 +33,12 @@ def uniform_action(batch: int, device: torch.device | str | None = None,
     return torch.full((batch, NUM_ACTIONS), 1.0 / NUM_ACTIONS, device=device, dtype=dtype)
 
 
+def one_hot_action(labels: torch.Tensor, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The true actions' one-hot vectors (batch, 45) from their labels (batch,): what an oracle feeds."""
+    return torch.nn.functional.one_hot(labels.long(), NUM_ACTIONS).to(device=device, dtype=dtype)
+
+
 def action_or_w_eq(action: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
     """The action (batch, 45) a conditioned network reads: ``action`` checked, or w_eq when None
     (on ``like``'s device and dtype)."""
