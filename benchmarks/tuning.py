@@ -36,6 +36,7 @@ from handfuse.datasets import PoseSequenceDataset, SequenceDataset
 from handfuse.finetune import FusionTask, Pretrained, build_method, resolved_config
 from handfuse.fpha import FPHA
 from handfuse.metrics import group_accuracy, mean_ci95
+from handfuse.models.har import FRAMES
 from handfuse.models.registry import har_entry, hpe_entry
 from handfuse.paths import REPO, ensure_synthetic, runs_dir
 from handfuse.pool import map_jobs, one_thread
@@ -71,10 +72,18 @@ def fuse_variants(P: Preset) -> dict[str, Preset]:
     return {"preset: " + _fuse_label(P): P, "the original's: " + _fuse_label(original): original}
 
 
+def _har_label(P: Preset) -> str:
+    t = P.train_har
+    return (f"{P.har.frame} frame, dropout {P.har.dropout:g}, {t.epochs} epochs"
+            + (f" (patience {t.patience})" if t.patience < t.epochs else " (no early stop)"))
+
+
 def har_variants(P: Preset) -> dict[str, Preset]:
-    """The preset's HAR input (first) and the other frame (camera or hand, ``HARConfig.frame``)."""
-    other = "hand" if P.har.frame == "camera" else "camera"
-    return {f"preset: {P.har.frame} frame": P, f"{other} frame": replace(P, har=replace(P.har, frame=other))}
+    """The preset's HAR (first); the preset's input trained as the original (no dropout, 80 epochs with
+    patience 15); and every other input (``HARConfig.frame``: camera, hand, angles) trained that way."""
+    original = replace(P, train_har=replace(P.train_har, epochs=80, patience=15), har=replace(P.har, dropout=0.0))
+    variants = [P] + [replace(original, har=replace(original.har, frame=f)) for f in FRAMES]
+    return {("preset: " if v is P else "") + _har_label(v): v for v in variants}
 
 
 def _no_test(refs: dict) -> dict:

@@ -36,18 +36,44 @@ def best_remedy(feedback_results: dict) -> str:
     return min(remedies, key=lambda row: remedies[row]["validation_error_mm"][remedies[row]["chosen"]])
 
 
+def coupling_table(when: dict) -> str:
+    """``08``'s results file as Markdown: per coupling, the headroom (mm) and each method's recovered
+    share (%), mean ± 95 % half-width over seeds."""
+    methods = when["methods"]
+    label = {m: ROWS[m][0] if m in ROWS else m for m in methods}
+    rows = [[c, f"{h[0]:.2f} ± {h[1]:.2f}"] + [f"{when['share_pct'][m][i][0]:+.1f} ± {when['share_pct'][m][i][1]:.1f}"
+                                                for m in methods]
+            for i, (c, h) in enumerate(zip(when["couplings"], when["headroom_mm"]))]
+    return table(["coupling", "headroom (mm)"] + [f"{label[m]}: share (%)" for m in methods], rows)
+
+
 def coupling_verdict(values: list[float], headroom: list, shares: dict[str, list], seeds: int) -> str:
-    """``08``'s answer in plain words: where the headroom is distinguishable from zero, and where each
-    method recovers a share of it (95 % intervals over ``seeds`` seeds, uncorrected)."""
-    def where(points, test):
-        hits = [f"{v:g}" for v, p in zip(values, points) if test(p)]
-        return ", ".join(hits) if hits else "no coupling"
-    lines = [f"- the headroom (knowing the action, for a pre-trained pose estimator) is above zero at coupling "
-             f"{where(headroom, lambda p: p[0] - p[1] > 0)}: {', '.join(f'{fmt(p)} mm at {v:g}' for v, p in zip(values, headroom))};"]
+    """``08``'s answer in plain words: where the headroom is distinguishable from zero, where each
+    method recovers a share of it or loses ground, and the most any method recovers, in mm
+    (95 % intervals over ``seeds`` seeds, uncorrected)."""
+    def at(points, test) -> list[str]:
+        return [f"{v:g}" for v, p in zip(values, points) if test(p)]
+
+    above = at(headroom, lambda p: p[0] - p[1] > 0)
+    lines = ["- **The headroom** (what knowing the action is worth to a pre-trained pose estimator) is "
+             + (f"above zero at coupling {', '.join(above)}" if above else "nowhere distinguishable from zero")
+             + f": {', '.join(f'{fmt(p)} mm at {v:g}' for v, p in zip(values, headroom))}."]
     for name, points in shares.items():
-        lines.append(f"- **{name}** recovers a share above zero at {where(points, lambda p: p[0] - p[1] > 0)} and loses "
-                     f"ground at {where(points, lambda p: p[0] + p[1] < 0)} "
-                     f"({', '.join(f'{fmt(p, 1)} % at {v:g}' for v, p in zip(values, points))}).")
+        gains, losses = at(points, lambda p: p[0] - p[1] > 0), at(points, lambda p: p[0] + p[1] < 0)
+        said = ([f"recovers a share above zero at coupling {', '.join(gains)}"] if gains else []) + \
+            ([f"makes pose worse than the trained baseline at coupling {', '.join(losses)}"] if losses else [])
+        lines.append(f"- **{name}** " + (" and ".join(said) if said else "recovers no share distinguishable from zero")
+                     + f" ({', '.join(f'{fmt(p, 1)} % at {v:g}' for v, p in zip(values, points))}).")
+    name, i = max(((n, i) for n, pts in shares.items() for i in range(len(values))), key=lambda k: shares[k[0]][k[1]][0])
+    best, room = shares[name][i], headroom[i]
+    if best[0] - best[1] <= 0:
+        lines.append("- **So:** no method recovers a share distinguishable from zero at any coupling: on these "
+                     "benchmarks fusion does not pay, however much the action says about the pose.")
+    else:
+        lines.append(f"- **So:** the most any method recovers is {name}'s {fmt(best, 1)} % at coupling {values[i]:g}, "
+                     f"about {best[0] * room[0] / 100:.2f} mm of the {room[0]:.2f} mm there"
+                     + (": under a quarter of the headroom, so the action is worth more than these methods take."
+                        if best[0] < 25 else "."))
     return (f"**In plain words** (synthetic data, {seeds} seeds, 95 % intervals, uncorrected for "
             f"{len(values) * (len(shares) + 1)} comparisons):\n" + "\n".join(lines))
 
@@ -183,6 +209,19 @@ def standalone_table(results: dict, source: str, seed: int) -> str:
             ("HAR + attention on true pose (%)", 100 * results["har_att"].test["accuracy"], ROWS["har_gt_att"][2])]
     return table(["model", f"ours ({source}, seed {seed})", "original (FPHA, 2019)"],
                  [[name, f"{v:.2f}", "-" if o is None else o] for name, v, o in rows])
+
+
+def lookalike_table(found: dict[str, list[float]], source: str, seeds: list[int]) -> str:
+    """``01``'s look-alike pairs (:func:`handfuse.standalone.lookalike_accuracy`): per input, the
+    within-pair accuracy and the accuracy over all 45 classes, mean ± 95 % half-width over ``seeds``."""
+    from .metrics import mean_ci95
+
+    names = {"true": "true poses", "predicted": f"the FiLM HPE's predictions, fed w_eq (seed {seeds[0]})"}
+    rows = [[names[k], fmt([100 * v for v in mean_ci95(found[k])], 1),
+             ", ".join(f"{100 * v:.0f}" for v in found[k]), fmt([100 * v for v in mean_ci95(found[f"{k}_all"])], 1)]
+            for k in names if k in found]
+    return table([f"the HAR reads ({source}, seeds {', '.join(map(str, seeds))})", "within-pair accuracy (%)",
+                  "per seed", "accuracy, all 45 classes (%)"], rows)
 
 
 def oracle_table(film, oracle, source: str, seed: int) -> str:
@@ -546,6 +585,12 @@ def summary_markdown(results: dict[str, dict], preset: str) -> str:
             acc = rows[key]["gt"]["accuracy"]
             lines.append(f"- {tag} {ROWS[key][0]}: {ref[0] - acc[0]:.1f} points below the HAR on ground-truth pose"
                          f" ({fmt(acc, 1)} % against {fmt(ref, 1)} %)")
+    look = results.get("standalone", {}).get("lookalike")
+    if look:
+        lines += ["", "## The look-alike pairs " + tag, "",
+                  "Within-pair accuracy of the HAR on the four pairs that only a 10-20 mm finger articulation tells "
+                  "apart (chance 50 %), from `01`:", "",
+                  lookalike_table({k: v for k, v in look.items() if k != "seeds"}, source, look["seeds"])]
     fb = results.get("feedback")
     if fb:
         lines += ["", "## The untrained p_eq sweep " + tag, "", "| p_eq | " + " | ".join(fb["untrained_sweep"]) +
@@ -566,6 +611,12 @@ def summary_markdown(results: dict[str, dict], preset: str) -> str:
                   "pre-trained and scored on the true action against the one every method starts from. Each "
                   "method's share is its gain over the trained baseline divided by that, paired by seed "
                   "(mean ± 95 % t-interval).", "", headroom_table(shares)]
+    when = results.get("when_fusion_helps")
+    if when:
+        lines += ["", "## When does fusion pay? (`08`, benchmarks of its own) [synthetic]", "",
+                  f"`08` varies the generator's `action_pose_coupling` on {when['parameters'].get('subjects')}-subject "
+                  "benchmarks of its own (so these numbers are not the table's): the headroom at each coupling and "
+                  "the share of it each method recovers.", "", coupling_table(when), "", when["verdict"]]
     differences = paired_differences(results)
     if differences:
         lines += ["", "## Paired differences " + tag, "",
@@ -613,4 +664,6 @@ def summary_json(results: dict[str, dict], preset: str) -> dict:
             "original_p_eq_sweep_fpha": {str(k): v for k, v in ORIGINAL_P_EQ_SWEEP.items()},
             "paired": {"data": source, **paired_differences(results)},
             "headroom": {"data": source, **headroom_shares(results)},
+            "lookalike": {"data": source, **results.get("standalone", {}).get("lookalike", {})},
+            "when_fusion_helps": {k: v for k, v in results.get("when_fusion_helps", {}).items() if k != "rows"},
             "configs": configs, "software": software_versions()}

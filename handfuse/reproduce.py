@@ -35,8 +35,12 @@ class NotebookFailed(RuntimeError):
     pass
 
 
+SUMMARY = "05_summary"  # runs last, so that it summarises every results file the run wrote (08's too)
+
+
 def notebooks(folder: Path = REPO / "notebooks") -> list[Path]:
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    """The numbered notebooks in the order a run executes them: by number, the summary last."""
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"), key=lambda p: (p.stem == SUMMARY, p.name))
 
 
 def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 0, device: str = "cpu",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,9 +25,12 @@ from .config import Preset
 from .errors import check
 from .datasets import PoseSequenceDataset
 from .fpha import FPHA
+from .metrics import group_accuracy
 from .models.interfaces import ActionRecogniser, PoseEstimator, PosePrior
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
 from .pool import one_thread
+from .skeleton import ACTION_INDEX
+from .synth.actions import LOOKALIKE_GROUPS
 from .runs import model_parts, prefix, run_config, run_folder, thread_record
 from .tasks import PRETRAIN_FEEDS, HARTask, HPETask, split_train_val
 from .train import FitResult, TrainConfig, fit
@@ -122,3 +126,29 @@ def pretrain(fpha: FPHA, preset: Preset, kind: str, kwargs: dict, device: str = 
 def run_of(fpha: FPHA, preset: Preset, kind: str, kwargs: dict, device: str = "cpu") -> Path:
     """The run folder of one pre-training request."""
     return PRETRAIN[kind][1](fpha, preset, device=device, **kwargs)[0]
+
+
+def lookalike_accuracy(hars: list[ActionRecogniser], fpha: FPHA, cache: CropCache,
+                       hpe: PoseEstimator | None = None) -> dict[str, list[float]]:
+    """How well each recogniser of ``hars`` tells the look-alike pairs of the synthetic benchmark
+    (``handfuse.synth.actions.LOOKALIKE_GROUPS``) apart on the test split: per recogniser, the
+    within-pair accuracy (the argmax over the true class's pair only; chance 50 %) on true poses
+    (``true``) and, given ``hpe``, on its test predictions fed w_eq (``predicted``), with the
+    accuracy over all 45 classes beside each (``*_all``).  Every value is a fraction in [0, 1]."""
+    refs = fpha.test
+    labels = [r.label for r in refs]
+    sources = {"true": PoseSequenceDataset(fpha, refs)}
+    if hpe is not None:
+        task = HPETask(cache, {"test": refs})
+        frames = task.predict(hpe, "test")  # (N, 21, 3) mm, one sequence after the other
+        ends = np.cumsum(cache.lengths[task.data["test"].seq_indices])
+        sources["predicted"] = PoseSequenceDataset.from_joints(np.split(frames, ends[:-1]), labels)
+    groups = [[ACTION_INDEX[a] for a in g] for g in LOOKALIKE_GROUPS]
+    out: dict[str, list[float]] = {}
+    for name, ds in sources.items():
+        for har in hars:
+            logits = np.stack(HARTask({"test": ds}).outputs(har, "test")["logits"])
+            found = group_accuracy(logits, labels, groups)
+            out.setdefault(name, []).append(found["within_group"])
+            out.setdefault(f"{name}_all", []).append(float((logits.argmax(-1) == np.asarray(labels)).mean()))
+    return out

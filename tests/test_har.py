@@ -1,6 +1,8 @@
 """The pose LSTM action recogniser: shapes, gradients, masking, attention, stepping and learning."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -228,6 +230,23 @@ def test_order_task_control_without_order_stays_at_chance():
     assert final > 0.6 and accuracy < 0.7, (first, final, accuracy)
 
 
+def _stepping_and_padding_match_the_forward(model, joints):
+    """One frame at a time reproduces the full forward of (3, 6, 21, 3) ``joints``, and NaN padding
+    after the valid steps of a sequence changes nothing."""
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    padded = joints.clone()
+    padded[1, 4:] = float("nan")
+    with torch.no_grad():
+        out = model(padded, mask)
+        state, steps = model.init_state(3), []
+        for t in range(6):
+            logits, state = model.step(joints[:, t], state)
+            steps.append(logits)
+    assert torch.isfinite(out["logits"]).all()
+    torch.testing.assert_close(torch.stack(steps, 1)[mask], out["step_logits"][mask], atol=1e-5, rtol=1e-5)
+
+
 def test_the_hand_frame_input_ignores_how_the_whole_hand_is_turned_and_placed():
     """``HARConfig(frame="hand")``: rotating and moving every joint of a sequence changes only the
     wrist and orientation features, never the 63 hand-frame coordinates; stepping one frame at a
@@ -241,18 +260,39 @@ def test_the_hand_frame_input_ignores_how_the_whole_hand_is_turned_and_placed():
     moved = joints @ rotation.T + torch.tensor([0.5, -2.0, 3.0])
     torch.testing.assert_close(hand_frame(moved)[..., :63], hand_frame(joints)[..., :63], atol=1e-4, rtol=1e-4)
     assert (hand_frame(moved)[..., 63:] - hand_frame(joints)[..., 63:]).abs().max() > 0.1
-    model = PoseLSTM(HARConfig(hidden=16, frame="hand")).eval()
-    mask = torch.ones(3, 6, dtype=torch.bool)
-    mask[1, 4:] = False
-    padded = joints.clone()
-    padded[1, 4:] = float("nan")
-    with torch.no_grad():
-        out = model(padded, mask)
-        state, steps = model.init_state(3), []
-        for t in range(6):
-            logits, state = model.step(joints[:, t], state)
-            steps.append(logits)
-    assert torch.isfinite(out["logits"]).all()
-    torch.testing.assert_close(torch.stack(steps, 1)[mask], out["step_logits"][mask], atol=1e-5, rtol=1e-5)
+    _stepping_and_padding_match_the_forward(PoseLSTM(HARConfig(hidden=16, frame="hand")).eval(), joints)
     with pytest.raises(Exception, match="har.frame"):
         HARConfig(frame="wrist")
+
+
+def test_the_angle_input_reads_the_articulation_whatever_the_hand_s_place_turn_and_size():
+    """``HARConfig(frame="angles")``: a finger bent by a known angle reads as that angle; moving,
+    turning and scaling a hand changes no angle; the change since the previous frame is the frame
+    difference (zero on the first); stepping one frame at a time reproduces the full forward."""
+    from handfuse.models.har import HARConfig, PoseLSTM, angle_features, joint_angles
+    from handfuse.skeleton import JOINT_INDEX
+
+    torch.manual_seed(1)
+    joints = torch.randn(3, 6, 21, 3)
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    rotation = q * torch.sign(torch.det(q))
+    moved = 2.5 * joints @ rotation.T + torch.tensor([0.5, -2.0, 3.0])
+    torch.testing.assert_close(joint_angles(moved), joint_angles(joints), atol=1e-4, rtol=1e-4)
+
+    # the index finger straight along x, then its PIP bent by 30 degrees in the x-y plane
+    hand = torch.zeros(21, 3)
+    for k, name in enumerate(("IMCP", "IPIP", "IDIP", "ITIP")):
+        hand[JOINT_INDEX[name]] = torch.tensor([1.0 + k, 0.0, 0.0])
+    bent = hand.clone()
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    for k, name in enumerate(("IDIP", "ITIP"), start=1):
+        bent[JOINT_INDEX[name]] = hand[JOINT_INDEX["IPIP"]] + k * torch.tensor([c, s, 0.0])
+    index = slice(3, 6)  # the index finger's MCP, PIP and DIP bends
+    torch.testing.assert_close(joint_angles(hand)[index], torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(joint_angles(bent)[index], torch.tensor([0.0, math.radians(30), 0.0]),
+                               atol=1e-5, rtol=0)
+    feats = angle_features(torch.stack([hand, bent])[None])[0]  # (2, 47)
+    torch.testing.assert_close(feats[0, 19:38], torch.zeros(19))
+    torch.testing.assert_close(feats[1, 19:38], joint_angles(bent) - joint_angles(hand))
+
+    _stepping_and_padding_match_the_forward(PoseLSTM(HARConfig(hidden=16, frame="angles")).eval(), joints)

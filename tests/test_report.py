@@ -165,5 +165,9 @@ def test_the_best_remedy_is_chosen_on_validation_and_the_sweep_verdict_reads_the
         report.best_remedy({})
     text = report.coupling_verdict([0.0, 1.0], [[0.1, 0.3], [2.0, 0.5]],
                                    {"feedback": [[-5.0, 20.0], [10.0, 4.0]], "ensemble": [[0.0, 1.0], [-30.0, 10.0]]}, 3)
-    assert "above zero at coupling 1: " in text and "**feedback** recovers a share above zero at 1 and loses ground at no" in text
-    assert "**ensemble** recovers a share above zero at no coupling and loses ground at 1" in text and "3 seeds" in text
+    assert "above zero at coupling 1: " in text and "**feedback** recovers a share above zero at coupling 1 (" in text
+    assert "**ensemble** makes pose worse than the trained baseline at coupling 1 (" in text and "3 seeds" in text
+    assert "feedback's 10.0 ± 4.0 % at coupling 1, about 0.20 mm of the 2.00 mm" in text
+    nothing = report.coupling_verdict([0.0, 1.0], [[0.1, 0.3], [0.2, 0.3]], {"feedback": [[1.0, 2.0], [0.0, 1.0]]}, 3)
+    assert "nowhere distinguishable from zero" in nothing and "recovers no share distinguishable" in nothing
+    assert "fusion does not pay" in nothing

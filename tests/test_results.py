@@ -102,15 +102,16 @@ def test_reproduce_keeps_its_run_under_out_and_refuses_an_out_holding_another_ru
     calls = []
 
     def fake(source, target, parameters, **kwargs):  # papermill without a kernel: records what it was given
-        calls.append(parameters)
+        calls.append({**parameters, "_notebook": Path(source).stem})
         assert not json.loads((Path(target).parent / "run.json").read_text())["complete"]  # not while it runs
         shutil.copyfile(source, target)
 
     monkeypatch.setattr(papermill, "execute_notebook", fake)
     monkeypatch.delenv("HANDFUSE_FIGURES", raising=False)
     out = tmp_path / "run-a"
-    reproduce("smoke", out, data_root=str(tiny), seed=0, only=["03", "05"])
-    assert [c["out"] for c in calls] == [str(out.resolve())] * 2
+    reproduce("smoke", out, data_root=str(tiny), seed=0, only=["05", "08", "03"])
+    assert [c["out"] for c in calls] == [str(out.resolve())] * 3
+    assert [c["_notebook"] for c in calls] == ["03_feedback", "08_when_fusion_helps", "05_summary"]  # the summary last
     assert calls[0]["data_root"] == str(Path(tiny).resolve())
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] and run["parameters"]["seed"] == 0 and run["data_fingerprint"]

@@ -42,7 +42,12 @@ they come; ``"hand"`` (beyond the original, a standard skeleton-action step) fee
 each frame in the hand's own frame instead (:func:`hand_frame`): the joints relative
 to the wrist, rotated into axes the palm defines, beside the wrist's position and
 the hand's orientation, so that a finger articulation of 10-25 mm is not drowned
-by how the whole hand is turned.
+by how the whole hand is turned; ``"angles"`` (:func:`angle_features`) feeds the
+hand's 19 joint angles (15 flexions, 4 spreads), their change since the previous
+frame, the wrist's position and the hand's orientation: the articulation itself,
+whatever the hand's size, place or turn, and how it moves (another standard
+skeleton-action input).  Stepping carries the previous frame's angles in the
+state, so that :meth:`PoseLSTM.step` still reproduces the full forward.
 
 Loss (:meth:`PoseLSTM.loss`): cross-entropy on the sequence logits, as the
 original.  ``step_loss > 0`` adds that weight times the mean cross-entropy of
@@ -62,8 +67,12 @@ from .flops import forward_flops
 
 IN_FEATURES = NUM_JOINTS * 3  # 63 numbers per frame
 HAND_FEATURES = NUM_JOINTS * 3 + 3 + 6  # the hand frame: 63 local coordinates, the wrist, two axes
-FRAMES = ("camera", "hand")
+NUM_ANGLES = 19  # per finger the flexion at its MCP, PIP and DIP (15), and the spread of neighbouring fingers (4)
+ANGLE_FEATURES = 2 * NUM_ANGLES + 3 + 6  # the angles, their change since the previous frame, the wrist, two axes
+FRAMES = ("camera", "hand", "angles")
 _WRIST, _INDEX, _MIDDLE, _PINKY = (JOINT_INDEX[j] for j in ("Wrist", "IMCP", "MMCP", "PMCP"))
+# per finger (thumb first): the chain wrist, MCP, PIP, DIP, tip
+_CHAINS = [[JOINT_INDEX[j] for j in ("Wrist", f"{f}MCP", f"{f}PIP", f"{f}DIP", f"{f}TIP")] for f in "TIMRP"]
 
 
 def hand_frame(joints: torch.Tensor) -> torch.Tensor:
@@ -81,10 +90,40 @@ def hand_frame(joints: torch.Tensor) -> torch.Tensor:
     return torch.cat([local.flatten(-2), wrist, x, y], -1)
 
 
-def frame_features(joints: torch.Tensor, frame: str) -> torch.Tensor:
-    """(..., 21, 3) joints -> the recogniser's per-frame input: flat (63) or :func:`hand_frame` (72)."""
+def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The angle (radians) between vectors a and b (..., 3); atan2 keeps it exact near 0 and pi."""
+    return torch.atan2(torch.linalg.cross(a, b, dim=-1).norm(dim=-1), (a * b).sum(-1))
+
+
+def joint_angles(joints: torch.Tensor) -> torch.Tensor:
+    """(..., 21, 3) joints -> (..., 19) angles in radians: for each finger (thumb, index, middle, ring,
+    pinky) the bend between consecutive bones at its MCP, PIP and DIP (0: straight), then the spread
+    between the first phalanges of neighbouring fingers.  Moving, turning or scaling the hand leaves
+    them unchanged."""
+    pts = joints[..., _CHAINS, :]  # (..., 5, 5, 3)
+    bones = pts[..., 1:, :] - pts[..., :-1, :]  # (..., 5, 4, 3): wrist->MCP, MCP->PIP, PIP->DIP, DIP->tip
+    bend = _angle(bones[..., :-1, :], bones[..., 1:, :]).flatten(-2)  # (..., 15)
+    first = bones[..., 1, :]  # (..., 5, 3)
+    return torch.cat([bend, _angle(first[..., :-1, :], first[..., 1:, :])], -1)
+
+
+def angle_features(joints: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., T, 21, 3) joints -> (..., T, 47): the :func:`joint_angles`, their change since the previous
+    frame (zero on the first; ``previous`` (..., 19) gives the angles of the frame before the first),
+    the wrist's position and the hand's x and y axes (as :func:`hand_frame`'s last 9)."""
+    angles = joint_angles(joints)  # (..., T, 19)
+    before = angles[..., :1, :] if previous is None else previous[..., None, :]
+    change = torch.diff(angles, dim=-2, prepend=before)
+    return torch.cat([angles, change, hand_frame(joints)[..., -9:]], -1)
+
+
+def frame_features(joints: torch.Tensor, frame: str, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., T, 21, 3) joints -> the recogniser's per-frame inputs: flat (63), :func:`hand_frame` (72)
+    or :func:`angle_features` (47; ``previous`` as there)."""
+    if frame == "angles":
+        return angle_features(joints, previous)
     return hand_frame(joints) if frame == "hand" else joints.flatten(-2)
-State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (layers, B, hidden)
+State = tuple  # LSTM (h, c), each (layers, B, hidden); with the "angles" input also the last angles (B, 19)
 
 
 def _is_number(value: object) -> bool:
@@ -100,7 +139,7 @@ class HARConfig:
     dropout: float = 0.0  # on every LSTM layer's output (between layers and before the classifier)
     attention: bool = False  # temporal attention readout instead of the last valid step
     step_loss: float = 0.0  # weight of the auxiliary per-step cross-entropy (0: the original, none)
-    frame: str = "camera"  # the input: "camera" (the original) or "hand" (the hand's own frame, hand_frame)
+    frame: str = "camera"  # the input: "camera" (the original), "hand" (hand_frame) or "angles" (angle_features)
 
     def __post_init__(self):
         check(is_int(self.hidden) and self.hidden >= 1, "har.hidden", self.hidden,
@@ -113,7 +152,7 @@ class HARConfig:
 
     @property
     def in_features(self) -> int:
-        return HAND_FEATURES if self.frame == "hand" else IN_FEATURES
+        return {"hand": HAND_FEATURES, "angles": ANGLE_FEATURES}.get(self.frame, IN_FEATURES)
 
 
 def lengths_of(mask: torch.Tensor) -> torch.Tensor:
@@ -167,7 +206,7 @@ class PoseLSTM(nn.Module):
         Returns ``step_logits`` (B, T, C) (zero on padding), ``logits`` (B, C), ``attention``
         (B, T) or None, ``hidden`` (B, T, H) the top layer's outputs (zero on padding), and
         ``loss`` when ``labels`` (B,) are given."""
-        x, mask = sequence_input(joints, mask, self.cfg.frame)  # (B, T, 63 or 72), (B, T)
+        x, mask = sequence_input(joints, mask, self.cfg.frame)  # (B, T, F), (B, T)
         hidden, _ = self.lstm(x)  # (B, T, H); causal, so padding comes too late
         return sequence_outputs(self, hidden, mask, labels)
 
@@ -177,17 +216,20 @@ class PoseLSTM(nn.Module):
         return sequence_loss(out, labels, mask, self.cfg.step_loss)
 
     def init_state(self, batch: int) -> State:
-        """The zero LSTM state (h, c) for ``batch`` sequences, each (layers, B, hidden)."""
+        """The zero LSTM state (h, c) for ``batch`` sequences, each (layers, B, hidden); with the
+        ``"angles"`` input a third entry holds the previous frame's angles (None before the first)."""
         p = self.classifier.weight
         zeros = torch.zeros(self.cfg.layers, batch, self.cfg.hidden, device=p.device, dtype=p.dtype)
-        return zeros, zeros.clone()
+        return (zeros, zeros.clone(), None) if self.cfg.frame == "angles" else (zeros, zeros.clone())
 
     def step(self, joints_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One frame ``joints_t`` (B, 21, 3) -> its step logits (B, C) and the new state.
         The top layer's output ``h_t`` (B, H), which :meth:`readout` needs, is :meth:`hidden` of it."""
-        x = frame_features(joints_t, self.cfg.frame)[:, None]  # (B, 1, 63 or 72)
-        out, state = self.lstm(x, state)  # (B, 1, H)
-        return self.classifier(self.drop(out[:, 0])), state  # (B, C)
+        x = frame_features(joints_t[:, None], self.cfg.frame, *state[2:])  # (B, 1, F)
+        out, hc = self.lstm(x, state[:2])  # (B, 1, H)
+        if self.cfg.frame == "angles":
+            hc = (*hc, joint_angles(joints_t))
+        return self.classifier(self.drop(out[:, 0])), hc  # (B, C)
 
     def hidden(self, state: State) -> torch.Tensor:
         """The top layer's output ``h_t`` (B, H) of the last step, from a state :meth:`step` returned."""
@@ -205,7 +247,7 @@ def sequence_input(joints: torch.Tensor, mask: torch.Tensor | None,
         raise ValueError(f"mask {tuple(mask.shape)} must be (B, T) = {(B, T)}")
     lengths_of(mask)  # refuses holes and empty sequences
     joints = torch.where(mask[..., None, None], joints, 0.0)  # padding (NaN even) never reaches the features
-    if frame == "hand":  # padding gets the features of an all-zero hand: finite, and masked out downstream
+    if frame != "camera":  # padding gets the features of an all-zero hand: finite, and masked out downstream
         return torch.where(mask[..., None], frame_features(joints, frame), 0.0), mask
     return joints.reshape(B, T, IN_FEATURES), mask
 
