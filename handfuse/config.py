@@ -37,11 +37,16 @@ class Preset:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train_hpe: TrainConfig = field(default_factory=TrainConfig)
     train_har: TrainConfig = field(default_factory=TrainConfig)
+    train_transformer_har: TrainConfig | None = None  # the transformer recogniser's own (None: train_har)
     train_fuse: TrainConfig = field(default_factory=TrainConfig)  # fine-tuning a fusion method end to end
     film: str = "both"  # FiLM placement of the conditioned HPE the workbook uses (the original's best: both)
     # the second pose estimator and action recogniser (handfuse.models.registry: "resnet", "transformer")
     resnet_hpe: ResNetHPEConfig = field(default_factory=ResNetHPEConfig)
     transformer_har: TransformerHARConfig = field(default_factory=TransformerHARConfig)
+
+    def train_of(self, har_model: str) -> TrainConfig:
+        """The pre-training settings of an action recogniser from the registry (``"lstm"``, ``"transformer"``)."""
+        return self.train_transformer_har if har_model == "transformer" and self.train_transformer_har else self.train_har
 
     def __post_init__(self):
         _check(self.film in CONDITIONED, "film", self.film, f"one of {CONDITIONED}")
@@ -91,6 +96,8 @@ PRESETS: dict[str, Preset] = {
         # differ by -0.68 +- 1.14 mm (paired, no difference) for 2.3 times the training time
         train_hpe=TrainConfig(epochs=10, batch_size=64, patience=10, schedule="cosine"),
         train_har=TrainConfig(epochs=150, patience=150, **_HAR_TRAIN),
+        # the transformer recogniser keeps the schedule it was tuned with (the LSTM's changed for the angle input)
+        train_transformer_har=TrainConfig(epochs=80, patience=15, **_HAR_TRAIN),
         # the original's fine-tuning is batch 4 at 3e-5 for many epochs; batch 16 at 2e-4 with cosine decay for
         # 3 epochs does as well on validation (benchmarks.tuning, baseline, 2 seeds; the original's 6 epochs minus
         # this: joint loss -0.000 +- 0.001, pose -0.06 +- 0.78 mm, accuracy +3.9 +- 7.1 points, paired, no

@@ -62,7 +62,7 @@ def har_run(fpha: FPHA, preset: Preset, attention: bool = False, seed: int = 0, 
             root: str | Path | None = None, model: str = DEFAULT_HAR) -> tuple[Path, dict, TrainConfig, object]:
     """Where :func:`pretrain_har` trains (run folder), with its run config, training settings and model config."""
     cfg_model = replace(har_entry(model).config(preset), attention=attention)
-    cfg_train = replace(preset.train_har, seed=seed, device=device)
+    cfg_train = replace(preset.train_of(model), seed=seed, device=device)
     config = run_config(fpha, preset, **model_parts("har", model, DEFAULT_HAR, cfg_model), **thread_record(device))
     name = prefix("har", model, DEFAULT_HAR, "att" if attention else "last")
     return run_folder(preset, name, config, cfg_train, seed, root), config, cfg_train, cfg_model
