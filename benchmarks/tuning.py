@@ -9,7 +9,7 @@ Each choice of ``handfuse/config.py``'s cpu preset is set against its alternativ
   both one block per group;
 * fine-tuning: batch 16 at 2e-4, cosine, 3 epochs (the preset) against the original's batch 4 at
   3e-5, 6 epochs at a constant rate;
-* the HAR's input: the joints in the camera's frame (the original) against the hand's own frame
+* the HAR's input: the joints in the camera's frame (the original) against the hand's own frame and its joint angles
   (``HARConfig.frame``), on validation accuracy and on the look-alike groups' within-group accuracy.
 
 Every run trains on the training side of the action split and is selected and scored on the
@@ -79,10 +79,12 @@ def _har_label(P: Preset) -> str:
 
 
 def har_variants(P: Preset) -> dict[str, Preset]:
-    """The preset's HAR (first); the preset's input trained as the original (no dropout, 80 epochs with
-    patience 15); and every other input (``HARConfig.frame``: camera, hand, angles) trained that way."""
-    original = replace(P, train_har=replace(P.train_har, epochs=80, patience=15), har=replace(P.har, dropout=0.0))
-    variants = [P] + [replace(original, har=replace(original.har, frame=f)) for f in FRAMES]
+    """The preset's HAR (first); every other input (``HARConfig.frame``: camera, hand, angles) with the
+    preset's training; and the angles with dropout 0.5 for 150 whole epochs (what the look-alike pairs
+    need on true poses).  ``benchmarks.har_input`` scores the same candidates on predicted poses too."""
+    variants = [P] + [replace(P, har=replace(P.har, frame=f)) for f in FRAMES if f != P.har.frame]
+    variants.append(replace(P, har=replace(P.har, frame="angles", dropout=0.5),
+                            train_har=replace(P.train_har, epochs=150, patience=150)))
     return {("preset: " if v is P else "") + _har_label(v): v for v in variants}
 
 
