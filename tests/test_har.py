@@ -296,3 +296,31 @@ def test_the_angle_input_reads_the_articulation_whatever_the_hand_s_place_turn_a
     torch.testing.assert_close(feats[1, 19:38], joint_angles(bent) - joint_angles(hand))
 
     _stepping_and_padding_match_the_forward(PoseLSTM(HARConfig(hidden=16, frame="angles")).eval(), joints)
+
+
+def test_camera_and_angles_together_step_like_the_forward_and_jitter_only_trains():
+    """``frame="camera+angles"`` feeds the flat joints beside the angle features and still steps like
+    the forward; ``jitter_mm`` adds noise in training mode only (evaluation is the noiseless model's)."""
+    from handfuse.models.har import ANGLE_FEATURES, IN_FEATURES, HARConfig, PoseLSTM, angle_features
+
+    torch.manual_seed(2)
+    joints = torch.randn(3, 6, 21, 3)
+    model = PoseLSTM(HARConfig(hidden=16, frame="camera+angles")).eval()
+    assert model.lstm.input_size == IN_FEATURES + ANGLE_FEATURES
+    _stepping_and_padding_match_the_forward(model, joints)
+
+    plain = PoseLSTM(HARConfig(hidden=16, frame="angles")).eval()
+    noisy = PoseLSTM(HARConfig(hidden=16, frame="angles", jitter_mm=20.0))
+    noisy.load_state_dict(plain.state_dict())
+    noisy.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(noisy(joints)["logits"], plain(joints)["logits"])
+        noisy.train()
+        assert (noisy(joints)["logits"] - plain(joints)["logits"]).abs().max() > 1e-3
+    assert angle_features(joints).shape[-1] == ANGLE_FEATURES
+    from handfuse.datasets import POSE_SCALE_MM
+    from handfuse.models.har import POSE_UNIT_MM
+
+    assert POSE_UNIT_MM == POSE_SCALE_MM  # the jitter's mm are the recogniser's units
+    with pytest.raises(Exception, match="har.jitter_mm"):
+        HARConfig(jitter_mm=-1.0)

@@ -67,9 +67,10 @@ from .flops import forward_flops
 
 IN_FEATURES = NUM_JOINTS * 3  # 63 numbers per frame
 HAND_FEATURES = NUM_JOINTS * 3 + 3 + 6  # the hand frame: 63 local coordinates, the wrist, two axes
+POSE_UNIT_MM = 100.0  # the recogniser's joints are in these units (handfuse.datasets.POSE_SCALE_MM)
 NUM_ANGLES = 19  # per finger the flexion at its MCP, PIP and DIP (15), and the spread of neighbouring fingers (4)
 ANGLE_FEATURES = 2 * NUM_ANGLES + 3 + 6  # the angles, their change since the previous frame, the wrist, two axes
-FRAMES = ("camera", "hand", "angles")
+FRAMES = ("camera", "hand", "angles", "camera+angles")
 _WRIST, _INDEX, _MIDDLE, _PINKY = (JOINT_INDEX[j] for j in ("Wrist", "IMCP", "MMCP", "PMCP"))
 # per finger (thumb first): the chain wrist, MCP, PIP, DIP, tip
 _CHAINS = [[JOINT_INDEX[j] for j in ("Wrist", f"{f}MCP", f"{f}PIP", f"{f}DIP", f"{f}TIP")] for f in "TIMRP"]
@@ -122,6 +123,8 @@ def frame_features(joints: torch.Tensor, frame: str, previous: torch.Tensor | No
     or :func:`angle_features` (47; ``previous`` as there)."""
     if frame == "angles":
         return angle_features(joints, previous)
+    if frame == "camera+angles":
+        return torch.cat([joints.flatten(-2), angle_features(joints, previous)], -1)
     return hand_frame(joints) if frame == "hand" else joints.flatten(-2)
 State = tuple  # LSTM (h, c), each (layers, B, hidden); with the "angles" input also the last angles (B, 19)
 
@@ -139,7 +142,8 @@ class HARConfig:
     dropout: float = 0.0  # on every LSTM layer's output (between layers and before the classifier)
     attention: bool = False  # temporal attention readout instead of the last valid step
     step_loss: float = 0.0  # weight of the auxiliary per-step cross-entropy (0: the original, none)
-    frame: str = "camera"  # the input: "camera" (the original), "hand" (hand_frame) or "angles" (angle_features)
+    frame: str = "camera"  # the input: "camera" (the original), "hand" (hand_frame), "angles" (angle_features) or both
+    jitter_mm: float = 0.0  # training only: Gaussian noise (std, mm) added to every joint of every frame (0: none)
 
     def __post_init__(self):
         check(is_int(self.hidden) and self.hidden >= 1, "har.hidden", self.hidden,
@@ -149,10 +153,12 @@ class HARConfig:
         check(isinstance(self.attention, bool), "har.attention", self.attention, "True or False")
         check(_is_number(self.step_loss) and self.step_loss >= 0.0, "har.step_loss", self.step_loss, "a weight >= 0")
         check(self.frame in FRAMES, "har.frame", self.frame, f"one of {FRAMES}")
+        check(_is_number(self.jitter_mm) and self.jitter_mm >= 0.0, "har.jitter_mm", self.jitter_mm, "a noise level >= 0 (mm)")
 
     @property
     def in_features(self) -> int:
-        return {"hand": HAND_FEATURES, "angles": ANGLE_FEATURES}.get(self.frame, IN_FEATURES)
+        return {"hand": HAND_FEATURES, "angles": ANGLE_FEATURES, "camera+angles": IN_FEATURES + ANGLE_FEATURES
+                }.get(self.frame, IN_FEATURES)
 
 
 def lengths_of(mask: torch.Tensor) -> torch.Tensor:
@@ -206,6 +212,8 @@ class PoseLSTM(nn.Module):
         Returns ``step_logits`` (B, T, C) (zero on padding), ``logits`` (B, C), ``attention``
         (B, T) or None, ``hidden`` (B, T, H) the top layer's outputs (zero on padding), and
         ``loss`` when ``labels`` (B,) are given."""
+        if self.training and self.cfg.jitter_mm > 0:
+            joints = joints + torch.randn_like(joints) * (self.cfg.jitter_mm / POSE_UNIT_MM)
         x, mask = sequence_input(joints, mask, self.cfg.frame)  # (B, T, F), (B, T)
         hidden, _ = self.lstm(x)  # (B, T, H); causal, so padding comes too late
         return sequence_outputs(self, hidden, mask, labels)
@@ -220,14 +228,14 @@ class PoseLSTM(nn.Module):
         ``"angles"`` input a third entry holds the previous frame's angles (None before the first)."""
         p = self.classifier.weight
         zeros = torch.zeros(self.cfg.layers, batch, self.cfg.hidden, device=p.device, dtype=p.dtype)
-        return (zeros, zeros.clone(), None) if self.cfg.frame == "angles" else (zeros, zeros.clone())
+        return (zeros, zeros.clone(), None) if "angles" in self.cfg.frame else (zeros, zeros.clone())
 
     def step(self, joints_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One frame ``joints_t`` (B, 21, 3) -> its step logits (B, C) and the new state.
         The top layer's output ``h_t`` (B, H), which :meth:`readout` needs, is :meth:`hidden` of it."""
         x = frame_features(joints_t[:, None], self.cfg.frame, *state[2:])  # (B, 1, F)
         out, hc = self.lstm(x, state[:2])  # (B, 1, H)
-        if self.cfg.frame == "angles":
+        if "angles" in self.cfg.frame:
             hc = (*hc, joint_angles(joints_t))
         return self.classifier(self.drop(out[:, 0])), hc  # (B, C)
 
