@@ -1,4 +1,4 @@
-"""Command line: ``python -m handfuse {synth,reproduce,train,check} ...``
+"""Command line: ``python -m handfuse {synth,reproduce,train,check,locate,predict} ...``
 
 ``train`` also runs data-parallel: ``torchrun --nproc_per_node N -m handfuse train ...``."""
 from __future__ import annotations
@@ -175,9 +175,24 @@ def _check(args) -> int:
     return 0
 
 
+# commands whose options their own modules define: python -m handfuse COMMAND ... runs MODULE.main(...)
+DELEGATED = {"locate": ("handfuse.localise", ["locate"], "the hand centre of every frame of a folder of FPHA depth "
+                        "PNGs, as frame,u,v,z_mm,status (python -m handfuse locate DEPTH_DIR --out centres.csv)"),
+             "predict": ("handfuse.predict", [], "apply a trained pipeline to a folder of FPHA depth PNGs: poses "
+                         "(skeleton.txt), actions (CSV) and an animation (python -m handfuse predict DEPTH_DIR --out DIR)")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, prefix, _ = DELEGATED[argv[0]]
+        return importlib.import_module(module).main([*prefix, *argv[1:]])
     parser = argparse.ArgumentParser(prog="python -m handfuse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, _, text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{text}; options: python -m handfuse {name} --help", add_help=False)
     p = sub.add_parser("synth", help="write the synthetic FPHA-format benchmark")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="folder to create")

@@ -1,0 +1,342 @@
+"""How well the hand is found from depth alone, and what it costs the pose: ``python -m benchmarks.localise``.
+
+On the test split of a synthetic benchmark (``--preset cpu``, ``--scene v1`` or ``v2`` where the
+generator has it) this measures, for every frame, the 3-D distance (mm) from the crop centre to the
+middle MCP, for
+
+* ``centre_from_depth``: the old depth centre (:func:`handfuse.preprocess.centre_from_depth`);
+* ``tracker``: :func:`handfuse.localise.locate_sequence` without learned refinement;
+* ``tracker+comref``: the same with the ComRefNet refinement (:func:`handfuse.localise.train_refiner`,
+  trained here on the training split, or loaded when its run is finished);
+
+with the mean, 90th percentile and largest error and the number of lost frames, and the pose error
+(mean joint error, mm) of the preset's pre-trained HPE on crops centred by each, beside the
+ground-truth-centred crops and as a ratio to them.  A lost frame is cropped around the nearest
+located frame's centre (the crop cache's policy, :func:`handfuse.cache.fill_lost`) and counted.
+
+It also measures the three localisers on :func:`hard_frames`: frames with FPHA's measured
+difficulties (docs/data.md) built from the synthetic renderer's primitives: the hand right against
+a table whose depth continues the hand's (no empty stretch in the histogram), the near table edge
+across the bottom of the frame beside the forearm, clutter, the sensor's holes, and in some the
+other hand entering at the bottom left.
+
+Prints the numbers and writes them to ``benchmarks/localise.json``.  Every number here is
+synthetic, never an FPHA number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from handfuse.camera import FPHA_DEPTH
+from handfuse.dataconfig import SynthConfig
+from handfuse.localise import locate_sequence
+from handfuse.preprocess import centre_from_depth, centre_from_joints, crop
+from handfuse.synth import render as R
+from handfuse.synth.hand import HandShape
+from handfuse.synth.sequence import frame_scene, make_sequence
+
+OUT = Path(__file__).with_name("localise.json")
+HARD_ACTIONS = ("put_salt", "sprinkle", "pour_milk", "open_juice_bottle", "scratch_sponge", "use_calculator",
+                "write", "give_coin", "stir", "flip_sponge")
+_RENDERER: R.Renderer | None = None
+
+
+# ----------------------------------------------------------------------------- hard frames
+
+
+def table_through(depth_bottom: float, depth_top: float, K=FPHA_DEPTH) -> tuple[np.ndarray, float]:
+    """The plane (n, d), n . p = d, n away from the camera, with no sideways tilt, at depth
+    ``depth_bottom`` on the bottom row of the image and ``depth_top`` on the top row."""
+    r_b, r_t = (K.height - 1 - K.v0) / K.fy, -K.v0 / K.fy
+    # z(v) = d / (a r + b) on the row v with r = (v - v0) / fy: solve a r + b = 1 / z at both rows, d = 1
+    a = (1 / depth_bottom - 1 / depth_top) / (r_b - r_t)
+    b = 1 / depth_bottom - a * r_b
+    n = np.array([0.0, a, b])
+    scale = np.linalg.norm(n)
+    return n / scale, 1.0 / scale
+
+
+def _ray(u: float, v: float, K=FPHA_DEPTH) -> np.ndarray:
+    return np.array([(u - K.u0) / K.fx, (v - K.v0) / K.fy, 1.0])
+
+
+def _shift(seq, delta: np.ndarray):
+    """A synthetic sequence moved by ``delta`` (3,) mm: joints, wrist and held objects."""
+    seq.joints = seq.joints + delta
+    seq.wrist = seq.wrist + delta
+    seq.parts = [(part, rots, centres + delta) for part, rots, centres in seq.parts]
+    return seq
+
+
+def hard_sequence(seed: int, frames: int = 1, other_hand: bool | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """``frames`` consecutive (H, W) uint16 depth frames of a hand working right against a table,
+    with the true centres (T, 3) mm (the middle MCP).  See the module docstring: the table recedes
+    from 400-470 mm on the bottom row (the near table edge) to 950-1150 mm on the top row; a
+    synthetic hand (an action of :data:`HARD_ACTIONS`) is moved low in the frame until its middle
+    MCP lies 15-40 mm in front of the table, so the hand's depths run into the table's without a
+    gap; the forearm runs from the wrist to below the bottom edge, right of the hand and above
+    the table's near edge; clutter stands on the table; the sensor model adds noise, shadows and dropouts, and large
+    holes are cut as in real frames; with ``other_hand`` (default: every third seed) a left forearm
+    and fist enter at the bottom left."""
+    global _RENDERER
+    _RENDERER = _RENDERER or R.Renderer(FPHA_DEPTH)
+    K = FPHA_DEPTH
+    rng = np.random.default_rng([seed, 4242])
+    action = HARD_ACTIONS[seed % len(HARD_ACTIONS)]
+    seq = make_sequence(action, HandShape.sample(rng), SynthConfig(), rng)
+    start = int(rng.integers(0, max(1, len(seq) - frames + 1)))
+    ts = [min(start + k, len(seq) - 1) for k in range(frames)]
+    n, d = table_through(rng.uniform(400, 470), rng.uniform(950, 1150))
+    mid = centre_from_joints(seq.joints[ts[len(ts) // 2]])
+    ray = _ray(rng.uniform(260, 420), rng.uniform(330, 400))  # the middle MCP goes low in the frame
+    table = ray * d / (n @ ray)
+    _shift(seq, table * (1 - rng.uniform(15, 40) / table[2]) - mid)
+    truth = centre_from_joints(seq.joints[ts]).astype(np.float32)  # (T, 3)
+    scene = R.Scene(plane=(n, d))
+    for _ in range(rng.integers(2, 5)):  # boxes and cans standing on the table, away from the hand
+        ray = _ray(rng.choice([rng.uniform(20, 200), rng.uniform(450, 620)]), rng.uniform(20, 330))
+        ground = ray * d / (n @ ray)
+        h, w = rng.uniform(40, 160), rng.uniform(25, 60)
+        top = ground - n * h
+        if rng.random() < 0.5:
+            scene.cylinders.append((ground, top, w, R.CLUTTER))
+        else:
+            side = np.cross(n, [1.0, 0.0, 0.0])
+            axes = np.stack([[1.0, 0.0, 0.0], side / np.linalg.norm(side), n], -1)
+            scene.boxes.append(((ground + top) / 2, axes, np.array([w, w, h / 2]), R.CLUTTER))
+    if other_hand if other_hand is not None else seed % 3 == 2:  # the left forearm and fist, bottom left
+        fist = _ray(rng.uniform(60, 180), rng.uniform(330, 420)) * rng.uniform(340, 420)
+        entry = _ray(rng.uniform(0, 100), 560.0) * rng.uniform(220, 280)
+        scene.capsules.append((entry, fist, 27.0, R.ARM))
+        scene.capsules.append((fist, fist + np.array([0.0, -25.0, 10.0]), 38.0, R.HAND))
+    background = _RENDERER.render(scene)
+    sensor = R.SensorModel()
+    holes = _holes(rng, K.project(truth).mean(0))
+    depths = []
+    elbow = _ray(FPHA_DEPTH.project(truth[0])[0] + rng.uniform(30, 130), 600.0) * rng.uniform(230, 300)
+    for t in ts:
+        moving = frame_scene(seq, t)
+        a, _, radius, label = moving.capsules[0]  # the forearm: from the wrist down to the body, above the table
+        moving.capsules[0] = (a, elbow, radius, label)
+        zbuf, _ = _RENDERER.render(moving, background)
+        depth = sensor.measure(zbuf, rng)
+        depth[holes] = 0
+        depths.append(depth)
+    return depths, truth
+
+
+def _holes(rng: np.random.Generator, hand_uv: np.ndarray, K=FPHA_DEPTH) -> np.ndarray:
+    """(H, W) bool: large structured holes (a few big blobs, as real frames' projector shadows and
+    dark or shiny patches), kept off the hand itself (70 pixels around its centre)."""
+    holes = np.zeros((K.height, K.width), np.uint8)
+    for _ in range(rng.integers(6, 12)):
+        centre = (int(rng.uniform(0, K.width)), int(rng.uniform(0, K.height)))
+        axes = (int(rng.uniform(30, 110)), int(rng.uniform(15, 60)))
+        cv2.ellipse(holes, centre, axes, rng.uniform(0, 180), 0, 360, 1, -1)
+    cv2.circle(holes, (int(hand_uv[0]), int(hand_uv[1])), 70, 0, -1)
+    return holes.astype(bool)
+
+
+def hard_frames(seeds) -> tuple[list[np.ndarray], np.ndarray]:
+    """One hard frame per seed: (frames, true centres (N, 3))."""
+    depths, truth = zip(*(hard_sequence(s) for s in seeds))
+    return [d[0] for d in depths], np.concatenate(truth)
+
+
+# ----------------------------------------------------------------------------- the measurement
+
+LOCALISERS = ("centre_from_depth", "tracker", "tracker+comref")
+
+
+def centre_errors(found: np.ndarray, truth: np.ndarray) -> dict:
+    """Mean, 90th percentile and largest 3-D distance (mm) of the found centres (N, 3) (NaN: lost) to
+    the true ones (N, 3), over the frames found, and the number lost."""
+    err = np.linalg.norm(np.asarray(found, np.float64) - truth, axis=1)
+    ok = err[np.isfinite(err)]
+    stats = {"mean_mm": float(ok.mean()), "p90_mm": float(np.percentile(ok, 90)), "max_mm": float(ok.max())} if len(ok) \
+        else {"mean_mm": float("nan"), "p90_mm": float("nan"), "max_mm": float("nan")}
+    return {**stats, "lost": int((~np.isfinite(err)).sum()), "frames": int(len(err))}
+
+
+def old_centres(depths: list[np.ndarray]) -> np.ndarray:
+    """``centre_from_depth`` of every frame (T, 3), NaN where it raises (nothing found)."""
+    out = np.full((len(depths), 3), np.nan, np.float32)
+    for t, depth in enumerate(depths):
+        try:
+            out[t] = centre_from_depth(depth)
+        except ValueError:
+            pass
+    return out
+
+
+def find_hpe(fpha, preset, seed: int = 0, root: Path | None = None) -> Path | None:
+    """The newest finished plain HPE run (``hpe-none-*-seed<seed>``) of the preset made on this very
+    data (the same data fingerprint), or None."""
+    from handfuse.runs import data_fingerprint, models_dir
+
+    mine = data_fingerprint(fpha)
+    found = []
+    for run in models_dir(preset, root).glob(f"hpe-none-*-seed{seed}"):
+        try:
+            config = json.loads((run / "result.json").read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if (run / "best.pt").is_file() and config.get("data_fingerprint") == mine and config.get("preset") == preset.name:
+            found.append(run)
+    return max(found, key=lambda p: (p / "best.pt").stat().st_mtime_ns) if found else None
+
+
+def load_hpe(run: Path):
+    """The DeepPrior++ HPE of a finished pre-training run, built from the config in its ``result.json``."""
+    from handfuse.dataconfig import from_dict
+    from handfuse.models.hpe import HPEConfig
+    from handfuse.models.registry import hpe_entry
+    from handfuse.train import load_checkpoint
+
+    config = json.loads((run / "result.json").read_text())["config"]
+    net = hpe_entry("deepprior").build(from_dict(HPEConfig, config["hpe"]))
+    net.load_state_dict(load_checkpoint(run / "best.pt")["model"])
+    return net.eval()
+
+
+def predict_joints(hpe, depths: list[np.ndarray], centres: np.ndarray, pre) -> np.ndarray:
+    """(T, 21, 3) mm: the HPE on crops (``pre``: the preset's PreprocessConfig) around ``centres`` (T, 3)."""
+    x = np.stack([crop(d, c, FPHA_DEPTH, pre.cube_mm, pre.crop) for d, c in zip(depths, centres)])
+    with torch.inference_mode():
+        out = hpe(torch.from_numpy(x)[:, None], None)["joints"].float().numpy()
+    return out * pre.cube_mm / 2 + centres[:, None]
+
+
+def measure(fpha, preset, refiner, hpe, progress: bool = True) -> dict:
+    """Centre and pose errors of every localiser on the test split of ``fpha`` (module docstring)."""
+    from handfuse.cache import fill_lost
+    from handfuse.metrics import mean_joint_error
+
+    names = ("ground truth",) + LOCALISERS
+    found = {name: [] for name in names}
+    pose = {name: [] for name in names}
+    truth_joints, seconds = [], {name: 0.0 for name in LOCALISERS}
+    for ref in tqdm(fpha.test, desc="test sequences", unit="seq", disable=not progress):
+        joints = fpha.read_skeleton(ref)
+        depths = [fpha.read_depth(ref, t) for t in range(len(joints))]
+        centres = {"ground truth": centre_from_joints(joints).astype(np.float32)}
+        for name, locate in (("centre_from_depth", lambda: old_centres(depths)),
+                             ("tracker", lambda: locate_sequence(depths).centres),
+                             ("tracker+comref", lambda: locate_sequence(depths, refiner=refiner).centres)):
+            t0 = time.perf_counter()
+            centres[name] = locate()
+            seconds[name] += time.perf_counter() - t0
+        for name in names:
+            c = centres[name]
+            found[name].append(c)
+            lost = [t for t in range(len(c)) if not np.all(np.isfinite(c[t]))]
+            if hpe is not None and len(lost) < len(c):
+                pose[name].append(predict_joints(hpe, depths, fill_lost(c, lost), preset.preprocess))
+            elif hpe is not None:  # nothing found in the whole sequence: no crop at all, counted as lost
+                pose[name].append(np.full_like(joints, np.nan))
+        truth_joints.append(joints)
+    truth = centre_from_joints(np.concatenate(truth_joints))
+    out = {}
+    for name in names:
+        out[name] = centre_errors(np.concatenate(found[name]), truth) if name != "ground truth" else {}
+        if hpe is not None:
+            pred = np.concatenate(pose[name])
+            ok = np.all(np.isfinite(pred), axis=(1, 2))
+            out[name]["pose_error_mm"] = float(mean_joint_error(pred[ok], np.concatenate(truth_joints)[ok]))
+        if name in seconds:
+            out[name]["ms_per_frame"] = 1000 * seconds[name] / len(truth)
+    if hpe is not None:
+        for name in LOCALISERS:
+            out[name]["pose_ratio_to_ground_truth"] = out[name]["pose_error_mm"] / out["ground truth"]["pose_error_mm"]
+    return out
+
+
+def measure_hard(seeds, refiner) -> dict:
+    """Centre errors of every localiser on one :func:`hard_sequence` frame per seed."""
+    depths, truth = hard_frames(seeds)
+    return {"centre_from_depth": centre_errors(old_centres(depths), truth),
+            "tracker": centre_errors(np.stack([locate_sequence([d]).centres[0] for d in depths]), truth),
+            "tracker+comref": centre_errors(np.stack([locate_sequence([d], refiner=refiner).centres[0] for d in depths]),
+                                            truth)}
+
+
+def run(preset_name: str = "cpu", scene: str = "v1", seed: int = 0, hard: int = 40, progress: bool = True,
+        pose: bool = True) -> dict:
+    """The whole benchmark on one preset's synthetic benchmark (``scene`` v1 or v2); returns the results
+    and writes them into :data:`OUT` under ``<preset>/<scene>``.  Without ``pose`` the HPE is neither
+    found, trained nor run (centre errors only)."""
+    from handfuse.config import get_preset
+    from handfuse.fpha import FPHA
+    from handfuse.localise import train_refiner
+    from handfuse.paths import ensure_synthetic
+    from handfuse.pool import one_thread
+    from handfuse.standalone import pretrain_hpe
+
+    preset = get_preset(preset_name)
+    root = ensure_synthetic(preset_name) if scene == "v1" else ensure_synthetic(preset_name, overrides={"scene": scene})
+    fpha = FPHA(root)
+    start = time.perf_counter()
+    refiner, fitted = train_refiner(fpha, preset, seed, progress=progress)
+    hpe_run = find_hpe(fpha, preset, seed) if pose else None
+    if pose and hpe_run is None:
+        pretrain_hpe(fpha, preset, seed=seed, progress=progress)
+        hpe_run = find_hpe(fpha, preset, seed)
+    hpe = load_hpe(hpe_run) if pose else None
+    with one_thread():
+        results = measure(fpha, preset, refiner, hpe, progress)
+        hard_results = measure_hard(range(hard), refiner)
+    record = {
+        "note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
+        "data": str(root), "scene": scene, "split": "test", "preset": preset_name, "seed": seed,
+        "refiner_run": fitted.run_dir, "refiner_test": {k: fitted.test[k] for k in ("initial_mm", "one_step_mm", "error_mm")},
+        "refiner_train_seconds": fitted.seconds,
+        "hpe_run": str(hpe_run) if hpe_run else None, "test": results,
+        "hard_frames": {"seeds": f"0..{hard - 1}", **hard_results},
+        "seconds": time.perf_counter() - start,
+    }
+    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    everything.setdefault(preset_name, {})[scene] = record
+    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    return record
+
+
+def report(record: dict) -> str:
+    """The record as a small table."""
+    lines = [f"{record['preset']} preset, scene {record['scene']}, test split ({record['data']}); SYNTHETIC, not FPHA",
+             f"{'localiser':<20} {'mean':>7} {'p90':>7} {'max':>7} {'lost':>6} {'pose mm':>8} {'x gt':>6}"]
+    for name, r in record["test"].items():
+        pose = f" {r['pose_error_mm']:8.2f} {r.get('pose_ratio_to_ground_truth', 1.0):6.2f}" if "pose_error_mm" in r else ""
+        if name == "ground truth":
+            lines.append(f"{name:<20} {'':>7} {'':>7} {'':>7} {'':>6}{pose}")
+        else:
+            lines.append(f"{name:<20} {r['mean_mm']:7.1f} {r['p90_mm']:7.1f} {r['max_mm']:7.1f} {r['lost']:6d}{pose}")
+    lines.append(f"hard frames (table against the hand, seeds {record['hard_frames']['seeds']}):")
+    for name in LOCALISERS:
+        r = record["hard_frames"][name]
+        lines.append(f"{name:<20} {r['mean_mm']:7.1f} {r['p90_mm']:7.1f} {r['max_mm']:7.1f} {r['lost']:6d}")
+    lines.append(f"ComRefNet on the test split's perturbed estimates: {record['refiner_test']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.localise", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cpu", choices=["smoke", "cpu"])
+    parser.add_argument("--scene", default="v1", choices=["v1", "v2"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hard", type=int, default=40, help="hard frames to measure (seeds 0..N-1)")
+    parser.add_argument("--no-pose", action="store_true", help="centre errors only: no HPE is found, trained or run")
+    args = parser.parse_args(argv)
+    print(report(run(args.preset, args.scene, args.seed, args.hard, pose=not args.no_pose)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

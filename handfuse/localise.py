@@ -1,0 +1,715 @@
+"""Finding the hand in depth frames alone: the crop centre when no annotation is at hand.
+
+:func:`locate_sequence` is the one entry point (``python -m handfuse locate`` and
+``python -m handfuse predict`` call it; the crop cache's ``centre="depth"`` still uses
+:func:`handfuse.preprocess.centre_from_depth`).  It returns, for every frame, the hand
+centre (an estimate of the middle MCP, mm, camera frame), its pixel, and a status:
+:data:`LOCATED`, or :data:`LOST` (a NaN centre: a frame is never silently given another's
+centre), with how a located frame was found (detected afresh, or tracked from the previous one).
+
+What a frame goes through (every step works on every ``STRIDE``-th pixel):
+
+1. *Table removal.*  The dominant plane of the frame (RANSAC, Fischler & Bolles 1981) is
+   the table when it holds a large share of the valid pixels; everything within
+   ``TABLE_CLEARANCE_MM`` above it, or behind it, is dropped.  A hand lowered onto the
+   table leaves its histogram no empty stretch of depth, but it stands above the plane.
+2. *Depth-continuous regions.*  A pixel whose 3 x 3 neighbourhood holds a depth step
+   steeper than a ~72 degree slope (:func:`_step_mm`) is an edge; the rest falls into
+   8-connected regions (region growing without a global depth threshold).  The arm and
+   the strip of table beside it part at the arm's silhouette.
+3. *Detection* (the first frame, and after a lost track): the forearm enters from the
+   bottom edge, nearer than anything else there; FPHA annotates the right hand, and a
+   right forearm enters right of a left one, so of the regions entering within
+   ``ARM_TIE_MM`` of the nearest the rightmost is taken.  The hand is its far end
+   (:func:`_far_end`).  A frame without such a region falls back to DeepPrior++'s centre
+   of mass of the nearest hand-sized region.
+4. *Tracking*: sequences are continuous, so the previous frame's centre is the prior.
+   The far ends of the regions within ``TRACK_RADIUS_MM`` of it are the candidates; the
+   one nearest the prior within ``MAX_STEP_MM`` is taken (a clutter object or the other
+   hand, farther off, is not).  If none is that near, the track is held by the centre of
+   mass of the region's points within ``HAND_RADIUS_MM`` of the prior, for at most
+   ``MAX_HELD`` frames in a row (so it cannot drift along the arm or onto the table);
+   then, or with nothing near the prior, the hand is detected afresh, and a frame where
+   detection finds nothing is lost.
+5. *Learned refinement* (optional): DeepPrior++'s ComRefNet (Oberweger & Lepetit,
+   "DeepPrior++", ICCV Workshops 2017, section 3.1): a small CNN that regresses, from a
+   metric-cube crop around the current estimate, the offset to the middle MCP; applied
+   ``iterations`` times.  :func:`train_refiner` trains it on the training split's frames
+   with initial estimates perturbed around the truth, as DeepPrior++ does, through
+   :func:`handfuse.train.fit` into a run folder keyed by its configuration
+   (``python -m handfuse.localise train --preset cpu``).
+
+The parameters were set on the synthetic benchmark's training sequences and on the
+difficulties measured on 84 real FPHA frames (docs/data.md): a hand at 355-451 mm against
+a table edge at 420-650 mm, large structured holes, the other hand entering at the bottom
+left.  ``benchmarks/localise.py`` measures it; its numbers are synthetic, not FPHA numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .camera import FPHA_DEPTH, Intrinsics
+from .errors import DataError, check
+from .fpha import check_png_header, depth_frame_indices, read_depth_png
+from .preprocess import SURFACE_TO_JOINT_MM, _arm_end, _refine_com, centre_from_joints, crop_affine
+
+LOCATED, LOST = "located", "lost"
+DETECTED, TRACKED, HELD = "detected", "tracked", "held"  # how a located frame was found (Located.how)
+LOCALISER_VERSION = "tracker-1"  # bump when the non-learned localiser changes its centres (the crop cache keys on it)
+
+STRIDE = 4  # work on every 4th pixel (160 x 120)
+MAX_RANGE_MM = 900.0  # an egocentric hand is within arm's reach: nothing farther is considered
+PLANE_SAMPLES = 3000  # valid points the table plane is fitted on
+PLANE_ITERATIONS = 80  # RANSAC hypotheses
+MIN_PLANE_SHARE = 0.25  # a plane holding less of the valid points is not taken for the table
+TABLE_CLEARANCE_MM = 12.0  # points nearer the table plane than this (or behind it) are the table
+SLOPE = 3.0  # an edge: a depth step larger than SLOPE x the pixel's footprint (tan 72 deg) ...
+STEP_NOISE_MM = 25.0  # ... plus this much sensor noise
+MIN_REGION_PX = 300  # a region smaller than this (full-resolution pixels) is not an arm or a hand
+BOTTOM_BAND = 0.06  # a region "enters from the bottom" if it reaches this fraction of the height
+MAX_ENTRY_MM = 650.0  # where it enters the forearm is nearer than this
+ARM_TIE_MM = 150.0  # of the regions entering this close in depth to the nearest, the rightmost is the right forearm
+TRACK_RADIUS_MM = 150.0  # regions with a point this close to the prior are candidates
+MAX_STEP_MM = 110.0  # a tracked centre moves at most this far from the prior in one frame
+HAND_RADIUS_MM = 70.0  # the hand's points around a centre, for the local centre of mass
+MAX_HELD = 3  # frames a track may be held by that centre of mass alone before the hand is detected afresh
+MAX_REFINE_MM = 110.0  # the learned refinement moves a centre at most this far in all
+
+
+@dataclass
+class Located:
+    """Per frame of a sequence: ``centres`` (T, 3) float32 mm (NaN where lost), ``uv`` (T, 2)
+    float32 pixel column and row of the centre (NaN where lost), ``status`` (T,) of
+    :data:`LOCATED` / :data:`LOST`, ``how`` (T,): how a located frame was found (:data:`DETECTED`
+    afresh, :data:`TRACKED` from the previous frame's centre, or :data:`HELD` there by the centre of
+    mass around it; "" where lost), and ``localiser``: which localiser made them."""
+
+    centres: np.ndarray
+    uv: np.ndarray
+    status: list[str]
+    localiser: str
+    how: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> list[int]:
+        """The frames that were not located."""
+        return [t for t, s in enumerate(self.status) if s == LOST]
+
+    @property
+    def found(self) -> list[int]:
+        """The frames that were located."""
+        return [t for t, s in enumerate(self.status) if s == LOCATED]
+
+
+# ----------------------------------------------------------------------------- one frame
+
+
+@dataclass
+class Regions:
+    """A frame's depth-continuous regions: ``labels`` (h, w) int32 (0: none), ``points`` (h, w, 3)
+    mm of every pixel, ``depth`` (h, w) mm (0: invalid), ``count`` (R + 1,) pixels per label,
+    ``stride`` and the table plane ``(n, d)`` (n . p = d, n pointing away from the camera) or None."""
+
+    labels: np.ndarray
+    points: np.ndarray
+    depth: np.ndarray
+    count: np.ndarray
+    stride: int
+    plane: tuple[np.ndarray, float] | None
+
+    def big(self) -> list[int]:
+        """Labels of the regions large enough to be an arm or a hand."""
+        return [int(r) for r in np.flatnonzero(self.count * self.stride**2 >= MIN_REGION_PX) if r > 0]
+
+    def of(self, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """A region's points (N, 3) mm and image rows (N,) (in strided pixels)."""
+        v, u = np.nonzero(self.labels == label)
+        return self.points[v, u], v
+
+
+def regions(depth: np.ndarray, intrinsics: Intrinsics = FPHA_DEPTH, stride: int = STRIDE) -> Regions:
+    """Steps 1 and 2 of the module docstring: table removal and depth-continuous regions."""
+    d = np.asarray(depth)[::stride, ::stride].astype(np.float32)  # (h, w) mm, 0 = invalid
+    h, w = d.shape
+    vv, uu = np.mgrid[0:h, 0:w]
+    points = intrinsics.backproject(np.stack([uu, vv], -1) * stride, d).astype(np.float32)  # (h, w, 3)
+    valid = (d > 0) & (d < MAX_RANGE_MM)
+    plane = table_plane(points[d > 0])
+    fg = valid
+    if plane is not None:
+        n, off = plane
+        fg = fg & (points @ n.astype(np.float32) < off - TABLE_CLEARANCE_MM)  # above the table
+    big = np.float32(1e6)
+    hi = cv2.dilate(np.where(fg, d, 0).astype(np.float32), np.ones((3, 3), np.uint8))
+    lo = cv2.erode(np.where(fg, d, big).astype(np.float32), np.ones((3, 3), np.uint8))
+    step = _step_mm(d, intrinsics, stride)
+    inner = fg & (hi - d < step) & (d - lo < step)  # no neighbour across a depth edge
+    count, labels = _components(inner)
+    return Regions(labels, points, np.where(fg, d, 0), count, stride, plane)
+
+
+def _step_mm(d: np.ndarray, intrinsics: Intrinsics, stride: int) -> np.ndarray:
+    """The largest depth step (mm) between neighbouring (strided) pixels of one surface, per pixel."""
+    footprint = stride * d / intrinsics.fx  # mm between neighbouring pixels at that depth
+    return SLOPE * footprint + STEP_NOISE_MM
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(count per label (R + 1,), labels (h, w) int32) of a mask's 8-connected components."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    count = stats[:, cv2.CC_STAT_AREA].copy()
+    count[0] = 0
+    return count, labels
+
+
+def table_plane(points: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """The dominant plane (n, d) of valid points (N, 3), n . p = d with n pointing away from the camera,
+    or None when no plane holds ``MIN_PLANE_SHARE`` of them, or more of them lie behind it than in front.
+
+    RANSAC with a fixed seed (the same frame always gives the same plane), then least squares on
+    the inliers.  The inlier band grows with depth as the sensor's depth step does."""
+    if len(points) < 50:
+        return None
+    rng = np.random.default_rng(0)
+    sample = points[rng.choice(len(points), min(PLANE_SAMPLES, len(points)), replace=False)].astype(np.float64)
+    tol = 6.0 + 1e-5 * sample[:, 2] ** 2  # (N,) mm
+    triples = sample[rng.integers(0, len(sample), (PLANE_ITERATIONS, 3))]  # (I, 3, 3)
+    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])  # (I, 3)
+    norm = np.linalg.norm(normals, axis=1)
+    ok = norm > 1e-6
+    if not ok.any():
+        return None
+    normals, triples = normals[ok] / norm[ok, None], triples[ok]
+    offsets = np.einsum("ij,ij->i", normals, triples[:, 0])  # (I,)
+    inliers = np.abs(sample @ normals.T - offsets) < tol[:, None]  # (N, I)
+    best = int(np.argmax(inliers.sum(0)))
+    inside = sample[inliers[:, best]]
+    if len(inside) < MIN_PLANE_SHARE * len(sample):
+        return None
+    centre = inside.mean(0)
+    normal = np.linalg.svd(inside - centre, full_matrices=False)[2][-1]  # least squares on the inliers
+    if normal @ centre < 0:
+        normal = -normal  # away from the camera: points in front of the plane have n . p < d
+    offset = float(normal @ centre)
+    height = offset - sample @ normal  # (N,) mm in front of the plane
+    if (height < -3 * tol).sum() > (height > 3 * tol).sum():
+        return None  # more lies behind it than in front: an arm or a hand filling the view, not the table
+    return normal, offset
+
+
+def _far_end(points: np.ndarray, rows: np.ndarray, height: int) -> np.ndarray:
+    """The hand's visible surface centre (3,) of a region's points (N, 3) and rows (N,) (strided
+    pixels, of ``height``): for a region entering from the bottom edge, the far end of the forearm
+    seen from where it enters, as :func:`handfuse.preprocess.centre_from_depth` finds it (a tube
+    around the forearm's axis, so a held object beside the hand is left out); else its centre of mass."""
+    if rows.max() < height * (1 - BOTTOM_BAND):
+        return points.mean(0)
+    return _arm_end(points, rows)
+
+
+def _behind_surface(surface: np.ndarray) -> np.ndarray:
+    return (surface + np.array([0.0, 0.0, SURFACE_TO_JOINT_MM])).astype(np.float32)
+
+
+def detect(reg: Regions, cube_mm: float = 250.0) -> np.ndarray | None:
+    """Step 3 of the module docstring: the hand centre (3,) of a frame without a prior, or None."""
+    h = reg.labels.shape[0]
+    arms = []  # (entry depth, entry column, label)
+    for label in reg.big():
+        v, u = np.nonzero(reg.labels == label)
+        bottom = v >= h * (1 - BOTTOM_BAND)
+        if bottom.sum() * reg.stride**2 < MIN_REGION_PX / 10:
+            continue
+        entry_z = float(np.median(reg.depth[v[bottom], u[bottom]]))
+        if entry_z < MAX_ENTRY_MM:
+            arms.append((entry_z, float(u[bottom].mean()), label))
+    if arms:
+        nearest = min(a[0] for a in arms)
+        label = max((a for a in arms if a[0] <= nearest + ARM_TIE_MM), key=lambda a: a[1])[2]
+        return _behind_surface(_far_end(*reg.of(label), reg.labels.shape[0]))
+    blobs = reg.big()
+    if not blobs:
+        return None
+    label = min(blobs, key=lambda r: float(np.median(reg.depth[reg.labels == r])))  # the nearest hand-sized region
+    fg = reg.points[reg.depth > 0]  # (N, 3) everything above the table
+    return _behind_surface(_refine_com(fg, reg.of(label)[0].mean(0), cube_mm, 10))
+
+
+def track(reg: Regions, prior: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """Step 4 of the module docstring: (the hand centre (3,) near ``prior`` (3,), or None; whether it
+    is only held: the centre of mass around the prior, because no region's far end was near it)."""
+    surface_prior = prior - np.array([0.0, 0.0, SURFACE_TO_JOINT_MM])
+    near = np.linalg.norm(reg.points - surface_prior, axis=-1) <= TRACK_RADIUS_MM  # (h, w)
+    ends, local = [], []
+    for label in np.unique(reg.labels[near & (reg.labels > 0)]):
+        if reg.count[label] * reg.stride**2 < MIN_REGION_PX:
+            continue
+        points, rows = reg.of(int(label))
+        ends.append(_behind_surface(_far_end(points, rows, reg.labels.shape[0])))
+        local.append(points[np.linalg.norm(points - surface_prior, axis=1) <= HAND_RADIUS_MM])
+    steps = [float(np.linalg.norm(c - prior)) for c in ends]
+    if steps and min(steps) <= MAX_STEP_MM:
+        return ends[int(np.argmin(steps))], False
+    local = [p for p in local if len(p) * reg.stride**2 >= MIN_REGION_PX]
+    if not local:
+        return None, False
+    return _behind_surface(max(local, key=len).mean(0)), True
+
+
+# ----------------------------------------------------------------------------- a sequence
+
+
+def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float = 250.0,
+                    refiner: "Refiner | None" = None, progress: bool = False) -> Located:
+    """The hand centre of every frame of one sequence: ``depths`` (H, W) uint16 depth maps in mm, in
+    order (a list, or any iterable).  With a ``refiner`` (:func:`load_refiner`) each centre found is
+    refined by the learned ComRefNet before it becomes the next frame's prior."""
+    centres, status, hows = [], [], []
+    prior, held = None, 0
+    for depth in tqdm(depths, desc="locating", unit="frame", disable=not progress):
+        reg = regions(depth, intrinsics)
+        found, how = None, ""
+        if prior is not None:
+            found, only_held = track(reg, prior)
+            held = held + 1 if only_held else 0
+            how = HELD if only_held else TRACKED
+            if held > MAX_HELD:  # held too long without an arm's end in reach: look afresh
+                found, held = None, 0
+        if found is None:
+            found = detect(reg, cube_mm)
+            how = "" if found is None else DETECTED
+        if found is not None and refiner is not None:
+            found = refiner.refine(depth, found, intrinsics, reg.plane)
+        prior = found
+        centres.append(np.full(3, np.nan, np.float32) if found is None else found.astype(np.float32))
+        status.append(LOST if found is None else LOCATED)
+        hows.append(how)
+    c = np.stack(centres).astype(np.float32) if centres else np.zeros((0, 3), np.float32)
+    with np.errstate(invalid="ignore"):
+        uv = np.stack([intrinsics.fx * c[:, 0] / c[:, 2] + intrinsics.u0,
+                       intrinsics.fy * c[:, 1] / c[:, 2] + intrinsics.v0], -1).astype(np.float32)
+    return Located(c, uv.reshape(-1, 2), status, describe(refiner), hows)
+
+
+def describe(refiner: "Refiner | None") -> str:
+    """Which localiser :func:`locate_sequence` runs with ``refiner``, in words."""
+    base = "depth tracker (table plane removed, depth-continuous regions, far end of the arm; handfuse.localise)"
+    if refiner is None:
+        return base + ", no learned refinement"
+    return base + f" + ComRefNet refinement x{refiner.cfg.iterations} ({refiner.source})"
+
+
+# ----------------------------------------------------------------------------- learned refinement
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """DeepPrior++'s ComRefNet as used here: a ``size`` x ``size`` crop of a ``cube_mm`` cube around
+    the estimate -> the offset to the middle MCP; trained on estimates perturbed by ``sigma_mm``
+    (per axis, normal, at most ``max_offset_mm`` in all) around the truth."""
+
+    size: int = 32
+    cube_mm: float = 300.0
+    channels: tuple[int, ...] = (16, 32, 64)
+    fc: int = 256
+    sigma_mm: float = 25.0
+    max_offset_mm: float = 80.0
+    iterations: int = 3
+    draws: int = 2  # perturbed estimates per training frame and epoch
+    frame_stride: int = 1  # every k-th frame of the training sequences
+    test_stride: int = 4  # every k-th frame of the validation and test sequences
+    without_table: bool = True  # the net sees the frame with the table plane removed (:func:`without_table`)
+
+    def __post_init__(self):
+        check(self.size >= 8 and self.size % 2 ** len(self.channels) == 0, "refine.size", self.size,
+              f"an integer >= 8 divisible by 2**{len(self.channels)} (one pooling per conv block)")
+        check(self.cube_mm > 0 and self.sigma_mm > 0 and self.max_offset_mm > 0, "refine.cube_mm/sigma_mm/max_offset_mm",
+              (self.cube_mm, self.sigma_mm, self.max_offset_mm), "positive sizes in mm")
+        check(self.iterations >= 1 and self.draws >= 1, "refine.iterations/draws", (self.iterations, self.draws),
+              "integers >= 1")
+        check(self.frame_stride >= 1 and self.test_stride >= 1, "refine.frame_stride/test_stride",
+              (self.frame_stride, self.test_stride), "integers >= 1")
+
+
+class ComRefNet(nn.Module):
+    """(B, 1, S, S) normalised crop -> (B, 3) offset from the crop's centre to the hand centre, in
+    cube half-sizes: conv blocks (3 x 3 conv, batch norm, ReLU, 2 x 2 max pool), then two FC layers."""
+
+    def __init__(self, cfg: RefineConfig):
+        super().__init__()
+        self.cfg = cfg
+        layers, c_in = [], 1
+        for c in cfg.channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        side = cfg.size // 2 ** len(cfg.channels)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, cfg.fc), nn.ReLU(inplace=True),
+                                  nn.Linear(cfg.fc, 3))
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(crops))  # (B, 3)
+
+    @staticmethod
+    def loss(offsets: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.smooth_l1_loss(offsets.float(), targets, beta=0.05)
+
+
+WIDE = 2.0  # the patch a frame is kept as spans WIDE cubes ...
+WIDE_RES = 1.75  # ... at WIDE_RES times the crop's resolution
+
+
+def wide_patch(depth: np.ndarray, anchor: np.ndarray, cfg: RefineConfig, intrinsics: Intrinsics) -> np.ndarray:
+    """The (P, P) uint16 depth patch spanning ``WIDE`` cubes around ``anchor`` from which every
+    refiner crop near the anchor is cut (:func:`refiner_crop`): training keeps frames as these."""
+    size = _wide_size(cfg)
+    affine = crop_affine(anchor, intrinsics, WIDE * cfg.cube_mm, size)
+    return cv2.warpAffine(np.ascontiguousarray(depth), affine, (size, size), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def without_table(depth: np.ndarray, plane: tuple[np.ndarray, float] | None, intrinsics: Intrinsics) -> np.ndarray:
+    """(H, W) uint16 depth with the table (within ``TABLE_CLEARANCE_MM`` of ``plane`` or behind it) set to
+    0, missing; the depth itself if there is no plane.  What the refiner sees, so that a table right
+    against the hand looks to it as a far one does."""
+    if plane is None:
+        return depth
+    n, offset = plane
+    rx, ry = _rays(intrinsics)
+    height = offset - depth * (n[0] * rx + n[1] * ry + n[2])  # (H, W) mm in front of the plane
+    return np.where(height > TABLE_CLEARANCE_MM, depth, 0).astype(np.uint16)
+
+
+@lru_cache(maxsize=4)
+def _rays(intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(r.astype(np.float32) for r in intrinsics.rays())
+
+
+def _wide_size(cfg: RefineConfig) -> int:
+    return int(round(cfg.size * WIDE * WIDE_RES))
+
+
+def refiner_crop(patch: np.ndarray, anchor: np.ndarray, centre: np.ndarray, cfg: RefineConfig,
+                 intrinsics: Intrinsics) -> np.ndarray:
+    """The refiner's (S, S) float32 input around ``centre``, cut from a wide patch around ``anchor``:
+    normalised as :func:`handfuse.preprocess.crop` normalises (the same path at training and at use)."""
+    wide = np.vstack([crop_affine(anchor, intrinsics, WIDE * cfg.cube_mm, _wide_size(cfg)), [0, 0, 1]])
+    target = np.vstack([crop_affine(centre, intrinsics, cfg.cube_mm, cfg.size), [0, 0, 1]])
+    affine = (target @ np.linalg.inv(wide))[:2]  # wide patch pixels -> crop pixels
+    out = cv2.warpAffine(patch, affine, (cfg.size, cfg.size), flags=cv2.INTER_NEAREST,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32)
+    missing = out <= 0
+    out = (out - np.float32(centre[2])) / np.float32(cfg.cube_mm / 2)
+    out[missing] = 1.0
+    return np.clip(out, -1.0, 1.0, out=out)
+
+
+@dataclass
+class Refiner:
+    """A trained ComRefNet and where its weights came from (``source``): :meth:`refine` applies it."""
+
+    net: ComRefNet
+    cfg: RefineConfig
+    source: str
+
+    def refine(self, depth: np.ndarray, centre: np.ndarray, intrinsics: Intrinsics = FPHA_DEPTH,
+               plane: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+        """``centre`` (3,) mm moved ``cfg.iterations`` times by the net's offset (at most ``MAX_REFINE_MM`` in
+        all); ``plane``: the frame's table plane (:func:`table_plane`), removed first if the net was trained so."""
+        start = np.asarray(centre, np.float64)
+        if self.cfg.without_table:
+            depth = without_table(depth, plane, intrinsics)
+        patch = wide_patch(depth, start, self.cfg, intrinsics)
+        return refine_in_patch(self.net, patch, start, start, self.cfg, intrinsics).astype(np.float32)
+
+
+def refine_in_patch(net: ComRefNet, patch: np.ndarray, anchor: np.ndarray, start: np.ndarray, cfg: RefineConfig,
+                    intrinsics: Intrinsics, iterations: int | None = None) -> np.ndarray:
+    """Iterated refinement of one estimate ``start`` inside a wide patch around ``anchor`` -> (3,) mm."""
+    return refine_batch(net, patch[None], anchor[None], start[None], cfg, intrinsics, iterations)[0]
+
+
+def refine_batch(net: ComRefNet, patches: np.ndarray, anchors: np.ndarray, starts: np.ndarray, cfg: RefineConfig,
+                 intrinsics: Intrinsics, iterations: int | None = None) -> np.ndarray:
+    """``refine_in_patch`` for a batch: patches (B, P, P), anchors and starts (B, 3) -> (B, 3) mm."""
+    net.eval()
+    centres = np.asarray(starts, np.float64).copy()
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        for _ in range(cfg.iterations if iterations is None else iterations):
+            x = np.stack([refiner_crop(p, a, c, cfg, intrinsics) for p, a, c in zip(patches, anchors, centres)])
+            step = net(torch.from_numpy(x)[:, None].to(device)).float().cpu().numpy().astype(np.float64)
+            centres = centres + step * cfg.cube_mm / 2
+            moved = centres - starts
+            far = np.linalg.norm(moved, axis=1, keepdims=True)
+            centres = np.where(far > MAX_REFINE_MM, starts + moved * MAX_REFINE_MM / np.maximum(far, 1e-9), centres)
+    return centres
+
+
+# ----------------------------------------------------------------------------- training the refiner
+
+
+REFINE_PRESETS: dict[str, tuple[RefineConfig, dict]] = {  # preset -> (refiner, TrainConfig fields)
+    "smoke": (RefineConfig(draws=8, test_stride=2), dict(epochs=6, batch_size=32, patience=6, lr=2e-3, schedule="cosine")),
+    "cpu": (RefineConfig(size=40, sigma_mm=30.0, max_offset_mm=100.0, draws=3),
+            dict(epochs=10, batch_size=64, patience=10, lr=2e-3, schedule="cosine")),
+    "paper": (RefineConfig(size=64, channels=(16, 32, 64, 64), frame_stride=2),
+              dict(epochs=20, batch_size=128, patience=6, lr=1e-3, schedule="cosine")),
+}
+RUN_PREFIX = "localise-comref"
+
+
+@dataclass
+class RefineFrames:
+    """Frames kept for refinement training: wide patches (N, P, P) uint16 around the true centres (N, 3)."""
+
+    patches: np.ndarray
+    centres: np.ndarray
+
+
+def refine_frames(fpha, refs, cfg: RefineConfig, stride: int, progress: bool = True) -> RefineFrames:
+    """Every ``stride``-th frame of the sequences ``refs`` of an FPHA root, kept as wide patches around
+    the middle MCP (decoded once; a DataError names a bad file)."""
+    patches, centres = [], []
+    work = [(ref, t) for ref in refs for t in range(0, fpha.num_frames(ref), stride)]
+    joints = {ref.key: fpha.read_skeleton(ref) for ref in refs}
+    for ref, t in tqdm(work, desc="refiner frames", unit="frame", disable=not progress):
+        centre = centre_from_joints(joints[ref.key][t]).astype(np.float64)
+        depth = fpha.read_depth(ref, t)
+        if cfg.without_table:
+            depth = without_table(depth, regions(depth, fpha.intrinsics).plane, fpha.intrinsics)
+        patches.append(wide_patch(depth, centre, cfg, fpha.intrinsics))
+        centres.append(centre)
+    size = _wide_size(cfg)
+    return RefineFrames(np.stack(patches) if patches else np.zeros((0, size, size), np.uint16),
+                        np.stack(centres) if centres else np.zeros((0, 3)))
+
+
+def perturb(centres: np.ndarray, cfg: RefineConfig, rng: np.random.Generator, near: float = 0.0) -> np.ndarray:
+    """Initial estimates (N, 3) around true centres (N, 3): normal per axis (``sigma_mm``; for a share
+    ``near`` of them a third of it, so that the net is also accurate close to the truth, where the
+    second and third refinements start), shrunk to at most ``max_offset_mm`` from the truth."""
+    scale = np.where(rng.random((len(centres), 1)) < near, 1 / 3, 1.0)
+    off = rng.normal(0.0, cfg.sigma_mm, centres.shape) * scale
+    norm = np.linalg.norm(off, axis=1, keepdims=True)
+    return centres + off * np.minimum(1.0, cfg.max_offset_mm / np.maximum(norm, 1e-9))
+
+
+@dataclass
+class RefineTask:
+    """The refiner's task for :func:`handfuse.train.fit`: batches of crops around perturbed estimates
+    with their offsets to the truth; evaluated as the mean 3-D distance (mm) to the middle MCP after
+    ``cfg.iterations`` refinements of fixed perturbed estimates (``error_mm``), beside the estimates'
+    own distance (``initial_mm``) and that after one refinement (``one_step_mm``)."""
+
+    data: dict[str, RefineFrames]
+    cfg: RefineConfig
+    intrinsics: Intrinsics = FPHA_DEPTH
+    metric: str = "error_mm"
+    higher_is_better: bool = False
+
+    def batches(self, split, epoch, train_cfg):
+        from .train import epoch_generator
+
+        frames = self.data[split]
+        rng = np.random.default_rng([train_cfg.seed, epoch, 31])
+        index = np.tile(np.arange(len(frames.centres)), self.cfg.draws)
+        order = torch.randperm(len(index), generator=epoch_generator(train_cfg.seed, epoch, 31)).numpy()
+        starts = perturb(frames.centres[index[order]], self.cfg, rng, near=0.5)
+        n_batches = len(order) // train_cfg.batch_size
+        for b in range(min(n_batches, train_cfg.max_batches or n_batches)):
+            rows = slice(b * train_cfg.batch_size, (b + 1) * train_cfg.batch_size)
+            idx, start = index[order[rows]], starts[rows]
+            x = np.stack([refiner_crop(frames.patches[i], frames.centres[i], s, self.cfg, self.intrinsics)
+                          for i, s in zip(idx, start)])
+            target = (frames.centres[idx] - start) / (self.cfg.cube_mm / 2)
+            yield {"crop": torch.from_numpy(x)[:, None], "target": torch.from_numpy(target.astype(np.float32))}
+
+    def loss(self, model, batch):
+        return model.loss(model(batch["crop"]), batch["target"])
+
+    def evaluate(self, model, split, train_cfg):
+        frames = self.data[split]
+        starts = perturb(frames.centres, self.cfg, np.random.default_rng([12345, len(frames.centres)]))
+        out = {"initial_mm": float(np.linalg.norm(starts - frames.centres, axis=1).mean())}
+        for name, iterations in (("one_step_mm", 1), ("error_mm", self.cfg.iterations)):
+            found = np.concatenate([refine_batch(model, frames.patches[s:s + 256], frames.centres[s:s + 256],
+                                                 starts[s:s + 256], self.cfg, self.intrinsics, iterations)
+                                    for s in range(0, len(starts), 256)] or [np.zeros((0, 3))])
+            out[name] = float(np.linalg.norm(found - frames.centres, axis=1).mean())
+        return out
+
+
+def refiner_run(fpha, preset, seed: int = 0, device: str = "cpu", root=None):
+    """Where :func:`train_refiner` trains (run folder), with its run config, training settings and refiner config."""
+    from dataclasses import replace
+
+    from .runs import run_config, run_folder, thread_record
+    from .train import TrainConfig
+
+    check(preset.name in REFINE_PRESETS, "preset", preset.name, f"one of {sorted(REFINE_PRESETS)}")
+    cfg, train = REFINE_PRESETS[preset.name]
+    cfg_train = replace(TrainConfig(**train), seed=seed, device=device)
+    config = run_config(fpha, preset, refine=cfg, **thread_record(device))
+    return run_folder(preset, RUN_PREFIX, config, cfg_train, seed, root), config, cfg_train, cfg
+
+
+def train_refiner(fpha, preset, seed: int = 0, device: str = "cpu", root=None, progress: bool = True):
+    """Train (or load, when its run is finished) the ComRefNet of a preset on ``fpha``'s training
+    split (validation held out per class, as the HPE's; test: the test split), through
+    :func:`handfuse.train.fit`.  Returns (:class:`Refiner`, FitResult)."""
+    from .pool import one_thread
+    from .standalone import splits
+    from .train import RESULT, _jsonable, finished, fit
+
+    run, config, cfg_train, cfg = refiner_run(fpha, preset, seed, device, root)
+    strides = {"train": cfg.frame_stride, "val": cfg.test_stride, "test": cfg.test_stride}
+    if finished(run) and json.loads((run / RESULT).read_text()).get("config") == _jsonable({**config, "train": asdict(cfg_train)}):
+        data = {name: RefineFrames(np.zeros((0, 1, 1), np.uint16), np.zeros((0, 3))) for name in strides}  # fit only loads
+    else:
+        parts = splits(fpha, preset, seed)
+        data = {name: refine_frames(fpha, parts[name], cfg, stride, progress) for name, stride in strides.items()}
+    torch.manual_seed(seed)
+    net = ComRefNet(cfg)
+    with one_thread(device):
+        result = fit(net, RefineTask(data, cfg, fpha.intrinsics), cfg_train, run, config, progress=progress)
+    return Refiner(net.cpu().eval(), cfg, str(run)), result
+
+
+def load_refiner(where: str | Path | None = None) -> Refiner | None:
+    """The trained refiner at ``where``: a run folder (holding ``best.pt``), or a folder searched for
+    the newest finished ``localise-comref-*`` run (a preset's models folder, or a runs folder with
+    ``<preset>/models`` below it); default the runs folder (:func:`handfuse.paths.runs_dir`).  None
+    when there is none.  Weights load with ``weights_only=True``; the refiner's config comes from the
+    checkpoint."""
+    from .paths import runs_dir
+    from .train import BEST, load_checkpoint
+
+    where = Path(where) if where is not None else runs_dir()
+    if (where / BEST).is_file():
+        run = where
+    else:
+        found = [p.parent for pattern in (f"{RUN_PREFIX}-*/{BEST}", f"*/models/{RUN_PREFIX}-*/{BEST}")
+                 for p in where.glob(pattern) if (p.parent / "result.json").is_file()]
+        if not found:
+            return None
+        run = max(found, key=lambda p: ((p / BEST).stat().st_mtime_ns, str(p)))
+    ck = load_checkpoint(run / BEST)
+    config = json.loads(ck["config"])
+    if "refine" not in config:
+        raise ValueError(f"{run / BEST}: not a ComRefNet run (no 'refine' in its config)")
+    values = dict(config["refine"])
+    values["channels"] = tuple(values["channels"])
+    cfg = RefineConfig(**values)
+    net = ComRefNet(cfg)
+    net.load_state_dict(ck["model"])
+    return Refiner(net.eval(), cfg, str(run))
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def read_depth_folder(folder: str | Path, intrinsics: Intrinsics = FPHA_DEPTH) -> list[Path]:
+    """The depth PNGs of a folder, ``depth_0000.png`` onwards without a gap, in order, their headers
+    checked.  A DataError names the problem's file: not a folder, no PNGs, a PNG not named
+    ``depth_NNNN.png``, a gap, a PNG that is not 16-bit greyscale of the camera's size, or truncated."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "not a folder of depth frames" + (" (a file)" if folder.exists() else " (not found)"))
+    indices = depth_frame_indices(folder)  # refuses a .png with a non-FPHA name, naming it
+    if not indices:
+        raise DataError(folder, "no depth frames: expected FPHA-named PNGs depth_0000.png, depth_0001.png, ...")
+    for expected, found in enumerate(indices):
+        if found != expected:
+            raise DataError(folder / f"depth_{expected:04d}.png", f"frame missing: the frame numbers jump from"
+                            f" {expected - 1} to {found}" if expected else
+                            f"frame missing: the first frame is depth_{found:04d}.png; frames start at depth_0000.png")
+    paths = [folder / f"depth_{t:04d}.png" for t in indices]
+    for path in paths:  # signature, 16-bit grey, the camera's size, complete: before any work starts
+        check_png_header(path, intrinsics)
+    return paths
+
+
+def write_centres_csv(path: str | Path, located: Located) -> None:
+    """``frame,u,v,z_mm,status``, one row per frame; a lost frame's u, v and z_mm are ``nan``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["frame", "u", "v", "z_mm", "status"])
+        for t, ((u, v), z, s) in enumerate(zip(located.uv, located.centres[:, 2], located.status)):
+            out.writerow([t, *(f"{x:.2f}" if np.isfinite(x) else "nan" for x in (u, v, z)), s])
+    tmp.replace(path)
+
+
+def _locate(args) -> int:
+    paths = read_depth_folder(args.depth_dir)
+    refiner = None if args.no_refine else load_refiner(args.runs)
+    depths = (read_depth_png(p) for p in paths)  # decoded one at a time; a bad PNG is named when reached
+    located = locate_sequence(depths, FPHA_DEPTH, args.cube_mm, refiner, progress=True)
+    write_centres_csv(args.out, located)
+    print(f"localiser: {located.localiser}")
+    print(f"{len(paths)} frames: {len(paths) - len(located.lost)} located, {len(located.lost)} lost"
+          + (f" (frames {', '.join(map(str, located.lost[:10]))}{' ...' if len(located.lost) > 10 else ''})"
+             if located.lost else "") + f"; wrote {args.out}")
+    if refiner is None and not args.no_refine:
+        print("no trained refinement weights found (python -m handfuse.localise train --preset cpu)", file=sys.stderr)
+    return 0
+
+
+def _train(args) -> int:
+    from .config import get_preset
+    from .fpha import FPHA
+    from .paths import ensure_synthetic
+
+    preset = get_preset(args.preset)
+    fpha = FPHA(args.data_root) if args.data_root else FPHA(ensure_synthetic(args.preset))
+    root = Path(args.runs) / preset.name / "models" if args.runs else None
+    refiner, result = train_refiner(fpha, preset, args.seed, args.device, root)
+    print(f"ComRefNet: {result.run_dir}")
+    print(json.dumps({k: result.test[k] for k in ("initial_mm", "one_step_mm", "error_mm")}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handfuse.localise", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("locate", help="the hand centre of every frame of a folder of FPHA depth PNGs, as a CSV")
+    p.add_argument("depth_dir", metavar="DEPTH_DIR", help="a folder of depth_0000.png, depth_0001.png, ...")
+    p.add_argument("--out", required=True, help="the CSV to write: frame,u,v,z_mm,status")
+    p.add_argument("--runs", default=None, help="where the trained refinement is: a run folder, a models folder or"
+                                                " a runs folder (default runs/ or $HANDFUSE_RUNS)")
+    p.add_argument("--no-refine", action="store_true", help="the tracker alone, without the learned refinement")
+    p.add_argument("--cube-mm", type=float, default=250.0, help="the hand cube's edge (mm)")
+    p.set_defaults(func=_locate)
+    p = sub.add_parser("train", help="train the learned refinement (ComRefNet) of a preset")
+    p.add_argument("--preset", default="cpu", choices=sorted(REFINE_PRESETS))
+    p.add_argument("--data-root", default=None, help="an FPHA root; default: the preset's synthetic benchmark")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
+    p.set_defaults(func=_train)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
