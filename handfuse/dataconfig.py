@@ -14,6 +14,7 @@ from .errors import ConfigError
 from .errors import check as _check
 
 T = TypeVar("T")
+SCENES = ("v1", "v2")  # SynthConfig.scene: the synthetic scene's versions
 
 
 def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
@@ -40,6 +41,12 @@ class SynthConfig:
     the action split's training side, the rest to test (FPHA's 1:1 split is by
     repetition, every subject on both sides).  Difficulty knobs are documented in
     ``handfuse.synth.actions``.
+
+    ``scene`` picks the scene generator: ``"v1"`` (the default, and every committed number's) or
+    ``"v2"`` (``handfuse.synth.scene_v2``: a nearer table that the hand comes down to, clutter
+    within reach, the other hand, structured sensor holes, rigid annotated bones).  Under v2
+    ``pose_noise_mm`` is the equivalent joint-position jitter of joint-angle noise
+    (``handfuse.synth.annotation``); under v1 it is i.i.d. per joint coordinate.
     """
 
     subjects: int = 6
@@ -57,12 +64,13 @@ class SynthConfig:
     # (FPHA: each object implies its grasp types); 0 = the posture of another, random action (the action
     # then says nothing about the fingers).  handfuse.synth.sequence.decouple
     action_pose_coupling: float = 1.0
-    pose_noise_mm: float = 1.5  # per-frame annotation jitter of the written skeleton (magnetic sensors)
+    pose_noise_mm: float = 1.5  # per-frame annotation jitter of the written skeleton, mm per coordinate (see scene)
     # sensor model
     depth_noise: float = 1.0  # scales the distance-dependent depth jitter
     dropout: float = 1.0  # scales the invalid-pixel (zero) processes
     png_compression: int = 1  # zlib level: 1 encodes faster than 3 for a little more disk (docs/benchmarks.md)
     render: bool = True  # False writes skeletons only (fast calibration runs); not FPHA-complete
+    scene: str = "v1"  # the scene generator, one of SCENES (see the class docstring)
 
     def __post_init__(self):
         _check(1 <= self.subjects <= 99, "synth.subjects", self.subjects, "an integer in 1..99 (FPHA has 6)")
@@ -75,6 +83,7 @@ class SynthConfig:
         _check(0 <= self.action_pose_coupling <= 1, "synth.action_pose_coupling", self.action_pose_coupling,
                "a number in [0, 1] (1: the action determines the grasp, 0: it says nothing about it)")
         _check(0 <= self.png_compression <= 9, "synth.png_compression", self.png_compression, "an integer in 0..9")
+        _check(self.scene in SCENES, "synth.scene", self.scene, f"one of {SCENES}")
 
 
 CENTRES = ("gt", "depth")

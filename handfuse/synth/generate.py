@@ -9,8 +9,11 @@
     Subjects_info/Subject_k_info.txt
     synth_info.json                          generator version, seed, parameters, counts
     Synthetic_extras/Subject_k/<action>/<rep>/visibility.txt   per frame, 21 characters:
-        '.' visible, 'o' hidden by the object, 'h' by the hand itself, 'a' by the arm,
-        't' by the table or clutter, 'x' outside the image
+        '.' visible, 'o' hidden by the object, 'h' by the hand itself, 'a' by the arm (scene v2:
+        or by the other hand), 't' by the table, the wall or clutter, 'x' outside the image
+
+``cfg.scene`` picks the scene: v1 (``sequence``) or v2 (``scene_v2``: a nearer table, the other
+hand, structured holes, joint-angle annotation noise).
 
 Every sequence draws from its own seed (``seed``, subject, action, rep), so the
 output is byte-identical for a seed whatever the number of worker processes.
@@ -34,13 +37,16 @@ from ..dataconfig import SynthConfig
 from ..fpha import INFO_DIR, POSE_DIR, SPLIT_FILE, VIDEO_DIR, SequenceRef, write_depth_png, write_skeleton_file, write_split_file
 from ..skeleton import ACTIONS
 from . import render as R
+from .annotation import angle_noise
 from .hand import HandShape
+from .scene_v2 import static_holes
 from .sequence import frame_scene, joint_radius, make_sequence
 
 GENERATOR_VERSION = "1.1"  # 1.1: look-alike oscillations slowed to be resolvable at 6 fps
 EXTRAS_DIR = "Synthetic_extras"
 INFO_FILE = "synth_info.json"
-VIS_CODES = {R.NOTHING: "t", R.TABLE: "t", R.CLUTTER: "t", R.OBJECT: "o", R.HAND: "h", R.ARM: "a"}
+VIS_CODES = {R.NOTHING: "t", R.TABLE: "t", R.CLUTTER: "t", R.OBJECT: "o", R.HAND: "h", R.ARM: "a",
+             R.DARK: "t", R.OTHER_HAND: "a", R.WALL: "t"}
 _renderer: R.Renderer | None = None
 
 
@@ -83,7 +89,10 @@ def write_sequence(root: Path, cfg: SynthConfig, ref: SequenceRef) -> int:
     rng = sequence_rng(cfg, ref)
     shape = subject_shape(cfg, ref.subject)
     frames = make_sequence(ref.action, shape, cfg, rng)
-    noisy = frames.joints + rng.normal(0.0, cfg.pose_noise_mm, frames.joints.shape)
+    if cfg.scene == "v1":
+        noisy = frames.joints + rng.normal(0.0, cfg.pose_noise_mm, frames.joints.shape)
+    else:  # joint-angle noise: the subject's bones stay rigid
+        noisy = angle_noise(shape, frames.posture, frames.hand_rot, frames.wrist, cfg.pose_noise_mm, rng)
     pose_dir = root / POSE_DIR / ref.key
     pose_dir.mkdir(parents=True, exist_ok=True)
     write_skeleton_file(pose_dir / "skeleton.txt", noisy)
@@ -92,14 +101,17 @@ def write_sequence(root: Path, cfg: SynthConfig, ref: SequenceRef) -> int:
         extras_dir = root / EXTRAS_DIR / ref.key
         depth_dir.mkdir(parents=True, exist_ok=True)
         extras_dir.mkdir(parents=True, exist_ok=True)
-        sensor = R.SensorModel(jitter=cfg.depth_noise, dropout=cfg.dropout)
+        sensor = R.SensorModel(jitter=cfg.depth_noise, dropout=cfg.dropout, dark_patches=cfg.scene == "v1")
         radius, vis = joint_radius(shape), []
         background = _renderer.render(frames.clutter)  # the static table and clutter, once per sequence
         backdrop = sensor.backdrop(background[0])  # and the sensor's terms of it
+        holes = None if cfg.scene == "v1" else static_holes(background, rng, cfg.dropout)  # v2: the static scene's zeros
         for t in range(len(frames)):
             zbuf, ids, changed = _renderer.render_over(frame_scene(frames, t), background)
             vis.append(visibility(zbuf, ids, frames.joints[t], radius))
             depth = sensor.measure(zbuf, rng, backdrop=backdrop, changed=changed)
+            if holes is not None:
+                depth[holes & (zbuf == background[0])] = 0
             write_depth_png(depth_dir / f"depth_{t:04d}.png", depth, cfg.png_compression)
         (extras_dir / "visibility.txt").write_text("\n".join(vis) + "\n", encoding="ascii")
     return len(frames)
@@ -140,7 +152,7 @@ def generate(out: str | Path, cfg: SynthConfig, workers: int | None = None, prog
     _write_subject_info(tmp, refs, frames)
     info = {
         "generator": "handfuse.synth", "version": GENERATOR_VERSION, "synthetic": True,
-        "config": asdict(cfg),
+        "config": _recorded(cfg),
         "counts": {"subjects": cfg.subjects, "actions": len(ACTIONS), "sequences": len(refs),
                    "train_sequences": len(train), "test_sequences": len(test), "frames": int(sum(lengths))},
         "note": "Synthetic data in the FPHA format. Numbers measured on it are not FPHA numbers.",
@@ -152,6 +164,16 @@ def generate(out: str | Path, cfg: SynthConfig, workers: int | None = None, prog
         print(f"wrote {len(refs)} sequences, {sum(lengths)} frames to {out} in {elapsed:.1f} s"
               f" ({sum(lengths) / elapsed:.1f} frames/s, {workers} workers)")
     return out
+
+
+def _recorded(cfg: SynthConfig) -> dict:
+    """The parameters ``synth_info.json`` records: all of them, but ``scene`` only when it is not
+    "v1", so that a v1 benchmark's files stay byte for byte what they were before v2 existed
+    (``handfuse.paths.ensure_synthetic`` reads a missing knob as its default)."""
+    config = asdict(cfg)
+    if cfg.scene == "v1":
+        del config["scene"]
+    return config
 
 
 def _write_subject_info(root: Path, refs: list[SequenceRef], frames: dict[str, int]) -> None:

@@ -1,9 +1,9 @@
 """A small ray-casting z-buffer renderer for solid primitives, and a depth-sensor model.
 
 Primitives are capsules (bones, forearm, sticks), capped cylinders (bottles,
-cans), oriented boxes (sponges, phones, the palm) and one infinite plane (the
-table).  Each is intersected analytically with the camera rays inside its
-projected bounding box only, so a primitive costs only the pixels it may cover,
+cans), oriented boxes (sponges, phones, the palm, scene v2's table) and infinite
+planes (scene v1's table, scene v2's wall).  Each is intersected analytically
+with the camera rays inside its projected bounding box only, so a primitive costs only the pixels it may cover,
 not the whole 640 x 480 frame.  The sensor model then turns the clean z-buffer into a
 structured-light-like measurement: distance-dependent jitter, projector
 shadows beside near edges, invalid pixels at grazing angles and on dark
@@ -21,8 +21,10 @@ import numpy as np
 from ..camera import FPHA_DEPTH, Intrinsics
 
 # What a pixel shows (the id buffer): used for visibility bookkeeping, never written as data.
-NOTHING, TABLE, CLUTTER, OBJECT, HAND, ARM = range(6)
-LABEL_NAMES = ("nothing", "table", "clutter", "object", "hand", "arm")
+# The last three occur in scene v2 only: clutter of absorbing (dark) material, the other,
+# unannotated hand and its forearm, and the wall behind the table.
+NOTHING, TABLE, CLUTTER, OBJECT, HAND, ARM, DARK, OTHER_HAND, WALL = range(9)
+LABEL_NAMES = ("nothing", "table", "clutter", "object", "hand", "arm", "dark clutter", "other hand", "wall")
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Scene:
     cylinders: list[tuple[np.ndarray, np.ndarray, float, int]] = field(default_factory=list)  # (a, b, radius, label)
     boxes: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = field(default_factory=list)  # (centre, R, half, label)
     plane: tuple[np.ndarray, float] | None = None  # (unit normal n, offset d): points with n . p = d
+    walls: list[tuple[np.ndarray, float, int]] = field(default_factory=list)  # more planes: (n, d, label)
 
 
 class Renderer:
@@ -97,6 +100,8 @@ class Renderer:
         with np.errstate(divide="ignore", invalid="ignore"):
             if scene.plane is not None:
                 self._plane(zbuf, ids, *scene.plane)
+            for n, d, label in scene.walls:
+                self._plane(zbuf, ids, n, d, label)
             for (a, b, r, label), hits in zip(scene.capsules, self._capsules(scene.capsules)):
                 if hits is not None:
                     self._splat(zflat, idflat, hits[0], hits[1] * np.take(self._rd_z_flat, hits[0]), label)
@@ -110,13 +115,13 @@ class Renderer:
                     self._draw(zflat, idflat, box, _box(self.rd[box], c, R, half), label)
         return zbuf, ids, _extent(zbuf != (np.inf if background is None else background[0]))
 
-    def _plane(self, zbuf: np.ndarray, ids: np.ndarray, n: np.ndarray, d: float) -> None:
+    def _plane(self, zbuf: np.ndarray, ids: np.ndarray, n: np.ndarray, d: float, label: int = TABLE) -> None:
         """Depth-test the plane n . p = d over the whole frame."""
         denom = self.rd @ n.astype(np.float32)
         z = np.where(denom > 1e-6, d / denom, np.inf) * self.rd_z
         nearer = z < zbuf
         zbuf[nearer] = z[nearer]
-        ids[nearer] = TABLE
+        ids[nearer] = label
 
     def _capsules(self, capsules: list) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Ray / capsule distances: for each capsule, (frame pixel indices that may hit, t with inf
@@ -345,6 +350,7 @@ class SensorModel:
     dropout: float = 1.0  # scales the shadow, grazing-angle, dark-patch and speckle processes
     max_range: float = 1100.0  # no measurement beyond (mm)
     baseline_mm: float = 28.0  # projector-camera baseline: projector shadows beside near edges
+    dark_patches: bool = True  # random blobs of invalid pixels (scene v2 models its holes instead)
 
     def measure(self, zbuf: np.ndarray, rng: np.random.Generator, K: Intrinsics = FPHA_DEPTH,
                 backdrop: Backdrop | None = None, changed: tuple[slice, slice] | None = None) -> np.ndarray:
@@ -364,7 +370,8 @@ class SensorModel:
             lost.reshape(-1)[backdrop.drop_at] = grazing.reshape(-1)[backdrop.drop_at] < backdrop.drop_p
             if patch is not None:
                 np.less(grazing[patch.p_win], patch.p_drop, out=lost[patch.p_win])
-            lost |= self._dark_patches(zbuf.shape, rng)
+            if self.dark_patches:
+                lost |= self._dark_patches(zbuf.shape, rng)
             ok = rng.random(zbuf.shape, dtype=np.float32) >= 0.03 * self.dropout  # no speckle
             valid = ok & backdrop.lit
             if patch is not None:

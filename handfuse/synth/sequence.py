@@ -4,7 +4,8 @@ Per sequence this randomises the speed (and so the length), idle lead-in and
 tail, a smooth time warp, the amplitudes and cycles of the motion, the phase of
 oscillations, the wrist placement and orientation, and a personal finger style.
 The camera is head-mounted and looks down at 55 degrees onto a table 680 mm
-below it, with FPHA's intrinsics.
+below it, with FPHA's intrinsics (scene v1; ``scene_v2`` builds its own room on the same
+program, motion and parts).
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class SequenceFrames:
     shape: HandShape
     parts: list[tuple[Part, np.ndarray, np.ndarray]]  # (part, (T, 3, 3) rotations, (T, 3) centres)
     clutter: R.Scene  # static table-top objects
+    posture: np.ndarray | None = None  # (T, 5, 4) joint angles (hand.py's layout), for annotation noise
+    table: tuple[np.ndarray, float] | None = None  # scene v2: the table's plane (n . p = d, n down)
+    other: list[R.Scene | None] | None = None  # scene v2: the other hand's primitives per frame (None: absent)
 
     def __len__(self) -> int:
         return len(self.joints)
@@ -128,14 +132,12 @@ def _extent_z(part: Part, rot: np.ndarray) -> float:
 
 
 def make_sequence(action: str, shape: HandShape, cfg: SynthConfig, rng: np.random.Generator) -> SequenceFrames:
-    spec, reverse = program(action)
-    duration = cfg.duration_s * rng.uniform(1 - cfg.speed_jitter, 1 + cfg.speed_jitter)
-    n = max(4, int(round(duration * cfg.fps)))
-    s = phases(n, rng)
-    wrist_ch, posture = animate(spec, s, cfg, rng)
-    if cfg.action_pose_coupling < 1.0:
-        posture = decouple(posture, s, cfg, rng)
+    """One sequence of ``action`` in the scene ``cfg.scene`` (v2: ``scene_v2.make_sequence``)."""
+    if cfg.scene == "v2":
+        from .scene_v2 import make_sequence as make_v2  # it builds on this module
 
+        return make_v2(action, shape, cfg, rng)
+    spec, reverse, s, wrist_ch, posture = program_motion(action, cfg, rng)
     fingers, palm = ORIENTS[spec.orient]
     base = frame_from_axes(np.array(fingers), np.array(palm)) @ random_rotation(rng, cfg.orient_jitter_deg)
     local = rotation_from_euler(wrist_ch[:, 3], wrist_ch[:, 4], wrist_ch[:, 5])
@@ -143,8 +145,28 @@ def make_sequence(action: str, shape: HandShape, cfg: SynthConfig, rng: np.rando
     place = WRIST_NOMINAL + rng.uniform([-40, -25, -40], [40, 25, 50])
     wrist = place + wrist_ch[:, :3] @ WORLD_TO_CAM.T
     joints = np.einsum("tij,tkj->tki", hand_rot, forward_kinematics(shape, posture)) + wrist[:, None, :]
+    parts = place_parts(spec, shape, posture, hand_rot, wrist)
+    frames = SequenceFrames(joints, hand_rot, wrist, shape, parts, table_clutter(rng), posture)
+    return reverse_frames(frames) if reverse else frames
 
-    parts = []
+
+def program_motion(action: str, cfg: SynthConfig, rng: np.random.Generator):
+    """The action's program, whether it is played backwards, the phases (T,), wrist channels
+    (T, 6) and finger postures (T, 5, 4) of one randomised performance of it."""
+    spec, reverse = program(action)
+    duration = cfg.duration_s * rng.uniform(1 - cfg.speed_jitter, 1 + cfg.speed_jitter)
+    n = max(4, int(round(duration * cfg.fps)))
+    s = phases(n, rng)
+    wrist_ch, posture = animate(spec, s, cfg, rng)
+    if cfg.action_pose_coupling < 1.0:
+        posture = decouple(posture, s, cfg, rng)
+    return spec, reverse, s, wrist_ch, posture
+
+
+def place_parts(spec: Action, shape: HandShape, posture: np.ndarray, hand_rot: np.ndarray, wrist: np.ndarray
+                ) -> list[tuple[Part, np.ndarray, np.ndarray]]:
+    """The object's parts per frame: (part, (T, 3, 3) rotations, (T, 3) centres), camera frame."""
+    parts, n = [], len(wrist)
     if spec.obj is not None:
         grip_joints = forward_kinematics(shape, posture[0])
         for part in OBJECTS[spec.obj]:
@@ -154,8 +176,7 @@ def make_sequence(action: str, shape: HandShape, cfg: SynthConfig, rng: np.rando
             if part.world:  # held by the other hand: stays where it was on the program's first frame
                 rots, centres = np.repeat(rots[:1], n, 0), np.repeat(centres[:1], n, 0)
             parts.append((part, rots, centres))
-    frames = SequenceFrames(joints, hand_rot, wrist, shape, parts, table_clutter(rng))
-    return reverse_frames(frames) if reverse else frames
+    return parts
 
 
 def decouple(posture: np.ndarray, s: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -173,7 +194,9 @@ def decouple(posture: np.ndarray, s: np.ndarray, cfg: SynthConfig, rng: np.rando
 
 def reverse_frames(f: SequenceFrames) -> SequenceFrames:
     return SequenceFrames(f.joints[::-1].copy(), f.hand_rot[::-1].copy(), f.wrist[::-1].copy(), f.shape,
-                          [(p, r[::-1].copy(), c[::-1].copy()) for p, r, c in f.parts], f.clutter)
+                          [(p, r[::-1].copy(), c[::-1].copy()) for p, r, c in f.parts], f.clutter,
+                          None if f.posture is None else f.posture[::-1].copy(), f.table,
+                          None if f.other is None else f.other[::-1])
 
 
 def table_clutter(rng: np.random.Generator) -> R.Scene:
@@ -197,7 +220,11 @@ def frame_scene(f: SequenceFrames, t: int) -> R.Scene:
     sh, rot, wrist, j = f.shape, f.hand_rot[t], f.wrist[t], f.joints[t]
     scene = R.Scene()  # the moving part only: the static clutter is rendered once per sequence
     y_axis = rot[:, 1]
-    scene.capsules.append((wrist - 5 * y_axis, wrist - 300 * y_axis, sh.forearm_radius, R.ARM))
+    if f.table is None:
+        scene.capsules.append((wrist - 5 * y_axis, wrist - 300 * y_axis, sh.forearm_radius, R.ARM))
+    else:  # scene v2: the forearm droops towards the elbow, above the table
+        arm = forearm_direction(-y_axis, wrist, f.table, sh.forearm_radius)
+        scene.capsules.append((wrist + 5 * arm, wrist + 300 * arm, sh.forearm_radius, R.ARM))
     palm_lo, palm_hi = np.array([sh.mcp[4, 0] - 4, 0.0]), np.array([sh.mcp[1, 0] + 6, sh.mcp[2, 1] - 4])
     palm_c = np.array([*(palm_lo + palm_hi) / 2, 0.0])
     scene.boxes.append((rot @ palm_c + wrist, rot, np.array([*(palm_hi - palm_lo) / 2, PALM_HALF_THICKNESS]), R.HAND))
@@ -214,7 +241,25 @@ def frame_scene(f: SequenceFrames, t: int) -> R.Scene:
             scene.capsules.append((c - pr[:, 0] * part.dims[1], c + pr[:, 0] * part.dims[1], part.dims[0], R.OBJECT))
         else:
             scene.boxes.append((c, pr, np.asarray(part.dims, float), R.OBJECT))
+    if f.other is not None and f.other[t] is not None:  # scene v2: the other hand, not annotated
+        scene.capsules.extend(f.other[t].capsules)
+        scene.boxes.extend(f.other[t].boxes)
     return scene
+
+
+def forearm_direction(arm: np.ndarray, wrist: np.ndarray, table: tuple[np.ndarray, float], radius: float,
+                      droop_deg: float = 25.0, length: float = 300.0, clearance: float = 10.0) -> np.ndarray:
+    """The unit direction (3,) from the wrist to the elbow: ``arm`` (the hand's -y axis) turned
+    down by ``droop_deg`` (the elbow hangs below the wrist), but never so far that the forearm's
+    far end comes within ``clearance`` mm of the table."""
+    down, d = table  # n . p = d on the table, n pointing into it
+    up = -down
+    floor = radius + clearance - (d + wrist @ up)  # the elbow's lowest allowed height, relative to the wrist
+    flat = arm - (arm @ up) * up  # the arm's horizontal part
+    flat = flat / max(np.linalg.norm(flat), 1e-9)
+    rise = np.arcsin(np.clip(arm @ up, -1.0, 1.0)) - np.radians(droop_deg)
+    rise = max(rise, -np.radians(80.0), np.arcsin(np.clip(floor / length, -1.0, 1.0)))
+    return np.cos(rise) * flat + np.sin(rise) * up
 
 
 def joint_radius(shape: HandShape) -> np.ndarray:
