@@ -168,6 +168,10 @@ def test_the_best_remedy_is_chosen_on_validation_and_the_sweep_verdict_reads_the
     assert "above zero at coupling 1: " in text and "**feedback** recovers a share above zero at coupling 1 (" in text
     assert "**ensemble** makes pose worse than the trained baseline at coupling 1 (" in text and "3 seeds" in text
     assert "feedback's 10.0 ± 4.0 % at coupling 1, about 0.20 mm of the 2.00 mm" in text
+    # the largest mean share counts only if its interval is above zero: here feedback's 5 +- 9 does not
+    mixed = report.coupling_verdict([0.0, 1.0], [[1.0, 0.2], [1.0, 0.2]],
+                                    {"feedback": [[5.0, 9.0], [1.0, 2.0]], "noisy": [[2.0, 1.0], [3.0, 1.0]]}, 3)
+    assert "noisy's 3.0 ± 1.0 % at coupling 1" in mixed and "does not pay" not in mixed
     nothing = report.coupling_verdict([0.0, 1.0], [[0.1, 0.3], [0.2, 0.3]], {"feedback": [[1.0, 2.0], [0.0, 1.0]]}, 3)
     assert "nowhere distinguishable from zero" in nothing and "recovers no share distinguishable" in nothing
     assert "fusion does not pay" in nothing
