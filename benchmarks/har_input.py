@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,24 +27,14 @@ from handfuse.cache import get_cache
 from handfuse.config import get_preset
 from handfuse.datasets import PoseSequenceDataset
 from handfuse.fpha import FPHA
-from handfuse.metrics import group_accuracy, mean_ci95
+from handfuse.metrics import mean_ci95
 from handfuse.paths import ensure_synthetic
 from handfuse.report import machine_info
-from handfuse.skeleton import ACTION_INDEX
-from handfuse.standalone import pretrain, splits
-from handfuse.synth.actions import LOOKALIKE_GROUPS
-from handfuse.tasks import HARTask, HPETask
+from handfuse.standalone import lookalike_scores, predicted_sequences, pretrain, splits
 
 from .tuning import har_variants
 
 METRICS = ("true_accuracy", "true_within_pair", "predicted_accuracy", "predicted_within_pair")
-
-
-def score(har, poses: PoseSequenceDataset, labels: list[int]) -> tuple[float, float]:
-    """(accuracy, look-alike within-pair accuracy) of a recogniser on a validation dataset."""
-    logits = np.stack(HARTask({"val": poses}).outputs(har, "val")["logits"])
-    groups = [[ACTION_INDEX[a] for a in g] for g in LOOKALIKE_GROUPS]
-    return float((logits.argmax(1) == np.asarray(labels)).mean()), group_accuracy(logits, labels, groups)["within_group"]
 
 
 def main() -> None:
@@ -61,17 +50,12 @@ def main() -> None:
     found = {name: {m: [] for m in METRICS} for name in variants}
     for seed in range(args.seeds):
         val = splits(fpha, P, seed)["val"]
-        labels = [r.label for r in val]
         hpe, _ = pretrain(fpha, P, "hpe", {"film": P.film, "seed": seed}, cache=cache)
-        task = HPETask(cache, {"val": val})
-        frames = task.predict(hpe, "val")  # (N, 21, 3) mm, one sequence after the other
-        ends = np.cumsum(cache.lengths[task.data["val"].seq_indices])
-        poses = {"true": PoseSequenceDataset(fpha, val),
-                 "predicted": PoseSequenceDataset.from_joints(np.split(frames, ends[:-1]), labels)}
+        poses = {"true": PoseSequenceDataset(fpha, val), "predicted": predicted_sequences(hpe, cache, val)}
         for name, V in variants.items():
             har, _ = pretrain(fpha, V, "har", {"attention": False, "seed": seed}, cache=cache)
             for source, ds in poses.items():
-                acc, within = score(har, ds, labels)
+                acc, within = lookalike_scores(har, ds)
                 found[name][f"{source}_accuracy"].append(100 * acc)
                 found[name][f"{source}_within_pair"].append(100 * within)
     ref = found[next(iter(variants))]

@@ -25,7 +25,7 @@ from .config import Preset
 from .errors import check
 from .datasets import PoseSequenceDataset
 from .fpha import FPHA
-from .metrics import group_accuracy
+from .metrics import accuracy, group_accuracy
 from .models.interfaces import ActionRecogniser, PoseEstimator, PosePrior
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
 from .pool import one_thread
@@ -62,7 +62,7 @@ def har_run(fpha: FPHA, preset: Preset, attention: bool = False, seed: int = 0, 
             root: str | Path | None = None, model: str = DEFAULT_HAR) -> tuple[Path, dict, TrainConfig, object]:
     """Where :func:`pretrain_har` trains (run folder), with its run config, training settings and model config."""
     cfg_model = replace(har_entry(model).config(preset), attention=attention)
-    cfg_train = replace(preset.train_of(model), seed=seed, device=device)
+    cfg_train = replace(preset.train_har, seed=seed, device=device)
     config = run_config(fpha, preset, **model_parts("har", model, DEFAULT_HAR, cfg_model), **thread_record(device))
     name = prefix("har", model, DEFAULT_HAR, "att" if attention else "last")
     return run_folder(preset, name, config, cfg_train, seed, root), config, cfg_train, cfg_model
@@ -128,27 +128,37 @@ def run_of(fpha: FPHA, preset: Preset, kind: str, kwargs: dict, device: str = "c
     return PRETRAIN[kind][1](fpha, preset, device=device, **kwargs)[0]
 
 
+def predicted_sequences(hpe: PoseEstimator, cache: CropCache, refs: list) -> PoseSequenceDataset:
+    """The pose sequences ``hpe`` predicts (fed w_eq) for the sequences ``refs`` of the crop cache,
+    as a dataset a recogniser reads (labels from ``refs``)."""
+    task = HPETask(cache, {"split": refs})
+    frames = task.predict(hpe, "split")  # (N, 21, 3) mm, one sequence after the other
+    ends = np.cumsum(cache.lengths[task.data["split"].seq_indices])
+    return PoseSequenceDataset.from_joints(np.split(frames, ends[:-1]), [r.label for r in refs])
+
+
+def lookalike_scores(har: ActionRecogniser, poses: PoseSequenceDataset) -> tuple[float, float]:
+    """(accuracy over all 45 classes, within-pair accuracy on the look-alike pairs of
+    ``handfuse.synth.actions.LOOKALIKE_GROUPS``) of one recogniser on a dataset, fractions in [0, 1]."""
+    logits = np.stack(HARTask({"split": poses}).outputs(har, "split")["logits"])
+    groups = [[ACTION_INDEX[a] for a in g] for g in LOOKALIKE_GROUPS]
+    return accuracy(logits, poses.labels), group_accuracy(logits, poses.labels, groups)["within_group"]
+
+
 def lookalike_accuracy(hars: list[ActionRecogniser], fpha: FPHA, cache: CropCache,
                        hpe: PoseEstimator | None = None) -> dict[str, list[float]]:
-    """How well each recogniser of ``hars`` tells the look-alike pairs of the synthetic benchmark
-    (``handfuse.synth.actions.LOOKALIKE_GROUPS``) apart on the test split: per recogniser, the
-    within-pair accuracy (the argmax over the true class's pair only; chance 50 %) on true poses
-    (``true``) and, given ``hpe``, on its test predictions fed w_eq (``predicted``), with the
-    accuracy over all 45 classes beside each (``*_all``).  Every value is a fraction in [0, 1]."""
-    refs = fpha.test
-    labels = [r.label for r in refs]
-    sources = {"true": PoseSequenceDataset(fpha, refs)}
+    """How well each recogniser of ``hars`` tells the look-alike pairs of the synthetic benchmark apart
+    on the test split (:func:`lookalike_scores`): per recogniser, the within-pair accuracy (the argmax
+    over the true class's pair only; chance 50 %) on true poses (``true``) and, given ``hpe``, on its
+    test predictions fed w_eq (``predicted``), with the accuracy over all 45 classes beside each
+    (``*_all``).  Every value is a fraction in [0, 1]."""
+    sources = {"true": PoseSequenceDataset(fpha, fpha.test)}
     if hpe is not None:
-        task = HPETask(cache, {"test": refs})
-        frames = task.predict(hpe, "test")  # (N, 21, 3) mm, one sequence after the other
-        ends = np.cumsum(cache.lengths[task.data["test"].seq_indices])
-        sources["predicted"] = PoseSequenceDataset.from_joints(np.split(frames, ends[:-1]), labels)
-    groups = [[ACTION_INDEX[a] for a in g] for g in LOOKALIKE_GROUPS]
+        sources["predicted"] = predicted_sequences(hpe, cache, fpha.test)
     out: dict[str, list[float]] = {}
     for name, ds in sources.items():
         for har in hars:
-            logits = np.stack(HARTask({"test": ds}).outputs(har, "test")["logits"])
-            found = group_accuracy(logits, labels, groups)
-            out.setdefault(name, []).append(found["within_group"])
-            out.setdefault(f"{name}_all", []).append(float((logits.argmax(-1) == np.asarray(labels)).mean()))
+            overall, within = lookalike_scores(har, ds)
+            out.setdefault(name, []).append(within)
+            out.setdefault(f"{name}_all", []).append(overall)
     return out
