@@ -87,8 +87,6 @@ def _train_config(args):
     _check_types(TrainConfig, train, "train.")
     if train:  # the preset's training settings of this model, overridden
         field = {"hpe": "train_hpe", "har": "train_har", "fusion": "train_fuse"}[args.what]
-        if args.what == "har" and args.har_model == "transformer" and preset.train_transformer_har is not None:
-            field = "train_transformer_har"
         preset = dataclasses.replace(preset, **{field: from_dict(TrainConfig, {**dataclasses.asdict(getattr(preset, field)), **train}, prefix="train.")})
     # the method's config is used by fusion only, but --method is checked for all
     cfg = method_config(args.method, attention=args.attention, **{"film": preset.film, **options})

@@ -37,16 +37,11 @@ class Preset:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train_hpe: TrainConfig = field(default_factory=TrainConfig)
     train_har: TrainConfig = field(default_factory=TrainConfig)
-    train_transformer_har: TrainConfig | None = None  # the transformer recogniser's own (None: train_har)
     train_fuse: TrainConfig = field(default_factory=TrainConfig)  # fine-tuning a fusion method end to end
     film: str = "both"  # FiLM placement of the conditioned HPE the workbook uses (the original's best: both)
     # the second pose estimator and action recogniser (handfuse.models.registry: "resnet", "transformer")
     resnet_hpe: ResNetHPEConfig = field(default_factory=ResNetHPEConfig)
     transformer_har: TransformerHARConfig = field(default_factory=TransformerHARConfig)
-
-    def train_of(self, har_model: str) -> TrainConfig:
-        """The pre-training settings of an action recogniser from the registry (``"lstm"``, ``"transformer"``)."""
-        return self.train_transformer_har if har_model == "transformer" and self.train_transformer_har else self.train_har
 
     def __post_init__(self):
         _check(self.film in CONDITIONED, "film", self.film, f"one of {CONDITIONED}")

@@ -73,18 +73,3 @@ def test_pretraining_writes_a_run_that_reloads_identically(name, smoke, tmp_path
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
 
-
-def test_each_recogniser_pre_trains_with_its_own_schedule(smoke, tmp_path):
-    """A preset may give the transformer recogniser its own pre-training settings (the cpu preset
-    does): its run folder and training settings follow them, the LSTM's follow ``train_har``."""
-    from dataclasses import replace
-
-    from handfuse.standalone import har_run
-    from handfuse.train import TrainConfig
-
-    fpha, preset = smoke
-    own = TrainConfig(epochs=preset.train_har.epochs + 3, patience=2)
-    P = replace(preset, train_transformer_har=own)
-    lstm, transformer = (har_run(fpha, P, seed=1, root=tmp_path, model=m) for m in ("lstm", "transformer"))
-    assert transformer[2] == replace(own, seed=1, device="cpu") and lstm[2] == replace(P.train_har, seed=1, device="cpu")
-    assert har_run(fpha, preset, seed=1, root=tmp_path, model="transformer")[0] != transformer[0]  # keyed by them
