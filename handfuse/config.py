@@ -17,6 +17,7 @@ from .augment import AugmentConfig
 from .dataconfig import CENTRES, PreprocessConfig, SynthConfig, from_dict  # noqa: F401 (the data layer's configs)
 from .errors import ConfigError
 from .errors import check as _check
+from .errors import is_int
 from .models.film import CONDITIONED
 from .models.har import HARConfig
 from .models.hpe import HPEConfig
@@ -39,12 +40,17 @@ class Preset:
     train_har: TrainConfig = field(default_factory=TrainConfig)
     train_fuse: TrainConfig = field(default_factory=TrainConfig)  # fine-tuning a fusion method end to end
     film: str = "both"  # FiLM placement of the conditioned HPE the workbook uses (the original's best: both)
+    # fine-tuning's activation checkpointing (FusionConfig.activation_checkpoint): frames per chunk of the
+    # pose estimator recomputed in the backward instead of kept, memory for one more forward; 0: off
+    activation_checkpoint: int = 0
     # the second pose estimator and action recogniser (handfuse.models.registry: "resnet", "transformer")
     resnet_hpe: ResNetHPEConfig = field(default_factory=ResNetHPEConfig)
     transformer_har: TransformerHARConfig = field(default_factory=TransformerHARConfig)
 
     def __post_init__(self):
         _check(self.film in CONDITIONED, "film", self.film, f"one of {CONDITIONED}")
+        _check(is_int(self.activation_checkpoint) and self.activation_checkpoint >= 0, "activation_checkpoint",
+               self.activation_checkpoint, "an integer >= 0 (frames per checkpointed chunk; 0: off)")
         for name in ("hpe", "resnet_hpe"):
             _check(getattr(self, name).crop == self.preprocess.crop, f"{name}.crop", getattr(self, name).crop,
                    f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")
@@ -112,6 +118,9 @@ PRESETS: dict[str, Preset] = {
         train_hpe=TrainConfig(epochs=60, batch_size=128, patience=8),
         train_har=TrainConfig(epochs=150, patience=25, **_HAR_TRAIN),
         train_fuse=TrainConfig(epochs=20, patience=5, **_FUSE_TRAIN),
+        # fine-tuning keeps the activations of one chunk of 32 frames, not of all B x T = 480: the measured
+        # peak memory and the time it costs are in docs/benchmarks.md (python -m benchmarks.memory)
+        activation_checkpoint=32,
         resnet_hpe=ResNetHPEConfig(crop=128, stem_channels=32, stem_kernel=7, widths=(32, 64, 128, 256)),
         transformer_har=TransformerHARConfig(d_model=128, heads=4, layers=3, ff=256),
     ),

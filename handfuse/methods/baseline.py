@@ -8,7 +8,8 @@ batch of sequences go through the HPE in one batch; the predicted joints are put
 back in millimetres (crop centre + cube half-size), turned into the HAR's pose
 features (differentiably) and read by the HAR.
 
-Options read: ``train_hpe``, ``train_har``, ``freeze_norm``, the loss weights.
+Options read: ``train_hpe``, ``train_har``, ``freeze_norm``, ``activation_checkpoint`` (the
+HPE's frames in checkpointed chunks), the loss weights.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class SequentialBaseline(FusionMethod):
     def forward(self, depth: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor) -> dict:
         """``depth`` (B, T, 1, S, S), ``centre`` (B, T, 3) mm, ``mask`` (B, T) -> ``joints_mm``
         (B, T, 21, 3) (zero on padding) and the HAR's outputs (``logits``, ``step_logits``, ...)."""
-        pose = self.hpe(depth[mask])["joints"]  # all valid frames in one batch: (N, 21, 3) normalised
+        # all valid frames in one batch (or in checkpointed chunks): (N, 21, 3) normalised
+        pose = self.run_hpe(self.hpe, lambda d: self.hpe(d)["joints"], depth[mask])
         joints = scatter_frames(self.to_mm(pose, centre[mask]), mask)  # (B, T, 21, 3)
         return {"joints_mm": joints, **self.har(pose_features(joints), mask)}

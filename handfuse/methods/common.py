@@ -24,11 +24,22 @@ on its pre-trained running statistics and every dropout off while training: the
 affine parameters still learn.  A frame's pose then does not depend on which other
 frames share its batch, which is what lets :mod:`feedback` batch the frames that
 are fed ``w_eq`` and run only the others step by step.
+
+``activation_checkpoint`` (on in the ``paper`` preset) trades time for memory: every method
+runs its pose estimators through :meth:`FusionMethod.run_hpe`, which then keeps only the
+inputs and outputs of each chunk of that many frames and recomputes the chunk's activations in
+the backward (``torch.utils.checkpoint``, non-reentrant, RNG state preserved), so that a
+fine-tuning step holds the activations of one chunk instead of those of every frame of the
+batch, for about one more forward pass of the estimator.  The numbers stay those of the run
+without it, to float rounding (``tests/test_checkpointing.py``): a batch norm that reads batch
+statistics or a live dropout (``freeze_norm=False``) ties a call's frames together, so such a
+call is one chunk, whatever its size, and its recomputation leaves the running statistics alone.
 """
 from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,11 +47,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..datasets import SequenceDataset, collate_sequences
 from ..models.film import CONDITIONED, one_hot_action, uniform_action
 from ..models.interfaces import PosePrior
-from ..errors import ConfigError, check
+from ..errors import ConfigError, check, is_int
 from ..metrics import accuracy
 from .noise import perturb
 
@@ -118,8 +130,15 @@ class FusionConfig:
     train_hpe2: bool = True  # the ensemble's FiLM-conditioned HPE is fine-tuned
     train_hpe: bool = True  # baseline and feedback: the HPE is fine-tuned
     train_har: bool = True  # the HAR is fine-tuned
+    # memory: frames per chunk whose pose-estimator activations are recomputed in the backward
+    # instead of kept (FusionMethod.run_hpe); 0 or None: off, every activation kept
+    activation_checkpoint: int = 0
 
     def __post_init__(self):
+        if self.activation_checkpoint is None:  # off, stored as 0: the two spellings compare equal
+            object.__setattr__(self, "activation_checkpoint", 0)
+        check(is_int(self.activation_checkpoint) and self.activation_checkpoint >= 0, "fusion.activation_checkpoint",
+              self.activation_checkpoint, "an integer >= 0 (frames per checkpointed chunk; 0 or None: off)")
         for name in ("attention", "freeze_norm", "feedback_grad", "train_hpe1", "train_hpe2", "train_hpe", "train_har"):
             check(isinstance(getattr(self, name), bool), f"fusion.{name}", getattr(self, name), "True or False")
         for name in ("p_eq", "p_true", "eval_mix", "eta", "zeta"):
@@ -205,6 +224,51 @@ def _coin(mask: torch.Tensor, cfg: FusionConfig, p: float) -> torch.Tensor:
     return (torch.rand(shape) < p).expand(B, T).to(mask.device)
 
 
+def couples_frames(module: nn.Module) -> bool:
+    """Whether a frame's output of ``module`` can depend on how a batch is split: a batch norm that
+    reads batch statistics (training mode), or a live dropout, whose masks are drawn per call."""
+    return any(m.training for m in module.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.Dropout) and m.p > 0))
+
+
+@contextmanager
+def running_stats_kept(module: nn.Module):
+    """Within this block, the batch norms of ``module`` in training mode normalise with their batch's
+    statistics as ever, but their running statistics and batch count are put back as they were on
+    leaving it: the recomputation of a checkpointed chunk must not count its batch a second time.
+    (Turning ``track_running_stats`` off instead would save fewer tensors for the backward than the
+    forward did, which non-reentrant checkpointing refuses.)"""
+    live = [m for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None] for m in live]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, before in zip(live, kept):
+                for b, old in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None],
+                                  before):
+                    b.copy_(old)
+
+
+def checkpointed(fn: Callable[..., torch.Tensor], module: nn.Module, chunk: int, *frames: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """``fn(*frames)`` (each input (N, ...) or None, the output (N, ...)) in chunks of ``chunk`` frames,
+    each under ``torch.utils.checkpoint``: only the chunk's inputs and output are kept, and its
+    activations are recomputed in the backward, with the RNG state of the forward and without
+    updating the running statistics of ``module``'s batch norms again (:func:`running_stats_kept`).
+    When ``module`` ties the frames of a call together (:func:`couples_frames`), the call is one chunk."""
+    n = len(frames[0])
+    if n == 0:
+        return fn(*frames)
+    size = n if couples_frames(module) else chunk
+    contexts = lambda: (nullcontext(), running_stats_kept(module))  # noqa: E731 (forward, recomputation)
+    parts = [checkpoint(fn, *(x if x is None else x[i:i + size] for x in frames), use_reentrant=False,
+                        preserve_rng_state=True, context_fn=contexts)
+             for i in range(0, n, size)]  # (<= size, ...) each
+    return parts[0] if len(parts) == 1 else torch.cat(parts)  # (N, ...)
+
+
 class FusionMethod(nn.Module):
     """Base of the fusion methods: the shared options, unit conversion, the joint loss and frozen norms.
 
@@ -279,6 +343,18 @@ class FusionMethod(nn.Module):
                 if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
                     m.eval()
         return self
+
+    def run_hpe(self, hpe: nn.Module, fn: Callable[..., torch.Tensor], *frames: torch.Tensor | None) -> torch.Tensor:
+        """``fn(*frames)``: pose estimator ``hpe`` run by ``fn`` on a batch of frames (every input (N, ...)
+        or None, the output (N, ...)).  With ``cfg.activation_checkpoint`` and a gradient to record, the
+        frames go in checkpointed chunks of that many (:func:`checkpointed`): the memory of the
+        estimator's activations shrinks from N frames' to one chunk's, and the backward pays for it
+        by running the chunks' forward again.  Without, ``fn(*frames)`` as it is."""
+        chunk = self.cfg.activation_checkpoint
+        if not chunk or not torch.is_grad_enabled() or not (
+                any(x is not None and x.requires_grad for x in frames) or any(p.requires_grad for p in hpe.parameters())):
+            return fn(*frames)
+        return checkpointed(fn, hpe, chunk, *frames)
 
     def set_trainable(self, module: nn.Module, trainable: bool) -> None:
         module.requires_grad_(trainable)

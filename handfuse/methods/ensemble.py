@@ -60,7 +60,8 @@ class TwoHPEEnsemble(FusionMethod):
     def _pass(self, hpe: PoseEstimator, depth, centre, mask, action=None) -> tuple[torch.Tensor, dict]:
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in hpe.parameters())
         with torch.set_grad_enabled(needs_grad):
-            pose = hpe(depth[mask], action)["joints"]  # an unconditioned HPE ignores action=None
+            # an unconditioned HPE ignores action=None
+            pose = self.run_hpe(hpe, lambda d, a: hpe(d, a)["joints"], depth[mask], action)
         joints = scatter_frames(self.to_mm(pose, centre[mask]), mask)  # (B, T, 21, 3)
         return joints, self.har(pose_features(joints), mask)
 

@@ -31,6 +31,11 @@ step batched across the sequences.  With FiLM in the FC layers only (``film="fc"
 the conv trunk ignores the action: it runs once for every frame in one batch and
 the steps only re-run the FC head.  With frozen batch norm (the default) each
 frame's pose is independent of its batch mates, so none of this changes a number.
+
+Memory.  With ``activation_checkpoint`` every HPE call goes through
+:meth:`~handfuse.methods.common.FusionMethod.run_hpe`: the batched frames (the trunk of
+``film="fc"``, the frames fed ``w_eq``) in checkpointed chunks, and each step's call too, so no
+step keeps the trunk's activations for the backward.
 """
 from __future__ import annotations
 
@@ -62,8 +67,10 @@ class ActionFeedback(FusionMethod):
         """A function (frames (B, T) bool, actions (n, 45)) -> normalised joints (n, 21, 3) of those frames.
         What ignores the action (all but the FC head's FiLM and after, with FiLM in the FC layers)
         runs once, for every valid frame, in one batch."""
-        shared, index = self.hpe.before_action(depth[mask]), frame_index(mask)  # (N, ...), (B, T)
-        return lambda frames, action: self.hpe.after_action(shared[index[frames]], action)["joints"]
+        shared = self.run_hpe(self.hpe, self.hpe.before_action, depth[mask])  # (N, ...)
+        index = frame_index(mask)  # (B, T)
+        finish = lambda x, action: self.hpe.after_action(x, action)["joints"]  # noqa: E731
+        return lambda frames, action: self.run_hpe(self.hpe, finish, shared[index[frames]], action)
 
     def forward(self, depth: torch.Tensor, centre: torch.Tensor, mask: torch.Tensor) -> dict:
         """``depth`` (B, T, 1, S, S), ``centre`` (B, T, 3) mm, ``mask`` (B, T) -> ``joints_mm``
