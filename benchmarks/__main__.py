@@ -16,7 +16,10 @@ runs side by side, one thread each, against one after the other (:mod:`benchmark
 HPE's and every method's cost grows with sequence length and crop size, with
 ``figures/bench_scaling.png`` (:mod:`benchmarks.scaling`).  ``workflow``: HAR
 training, data starvation of the training loops, widget latency and the last reproduction's
-minutes (:mod:`benchmarks.workflow_speed`).
+minutes (:mod:`benchmarks.workflow_speed`).  ``memory`` (not among the default stages: it runs
+paper-size steps, which without checkpointing need more memory than the cpu preset's machines may
+have): the peak memory of one fine-tuning step with and without activation checkpointing
+(:mod:`benchmarks.memory`).
 """
 from __future__ import annotations
 
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     ap.add_argument("--stages", nargs="+", default=["data", "hpe", "fusion", "pool", "scaling", "workflow"],
-                    choices=["data", "hpe", "fusion", "pool", "scaling", "workflow"])
+                    choices=["data", "hpe", "fusion", "pool", "scaling", "workflow", "memory"])
     args = ap.parse_args()
     out = Path(args.out)
     if len(args.stages) > 1:  # each stage in a fresh process: one left the next slower (see isolated())
@@ -102,6 +105,12 @@ def main() -> None:
 
         results["workflow"] = stamped(workflow_run("cpu", repeats=args.repeats), machine)
         workflow_report(results["workflow"])
+    if "memory" in args.stages:
+        from .memory import report as memory_report
+        from .memory import run as memory_run
+
+        results["memory"] = stamped(memory_run(), machine)
+        memory_report(results["memory"])
     out.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m handfuse {synth,reproduce,train,check,locate,predict} ...``
+"""Command line: ``python -m handfuse {synth,reproduce,train,train-all,check,locate,predict} ...``
 
 ``train`` also runs data-parallel: ``torchrun --nproc_per_node N -m handfuse train ...``."""
 from __future__ import annotations
@@ -89,7 +89,8 @@ def _train_config(args):
         field = {"hpe": "train_hpe", "har": "train_har", "fusion": "train_fuse"}[args.what]
         preset = dataclasses.replace(preset, **{field: from_dict(TrainConfig, {**dataclasses.asdict(getattr(preset, field)), **train}, prefix="train.")})
     # the method's config is used by fusion only, but --method is checked for all
-    cfg = method_config(args.method, attention=args.attention, **{"film": preset.film, **options})
+    cfg = method_config(args.method, attention=args.attention,
+                        **{"film": preset.film, "activation_checkpoint": preset.activation_checkpoint, **options})
     check(args.film in FILM_PLACEMENTS, "--film", args.film, f"one of {FILM_PLACEMENTS}")
     from .tasks import PRETRAIN_FEEDS
 
@@ -159,6 +160,43 @@ def _train(args) -> None:
                           "train_seconds": result.seconds, "test": scores}))
 
 
+def _train_all(args) -> None:
+    from .plan import NOTEBOOKS
+    from .reproduce import check_data_root, check_device, check_seed
+    from .train_all import train_all
+
+    check(args.seeds is None or args.seeds >= 1, "--seeds", args.seeds, "an integer >= 1 (model seeds per method)")
+    if args.seed is not None:
+        check_seed(args.seed)
+    check_device(args.device)  # refuses cuda without CUDA
+    if args.data_root is not None:
+        check_data_root(args.data_root)
+    for n in args.notebooks or []:
+        check(n in NOTEBOOKS, "--notebooks", n, f"a notebook whose runs train-all knows, one of {list(NOTEBOOKS)}")
+    slurm = {"partition": args.slurm_partition, "time": args.slurm_time, "gpus_per_node": args.slurm_gpus_per_node,
+             "logs": args.slurm_logs}
+    for name, value in slurm.items():
+        check(value is None or args.executor == "slurm", f"--slurm-{name.replace('_', '-')}", value,
+              "only with --executor slurm")
+    check(args.slurm_time is None or args.slurm_time >= 1, "--slurm-time", args.slurm_time, "minutes, an integer >= 1")
+    check(args.slurm_gpus_per_node is None or args.slurm_gpus_per_node >= 0, "--slurm-gpus-per-node",
+          args.slurm_gpus_per_node, "an integer >= 0")
+    if args.executor == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ConfigError("--executor", "slurm", "'local' here: submitit is not installed "
+                              "(pip install -r requirements.txt)") from None
+    if args.runs is not None:
+        import os
+
+        check(not Path(args.runs).exists() or Path(args.runs).is_dir(), "--runs", args.runs, "a folder (or a path to create)")
+        os.environ["HANDFUSE_RUNS"] = str(Path(args.runs).resolve())
+    for line in train_all(args.preset, args.executor, args.data_root, args.seeds, args.seed, args.device,
+                          tuple(args.notebooks or NOTEBOOKS), slurm, args.slurm_logs, dry_run=args.dry_run):
+        print(line)
+
+
 def _check(args) -> int:
     """Report every problem of a data root, one per line; 1 if there are any."""
     from .fpha import check_root
@@ -225,6 +263,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", nargs="*", action="extend", metavar="KEY=VALUE", help="TrainConfig overrides, e.g. epochs=3 batch_size=8")
     p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
     p.set_defaults(func=_train)
+    p = sub.add_parser("train-all", help="train every run notebooks 01-04 need as independent jobs, pre-trainings "
+                                         "first (local workers, or Slurm through submitit); the notebooks then load them")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--executor", default="local", choices=["local", "slurm"],
+                   help="local: worker processes (one per core on CPU, several per GPU on CUDA); slurm: one job per run")
+    p.add_argument("--data-root", default=None, help="an FPHA root; default: the synthetic benchmark")
+    p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
+    p.add_argument("--seed", type=int, default=None, help="the notebooks' first seed (default: theirs, 0)")
+    p.add_argument("--seeds", type=int, default=None, help="model seeds per method (default: the notebooks', 3)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (every visible GPU)")
+    p.add_argument("--notebooks", nargs="+", metavar="NN", default=None,
+                   help="only these notebooks' runs, e.g. --notebooks 01 02 (default: 01 02 03 04)")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs still to run, and run none")
+    p.add_argument("--slurm-partition", default=None, help="slurm: the partition")
+    p.add_argument("--slurm-time", type=int, default=None, help="slurm: each job's time limit in minutes (default 240)")
+    p.add_argument("--slurm-gpus-per-node", type=int, default=None, help="slurm: GPUs per job (default: 1 on cuda, 0 on cpu)")
+    p.add_argument("--slurm-logs", default=None, help="slurm: the jobs' log folder (default RUNS/PRESET/train-all-logs)")
+    p.set_defaults(func=_train_all)
     p = sub.add_parser("check", help="validate a data root, reporting every problem in one pass")
     p.add_argument("data_root", metavar="DATA_ROOT", help="an FPHA-shaped folder")
     p.add_argument("--decode", action="store_true", help="fully decode every PNG (default: check headers only)")

@@ -1,11 +1,13 @@
-"""Many runs at once: what a notebook cell needs, trained side by side on CPU and loaded here.
+"""Many runs at once: what a notebook cell needs, trained side by side and loaded here.
 
 :func:`run_many` takes named specs (a method, its options, which models, which seeds) and returns
-their :class:`~handfuse.records.RunRecord` per name.  On CPU with more than one worker
-(:mod:`handfuse.pool`), everything not yet on disk goes to the workers: the pre-trainings first,
-then every fine-tuning once its pre-trained models are done, and the scoring of every untrained
-chain last.  :func:`pretrain_many` does the same for pre-trainings alone.  Every run and score on
-CPU is single-threaded wherever it runs, so the records are those of running everything here.
+their :class:`~handfuse.records.RunRecord` per name.  With more than one worker (:mod:`handfuse.pool`:
+one per core on CPU, several per GPU on every visible GPU on CUDA), everything not yet on disk goes
+to the workers: the pre-trainings first, then every fine-tuning once its pre-trained models are
+done, and the scoring of every untrained chain last (:func:`grid_jobs`).  :func:`pretrain_many`
+does the same for pre-trainings alone.  Every run and score on CPU is single-threaded wherever it
+runs, and a run on a GPU worker is seeded by its own seed and alone in its process, so the records
+are those of running everything here.
 
 A worker rebuilds what it needs from the job (the data root, the preset); data it could not
 rebuild the same way (a root opened with ``keep_going``, a non-standard test set), and methods or
@@ -14,6 +16,7 @@ models registered only in this process, run here instead.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Iterable
 
 import torch
@@ -55,15 +58,11 @@ def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: d
     name, one record per seed, with the live models of the specs named in ``keep_model`` (True:
     every spec).  Hand over every run of a notebook cell in one call: the last round may find fewer
     runs than workers, and a single-threaded run alone leaves a core idle."""
-    specs = {k: {"trained": True, "hpe_model": DEFAULT_HPE, "har_model": DEFAULT_HAR, "seeds": list(seeds), **common, **v}
-             for k, v in specs.items()}
-    for k, v in specs.items():
-        if "method" not in v:
-            raise ValueError(f"run_many: spec {k!r} names no method")
+    specs = resolve_specs(specs, seeds, **common)
     keep = set(specs) if keep_model is True else set(keep_model or ())
     jobs = [(k, seed) for k, v in specs.items() for seed in v["seeds"]]
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    pooled = (torch.device(device).type == "cpu" and workers() > 1 and len(jobs) > 1
+    pooled = (workers(device) > 1 and len(jobs) > 1
               and standard_tests(fpha, preset, cache, tests) and all(_known_to_workers(v) for v in specs.values()))
     done = _run_in_workers(specs, jobs, fpha, preset, tests, device, cache, progress) if pooled else {}
     out = {k: [] for k in specs}
@@ -78,29 +77,55 @@ def run_many(specs: dict, fpha: FPHA, preset: Preset, seeds: list[int], tests: d
     return out
 
 
+def resolve_specs(specs: dict, seeds: list[int], **common) -> dict:
+    """``specs`` with every field set: the defaults, then ``common``, then the spec's own (see :func:`run_many`)."""
+    specs = {k: {"trained": True, "hpe_model": DEFAULT_HPE, "har_model": DEFAULT_HAR, "seeds": list(seeds), **common, **v}
+             for k, v in specs.items()}
+    for k, v in specs.items():
+        if "method" not in v:
+            raise ValueError(f"run_many: spec {k!r} names no method")
+    return specs
+
+
 def _run_in_workers(specs: dict, jobs: list, fpha: FPHA, preset: Preset, tests: dict, device: str,
                     cache: CropCache, progress: bool) -> dict:
     """Train and score what is not on disk yet in the workers; their records by (spec name, seed)."""
+    tasks, after, keys = grid_jobs(specs, jobs, fpha, preset, list(tests), device, cache)
+    results = map_jobs(job, tasks, describe=describe, desc="runs", progress=progress, after=after, device=device)
+    return dict(zip(keys, results[len(tasks) - len(keys):]))
+
+
+def grid_jobs(specs: dict, jobs: list, fpha: FPHA, preset: Preset, centres: list[str], device: str,
+              cache: CropCache) -> tuple[list[dict], list[list[int]], list[tuple]]:
+    """The worker jobs (for :func:`job`) of the runs ``jobs`` ((spec name, seed) pairs of the resolved
+    ``specs``) not finished on disk: the pre-trainings they need first, then one job per distinct
+    run, each scored on the test sets ``centres``.  Returns the jobs, each job's needs (indices, for
+    :func:`handfuse.pool.map_jobs`' ``after``) and the (spec name, seed) of each run job, in order."""
     pre, todo = {}, {}  # pre-training jobs (one per run folder); one job per distinct run (two specs may name one)
     for k, seed in jobs:
         needs = _pretraining_needs(fpha, preset, specs[k], seed, device, pre)
         if needs or not _finished(fpha, preset, specs[k], seed, device, cache):  # finished fine-tunings: only loaded
-            todo.setdefault((json.dumps(_run_spec(specs[k]), sort_keys=True, default=str), seed), (k, seed, needs))
+            todo.setdefault((_run_key(preset, specs[k]), seed), (k, seed, needs))
     # pre-trainings first; then fine-tunings, each once its pre-trained models are done; the short scorings
     # of untrained chains last: they fill the last round's idle workers
     todo = sorted(todo.values(), key=lambda job: not specs[job[0]]["trained"])
     context = {"root": str(fpha.root), "intrinsics": fpha.intrinsics, "preset": preset, "device": device}
-    results = map_jobs(job, [{"pretrain": p} for p in pre.values()]
-                       + [{"run": {**context, "centres": list(tests), "seed": seed, "spec": _run_spec(specs[k])}}
-                          for k, seed, _ in todo],
-                       describe=_describe, desc="runs", progress=progress,
-                       after=[[]] * len(pre) + [sorted(needs) for _, _, needs in todo])
-    return {(k, seed): r for (k, seed, _), r in zip(todo, results[len(pre):])}
+    tasks = [{"pretrain": p} for p in pre.values()] + [
+        {"run": {**context, "centres": list(centres), "seed": seed, "spec": _run_spec(specs[k])}} for k, seed, _ in todo]
+    return tasks, [[]] * len(pre) + [sorted(needs) for _, _, needs in todo], [(k, seed) for k, seed, _ in todo]
 
 
 def _known_to_workers(spec: dict) -> bool:
     """Whether a fresh worker process knows the spec's method and models by name."""
     return spec["method"] in BUILTIN and spec["hpe_model"] in _BUILTIN_MODELS[0] and spec["har_model"] in _BUILTIN_MODELS[1]
+
+
+def _run_key(preset: Preset, spec: dict) -> str:
+    """What makes a spec's run: its method, models and resolved configuration (two specs spelling
+    the same configuration differently name one run, one run folder)."""
+    name, trained, hpe_model, har_model, options = split_spec(spec)
+    cfg = asdict(resolved_config(name, preset, options))
+    return json.dumps([name, trained, hpe_model, har_model, cfg], sort_keys=True, default=str)
 
 
 def _run_spec(spec: dict) -> dict:
@@ -152,15 +177,20 @@ def standard_tests(fpha: FPHA, preset: Preset, cache: CropCache, tests: dict[str
 
 def pretrain_many(fpha: FPHA, preset: Preset, requests: list[tuple[str, dict]], device: str = "cpu",
                   cache: CropCache | None = None, progress: bool = True) -> list[tuple[nn.Module, FitResult]]:
-    """Several pre-trainings: ``requests`` are ``("hpe", kwargs)`` or ``("har", kwargs)``, the kwargs
-    those of :func:`handfuse.standalone.pretrain_hpe` or :func:`~handfuse.standalone.pretrain_har`.
-    On CPU the unfinished ones run side by side, one per worker; then each is loaded here, in order."""
+    """Several pre-trainings: ``requests`` are ``("hpe", kwargs)``, ``("har", kwargs)`` or ``("localiser",
+    kwargs)``, the kwargs those of :func:`handfuse.standalone.pretrain_hpe`,
+    :func:`~handfuse.standalone.pretrain_har` or :func:`~handfuse.standalone.pretrain_localiser`.
+    The unfinished ones run side by side, one per worker (:func:`handfuse.pool.workers`: on CPU or
+    on the GPUs); then each is loaded here, in order."""
     cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    cpu = torch.device(device).type == "cpu"  # on CUDA, or where a worker could not reopen the data, train here
-    known = all(kw.get("model", DEFAULT_HPE if kind == "hpe" else DEFAULT_HAR) in _BUILTIN_MODELS[kind == "har"]
-                for kind, kw in requests)
-    jobs = pretrain_jobs(fpha, preset, requests, device) if cpu and known and reopenable(fpha, preset, cache) else []
-    map_jobs(job, [{"pretrain": j} for j in jobs], describe=_describe, desc="pre-training", progress=progress)
+    # on CPU always (one worker: the jobs run here, through the workers' code); on CUDA with more than one
+    # worker; where a worker could not reopen the data, or knows not the models, each trains here below
+    pooled = torch.device(device).type == "cpu" or workers(device) > 1
+    known = all(kind == "localiser" or kw.get("model", DEFAULT_HPE if kind == "hpe" else DEFAULT_HAR)
+                in _BUILTIN_MODELS[kind == "har"] for kind, kw in requests)
+    jobs = pretrain_jobs(fpha, preset, requests, device) if pooled and known and reopenable(fpha, preset, cache) else []
+    map_jobs(job, [{"pretrain": j} for j in jobs], describe=describe, desc="pre-training", progress=progress,
+             device=device)
     return [pretrain(fpha, preset, kind, kwargs, device, cache, progress and not jobs) for kind, kwargs in requests]
 
 
@@ -216,7 +246,8 @@ def job(task: dict) -> str | RunRecord:
                cache, False, hpe_model, har_model, **options).without_model()
 
 
-def _describe(task: dict) -> str:
+def describe(task: dict) -> str:
+    """What a worker job is, in words: the name its failure carries."""
     if "pretrain" in task:
         return f"pre-training {task['pretrain']['kind']} {task['pretrain']['kwargs']}"
     return f"fusion run {task['run']['spec']}, seed {task['run']['seed']}"

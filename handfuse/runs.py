@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .paths import runs_dir
-from .train import RESULT, FitResult, TrainConfig, finished, load_checkpoint, run_digest, save_checkpoint
+from .train import RESULT, FitResult, TrainConfig, finished, load_checkpoint, recorded, run_digest, save_checkpoint
 
 __all__ = ["ScoreStore", "code_key", "code_version", "data_fingerprint", "finished", "fingerprint", "frames_key",
            "model_parts", "models_dir", "prefix", "run_config", "run_digest", "run_folder", "same_frames",
@@ -120,7 +120,7 @@ def prefix(kind: str, model: str, default: str, variant: str) -> str:
 def run_folder(preset, name: str, config: dict, train: TrainConfig, seed: int, root: str | Path | None = None) -> Path:
     """``<models_dir>/<name>-<8 hex>-seed<seed>``: one folder per resolved configuration (``config``
     and the training settings; see :func:`handfuse.train.run_digest`)."""
-    return models_dir(preset, root) / f"{name}-{run_digest({**config, 'train': asdict(train)})}-seed{seed}"
+    return models_dir(preset, root) / f"{name}-{run_digest({**config, 'train': recorded(train)})}-seed{seed}"
 
 
 def fingerprint(*runs: FitResult) -> str:

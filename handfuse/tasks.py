@@ -10,13 +10,14 @@ action split (:func:`split_train_val` holds out whole sequences, per class), and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .cache import CropCache
-from .datasets import FrameDataset, PoseSequenceDataset, collate_sequences
+from . import graphs
+from .datasets import FrameDataset, PoseSequenceDataset, collate_sequences, resident_crops
 from .fpha import SequenceRef
 from .models.film import one_hot_action
 from .metrics import accuracy, confusion_matrix, mean_joint_error, per_class_accuracy, per_joint_error, success_curve
@@ -61,7 +62,11 @@ class HPETask:
     """Frame-wise pose estimation from the crop cache.  ``augment`` (an ``AugmentConfig`` or None)
     is applied to training batches only.  A FiLM-conditioned model is fed what ``feed`` says
     (:data:`PRETRAIN_FEEDS`; w_eq = 1/45 by default); its test scores also hold
-    ``error_mm_true_action``, the error when fed the true action."""
+    ``error_mm_true_action``, the error when fed the true action.
+
+    With ``graphs`` on CUDA (``TrainConfig.graphs``) its batches all have one shape (the ragged last
+    one is dropped), so the loop replays each training step as a CUDA graph (``graph_step``);
+    evaluation replays a graph per batch shape, and the crops stay on the GPU when they fit."""
 
     cache: CropCache
     splits: dict[str, list[SequenceRef]]
@@ -70,6 +75,8 @@ class HPETask:
     metric: str = "error_mm"
     higher_is_better: bool = False
     eval_batch: int = 256
+    graph_step = True  # every training batch has one shape: handfuse.train may capture the whole step
+    _resident: dict = field(default_factory=dict, init=False, repr=False)  # device -> crops on it, or None
 
     def __post_init__(self):
         self.data = {name: FrameDataset(self.cache, refs) for name, refs in self.splits.items()}
@@ -79,8 +86,9 @@ class HPETask:
         ds = self.data[split]
         gen = epoch_generator(cfg.seed, epoch, 100 + rank_world()[0])  # augmentation: each rank its own draws
         chunks = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch, salt=0, drop_last=True)
+        crops = self.crops_on(cfg.device) if cfg.graphs else None
         for idx in chunks[: cfg.max_batches or len(chunks)]:
-            batch = ds.batch(idx)
+            batch = ds.batch(idx, crops)
             if self.augment is not None:
                 from .augment import augment_batch
 
@@ -89,6 +97,16 @@ class HPETask:
                 batch["depth"], batch["joints"] = augment_batch(batch["depth"], batch["joints"], self.augment,
                                                                 self.half_cube, generator=gen)
             yield batch
+
+    def crops_on(self, device) -> torch.Tensor | None:
+        """The crop cache on a CUDA ``device`` when it fits (:func:`handfuse.datasets.resident_crops`,
+        copied once per task), else None: CPU, or too little free GPU memory."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            return None
+        if device not in self._resident:
+            self._resident[device] = resident_crops(self.cache, device)
+        return self._resident[device]
 
     def loss(self, model, batch):
         out = model(batch["depth"], self.action(batch["label"], batch["depth"], training=True))
@@ -109,30 +127,37 @@ class HPETask:
         pick = torch.randint(0, 3, (len(true), 1), device=true.device)
         return torch.where(pick == 0, true, torch.where(pick == 1, w_eq, perturb(true, "dirichlet", 0.5)))
 
-    def predict(self, model, split: str, action: torch.Tensor | None = None, fed_truth: bool | None = None) -> np.ndarray:
+    def predict(self, model, split: str, action: torch.Tensor | None = None, fed_truth: bool | None = None,
+                graphed: bool = False) -> np.ndarray:
         """(N, 21, 3) predicted joints in mm for every frame of a split, in dataset order, fed ``action``
-        (None: w_eq) or, with ``fed_truth``, each frame's true action (default: as ``feed`` evaluates)."""
+        (None: w_eq) or, with ``fed_truth``, each frame's true action (default: as ``feed`` evaluates).
+        ``graphed`` (CUDA only): each batch shape replayed as a CUDA graph, crops from the GPU when they fit."""
         ds, device = self.data[split], next(model.parameters()).device
         fed_truth = (self.feed == "true") if fed_truth is None else fed_truth
+        graphed = graphs.active(graphed, device)
+        crops = self.crops_on(device) if graphed else None
         model.eval()
         out = []
         with torch.inference_mode():
             for start in range(0, len(ds), self.eval_batch):
-                batch = ds.batch(np.arange(start, min(start + self.eval_batch, len(ds))))
+                batch = ds.batch(np.arange(start, min(start + self.eval_batch, len(ds))), crops)
                 fed = one_hot_action(batch["label"], device) if fed_truth else action
-                pred = model(batch["depth"].to(device), fed)["joints"].float().cpu()
+                x = batch["depth"].to(device)
+                pred = (graphs.infer(model, x, fed) if graphed else model(x, fed)["joints"]).float().cpu()
                 out.append(pred * self.half_cube + batch["centre"][:, None])
         return torch.cat(out).numpy()
 
-    def evaluate(self, model, split, cfg):
-        pred = self.predict(model, split)
+    def evaluate(self, model, split, cfg=None):
+        """Scores of ``model`` on a split; ``cfg`` (a TrainConfig, or None: eager) says whether to replay graphs."""
+        graphed = bool(cfg is not None and cfg.graphs)
+        pred = self.predict(model, split, graphed=graphed)
         true = self.cache.joints[self.data[split].rows]
         thresholds, curve = success_curve(pred, true, np.arange(0, 81, 5))
         scores = {"error_mm": float(mean_joint_error(pred, true)), "per_joint_mm": per_joint_error(pred, true).tolist(),
                   "success_thresholds_mm": list(map(float, thresholds)), "success": list(map(float, curve))}
         if split == "test" and getattr(model, "accepts_action", False):  # the oracle was just scored fed the truth
             scores["error_mm_true_action"] = scores["error_mm"] if self.feed == "true" else \
-                float(mean_joint_error(self.predict(model, split, fed_truth=True), true))
+                float(mean_joint_error(self.predict(model, split, fed_truth=True, graphed=graphed), true))
         return scores
 
 

@@ -13,6 +13,8 @@ and evaluate; the loop does the rest:
 * device-agnostic: CPU by default, ``cuda`` with bf16 autocast; on CUDA batches go from
   pinned memory without blocking and the loss is read once per epoch, so the host
   assembles the next batch while the GPU works (``tests/test_cuda.py``);
+* ``graphs`` (CUDA only; nothing changes on CPU): fixed-shape steps replayed as CUDA graphs
+  (:mod:`handfuse.graphs`), the task's crops kept on the GPU when they fit;
 * data-parallel under ``torchrun`` (:mod:`handfuse.distributed`): DDP, each rank its
   ``DistributedSampler`` shard of every global batch, rank 0 alone writing;
 * checkpoints written atomically (temporary file, fsync, rename) and loaded
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, graphs
 from .errors import ConfigError
 from .errors import check as _check
 
@@ -59,6 +61,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only (never on CPU, where bf16 is slow: see docs/benchmarks.md)
     max_batches: int | None = None  # cap per epoch (tests, smoke runs)
     compile: bool = False  # torch.compile the training forward (costs minutes cold; evaluation stays eager)
+    # CUDA graphs for fixed-shape steps and evaluation (handfuse.graphs), crops resident on the GPU when they
+    # fit; CUDA only: on CPU (and under torchrun) it changes nothing
+    graphs: bool = False
     schedule: str = "constant"  # learning rate per epoch: "constant", or "cosine" (lr down to 0 over `epochs`)
 
     def __post_init__(self):
@@ -72,6 +77,9 @@ class TrainConfig:
                "'cpu', 'cuda' or 'cuda:N'")
         _check(self.max_batches is None or self.max_batches >= 1, "train.max_batches", self.max_batches, "None or >= 1")
         _check(self.schedule in SCHEDULES, "train.schedule", self.schedule, f"one of {SCHEDULES}")
+        _check(isinstance(self.graphs, bool), "train.graphs", self.graphs, "True or False")
+        _check(not (self.graphs and self.compile), "train.graphs", self.graphs,
+               "False with train.compile = True (torch.compile has its own CUDA graphs: mode='reduce-overhead')")
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of one epoch: a pure function of the epoch, so a resumed run needs no state."""
@@ -102,6 +110,16 @@ class FitResult:
     run_dir: str = ""  # the run's folder (its checkpoints and result.json), if it has one
 
 
+def recorded(cfg: TrainConfig) -> dict:
+    """``asdict(cfg)`` as run folders, checkpoints and results record it: ``graphs`` only where it
+    takes effect (on, on CUDA), so that a run where it changes nothing keeps the folder it had before
+    the option existed."""
+    record = asdict(cfg)
+    if not (cfg.graphs and cfg.device.startswith("cuda")):
+        del record["graphs"]
+    return record
+
+
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("train.device", name, "'cpu': CUDA is not available on this machine")
@@ -121,9 +139,11 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, salt]).generate_state(1)[0]))
 
 
-def autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool, cache: bool = True):
+    """bf16 autocast on CUDA when ``enabled`` (``cache=False``: no cast weights kept between ops, as
+    CUDA graph captures need); never on CPU."""
     if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return nullcontext()
 
 
@@ -151,12 +171,12 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / RESULT).is_file() and (run_dir / BEST).is_file()
 
 
-def adam(params, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.Adam:
+def adam(params, lr: float = 1e-3, weight_decay: float = 0.0, capturable: bool = False) -> torch.optim.Adam:
     """The training loop's optimiser: Adam with torch's fused kernel, one pass over each parameter
     instead of a dozen small ops per tensor, which makes a CPU training step faster than the default
     single-tensor Adam (docs/benchmarks.md); the updates agree to float rounding
-    (``tests/test_train.py``)."""
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    (``tests/test_train.py``).  ``capturable``: its step count on the GPU, so that a CUDA graph can hold it."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True, capturable=capturable)
 
 
 def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path | None = None,
@@ -172,7 +192,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     main = rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
-    config = {**(config or {}), "train": asdict(cfg), **({"processes": world} if world > 1 else {})}
+    config = {**(config or {}), "train": recorded(cfg), **({"processes": world} if world > 1 else {})}
     if run_dir is not None and main:  # temporary files of a killed write: never a checkpoint
         for stale in run_dir.glob(".*.tmp-*"):
             stale.unlink(missing_ok=True)
@@ -187,7 +207,9 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         step = torch.compile(step)  # costs minutes cold; evaluation stays eager
-    opt = adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    graphed = graphs.active(cfg.graphs, device, world)
+    opt = adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay,
+               capturable=graphed)
     result = FitResult(config=_jsonable(config), run_dir=str(run_dir or ""))
     start_epoch, best_state, stale = 0, None, 0
     best, best_val = -math.inf, None  # best_val: the selected epoch's validation scores, if this call computed them
@@ -200,6 +222,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         start_epoch, best, stale = ck["epoch"] + 1, ck["best"], ck["stale"]
         result.history, result.best_epoch = json.loads(ck["history"]), ck["best_epoch"]
         best_state = ck["best_model"]
+    train_step, ungraph = _stepper(model, task, step, opt, device, cfg, graphed)
     sign = 1.0 if task.higher_is_better else -1.0
     bar = tqdm(range(start_epoch, cfg.epochs), desc=type(model).__name__, unit="epoch", disable=not (progress and main),
                initial=start_epoch, total=cfg.epochs)
@@ -213,12 +236,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         losses, e0, waited = [], time.perf_counter(), 0.0
         for batch, wait in _waited(task.batches("train", epoch, cfg)):
             waited += wait  # the model idles while the next batch is assembled (and augmented)
-            with autocast(device, cfg.amp):
-                loss = step(to_device(batch, device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())  # read after the epoch: .item() here would wait for the GPU every step
+            losses.append(train_step(to_device(batch, device)))  # read after the epoch: .item() here would wait for the GPU
         val = task.evaluate(model, "val", cfg)
         score = sign * val[task.metric]
         improved = score > best
@@ -243,6 +261,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
                 "history": json.dumps(result.history), "config": json.dumps(result.config, sort_keys=True)})
         distributed.barrier()  # no rank runs ahead of a checkpoint it might need to resume from
     bar.close()
+    ungraph()
     if best_state is not None:
         model.load_state_dict(best_state)
     # the selected weights' validation scores: those of their epoch (evaluation is deterministic), or
@@ -255,6 +274,27 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Pat
         _write_json(run_dir / RESULT, asdict(result))
     distributed.barrier()
     return result
+
+
+def _stepper(model, task, step, opt, device: torch.device, cfg: TrainConfig, graphed: bool):
+    """(train_step, undo): ``train_step(batch) -> detached loss`` runs forward (``step``, under
+    autocast), backward and the optimiser step; with ``graphed`` it is replayed as a CUDA graph for a
+    fixed-shape task (``task.graph_step``), else the model's fixed-shape calls are
+    (:func:`handfuse.graphs.fixed_shape_calls`).  ``undo()`` drops the graphs."""
+    def eager(batch: dict) -> torch.Tensor:
+        with autocast(device, cfg.amp, cache=not graphed):  # a capture refuses autocast's weight cache
+            loss = step(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    if not graphed:
+        return (lambda batch: eager(batch).detach()), (lambda: None)
+    if getattr(task, "graph_step", False):
+        return graphs.StepGraphs(model, opt, eager), (lambda: None)
+    undo = [graphs.graph_calls(m, name) for m, name in graphs.fixed_shape_calls(model)]
+    return (lambda batch: eager(batch).detach()), (lambda: [u() for u in undo])
 
 
 def _waited(batches: Iterable[dict]):

@@ -52,11 +52,11 @@ class NaNAdam(torch.optim.Adam):
                 p.fill_(math.nan)
 
 
-def _noop(params, lr=1e-3, weight_decay=0.0):
+def _noop(params, lr=1e-3, weight_decay=0.0, capturable=False):
     return NoOpAdam(params, lr=lr, weight_decay=weight_decay)
 
 
-def _nan(params, lr=1e-3, weight_decay=0.0):
+def _nan(params, lr=1e-3, weight_decay=0.0, capturable=False):
     return NaNAdam(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -228,7 +228,7 @@ class NoOpAdam(torch.optim.Adam):  # every optimiser step changes nothing
         pass
 
 
-handfuse.train.adam = lambda params, lr=1e-3, weight_decay=0.0: NoOpAdam(params, lr=lr, weight_decay=weight_decay)"""
+handfuse.train.adam = lambda params, lr=1e-3, weight_decay=0.0, capturable=False: NoOpAdam(params, lr=lr, weight_decay=weight_decay)"""
 
 
 def _run_no_op(notebook: str, tmp_path, runs, monkeypatch, **parameters):

@@ -199,3 +199,104 @@ def test_untrained_chain_scores_on_cuda_as_on_cpu(smoke_fusion_data, tmp_path, m
     on_gpu = finetune.evaluate(chain.cuda(), tests)["gt"]
     assert on_gpu["error_mm"] == pytest.approx(on_cpu["error_mm"], rel=0.01)
     assert abs(on_gpu["accuracy"] - on_cpu["accuracy"]) <= 1 / len(fpha.test) + 1e-9
+
+
+def _no_capture_failed(record) -> None:
+    failed = [str(w.message) for w in record if "CUDA graph capture" in str(w.message)]
+    assert not failed, failed
+
+
+@cuda
+@pytest.mark.parametrize("amp,rel", [(False, 2e-3), (True, 2e-2)])
+def test_graphed_hpe_pretraining_follows_the_eager_trajectory(smoke_fusion_data, amp, rel):
+    """``graphs=True``: every training step replayed from a CUDA graph (re-captured each epoch, as
+    the cosine schedule moves the learning rate), evaluation too, crops on the GPU; the per-epoch
+    losses and the scores are the eager run's, to GPU rounding."""
+    import warnings
+
+    from handfuse.tasks import HPETask, split_train_val
+
+    fpha, cache, _, _ = smoke_fusion_data
+    preset = get_preset("smoke")
+    train, val = split_train_val(fpha.train, 0.15, 0)
+    task = HPETask(cache, {"train": train, "val": val, "test": fpha.test}, preset.augment)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3, patience=3, device="cuda", amp=amp, schedule="cosine",
+                      max_batches=8)
+
+    def trained(c):
+        torch.manual_seed(0)
+        m = HPE(preset.hpe)
+        m.init_pca(torch.from_numpy(cache.joints[:200] - cache.centres[:200, None]).float() / task.half_cube)
+        return fit(m, task, c, progress=False)
+
+    eager = trained(cfg)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        graphed = trained(replace(cfg, graphs=True))
+    _no_capture_failed(record)
+    assert task.crops_on("cuda") is not None
+    for a, b in zip(graphed.history, eager.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
+        assert a["val_error_mm"] == pytest.approx(b["val_error_mm"], rel=rel)
+    assert graphed.test["error_mm"] == pytest.approx(eager.test["error_mm"], rel=rel)
+
+
+@cuda
+def test_graphed_inference_and_resident_crops_give_the_eager_values(smoke_fusion_data):
+    from handfuse import graphs
+    from handfuse.datasets import FrameDataset, resident_crops
+
+    fpha, cache, _, _ = smoke_fusion_data
+    ds = FrameDataset(cache, fpha.test)
+    crops = resident_crops(cache, "cuda")
+    assert crops is not None and crops.dtype == torch.float16
+    idx = np.arange(0, len(ds), 3)[:32]
+    host, device = ds.batch(idx), ds.batch(idx, crops)
+    assert torch.equal(device["depth"].cpu(), host["depth"]) and torch.equal(device["joints"], host["joints"])
+    assert resident_crops(cache, "cuda", share=1e-9) is None  # too little room: the host path
+    torch.manual_seed(0)
+    model = HPE(get_preset("smoke").hpe).cuda().eval()
+    x = host["depth"].cuda()
+    with torch.inference_mode():
+        want = model(x)["joints"]
+        for _ in range(2):  # capture, then replay
+            _close(graphs.infer(model, x), want, 1e-5)
+        _close(graphs.infer(model, x[:5]), model(x[:5])["joints"], 1e-5)  # a second shape
+        _close(graphs.infer(model, x[:7]), model(x[:7])["joints"], 1e-5)  # past MAX_SHAPES: eager
+
+
+@cuda
+@pytest.mark.parametrize("method,options", [("baseline", {}), ("ensemble", {"train_hpe1": True}),
+                                            ("feedback", {"film": "fc", "p_eq": 0.9})])
+def test_graphed_fine_tuning_follows_the_eager_trajectory(smoke_fusion_data, cuda_runs, monkeypatch, method, options):
+    """Fine-tuning with ``graphs=True``: the HPE calls over every frame replayed from graphs (forward
+    and backward), ragged batches eager; the losses and scores are the eager run's, to GPU rounding,
+    and the model is left without graphs afterwards."""
+    import warnings
+
+    from handfuse import finetune
+    from handfuse.datasets import SequenceDataset
+    from handfuse.standalone import splits
+
+    monkeypatch.setenv("HANDFUSE_RUNS", str(cuda_runs))
+    fpha, cache, _, _ = smoke_fusion_data
+    preset = get_preset("smoke")
+    cfg = finetune.resolved_config(method, preset, {**options, "activation_checkpoint": 0})
+    models = finetune.pretrained(fpha, preset, 0, cfg.attention, cfg.film, "cuda", cache, False)
+    data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, 0).items()}
+    train = replace(preset.train_fuse, device="cuda", amp=False, epochs=2)
+
+    def tuned(c):
+        torch.manual_seed(1)
+        model = finetune.build_method(method, models, preset, cfg, 0)
+        return model, fit(model, finetune.FusionTask(data), c, progress=False)
+
+    _, eager = tuned(train)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model, graphed = tuned(replace(train, graphs=True))
+    _no_capture_failed(record)
+    for a, b in zip(graphed.history, eager.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=5e-3)
+    assert graphed.test["error_mm"] == pytest.approx(eager.test["error_mm"], rel=5e-3)
+    assert all("forward" not in m.__dict__ and "before_action" not in m.__dict__ for m in model.modules())

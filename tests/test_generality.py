@@ -14,7 +14,7 @@ import importlib.util
 import re
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ from handfuse.models.registry import HARS, HPES, har_entry, hpe_entry, register
 from handfuse.models.resnet_hpe import ResNetHPE, ResNetHPEConfig
 from handfuse.models.transformer_har import TransformerHAR, TransformerHARConfig
 from handfuse.skeleton import NUM_ACTIONS, NUM_JOINTS
-from handfuse.train import FitResult, run_digest
+from handfuse.train import FitResult, recorded, run_digest
 
 PRESET = get_preset("smoke")
 HALF = PRESET.preprocess.cube_mm / 2
@@ -362,8 +362,8 @@ def captured_runs(monkeypatch):
     runs = []
 
     def fake_fit(model, task, cfg, run, config, progress=True):
-        runs.append((Path(run).name, {**config, "train": asdict(cfg)}))
-        return FitResult(config={**config, "train": asdict(cfg)}, run_dir=str(run), test={"error_mm": 0.0})
+        runs.append((Path(run).name, {**config, "train": recorded(cfg)}))  # the training settings as fit records them
+        return FitResult(config={**config, "train": recorded(cfg)}, run_dir=str(run), test={"error_mm": 0.0})
 
     for module in (standalone, finetune):
         monkeypatch.setattr(module, "fit", fake_fit)

@@ -357,3 +357,72 @@ def test_pretrain_many_trains_side_by_side_what_pretrain_would_train_here(smoke,
         _, alone = standalone.pretrain(fpha, P, kind, kwargs, cache=cache, progress=False)
         assert result.test == alone.test and result.history[-1]["train_loss"] == alone.history[-1]["train_loss"]
         assert result.config == alone.config and model is not None
+
+
+# ----------------------------------------------------------------------------- several workers per GPU
+
+
+def _device_seen(job):
+    """The GPU this worker was pinned to, and its pid; holds a moment so that the jobs overlap."""
+    import time
+    time.sleep(job)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid()
+
+
+def test_slots_spread_the_workers_over_the_devices():
+    assert pool.slots(["0", "1"], 2) == ["0", "1", "0", "1"]
+    assert pool.slots([None], 3) == [None, None, None]
+
+
+def test_gpu_jobs_run_on_their_assigned_device_and_are_spread(monkeypatch):
+    """Two fake GPUs, two workers each: every job runs in a worker pinned (CUDA_VISIBLE_DEVICES) to
+    the device the scheduler assigned it, both devices take jobs, and no device runs more workers
+    than its share."""
+    monkeypatch.setattr(pool, "devices", lambda device: ["0", "1"])
+    monkeypatch.setenv("HANDFUSE_WORKERS_PER_GPU", "2")
+    assert pool.workers("cuda") == 4
+    placed: list = []
+    try:
+        out = pool.map_jobs(_device_seen, [0.2] * 8, progress=False, device="cuda", placed=placed)
+    finally:
+        pool.shutdown()
+    assert [seen for seen, _ in out] == placed  # each job ran on the device it was assigned
+    assert placed[:4] == ["0", "1", "0", "1"]  # the first round fills both devices
+    assert sorted(placed.count(d) for d in ("0", "1")) == [4, 4]
+    pids = {d: {pid for seen, pid in out if seen == d} for d in ("0", "1")}
+    assert all(1 <= len(p) <= 2 for p in pids.values()) and not pids["0"] & pids["1"]
+
+
+MEASURED = {"device": "NVIDIA H200", "preset": "paper", "runs_per_hour": {"1": 40.0, "2": 70.0, "4": 92.0, "8": 95.0}}
+
+
+def test_workers_per_gpu_is_the_smallest_count_near_the_best_measured():
+    rule = pool.per_gpu_rule
+    assert rule(MEASURED, "NVIDIA H200", 139.8, cores=16, gpus=1) == 4  # 92 is within 5 % of 95; 70 is not
+    assert rule({**MEASURED, "runs_per_hour": {"1": 40.0, "2": 94.0, "8": 95.0}}, "NVIDIA H200", 139.8, 16, 1) == 2
+    assert rule(MEASURED, "NVIDIA H200", 139.8, cores=6, gpus=2) == 3  # a core per worker to feed the GPU
+    assert rule({**MEASURED, "peak_memory_gib": 40.0}, "NVIDIA H200", 139.8, 16, 1) == 3  # 3 x 40 GiB fit in 0.9 x 139.8
+    assert rule({**MEASURED, "peak_memory_gib": 40.0}, "NVIDIA H200", None, 16, 1) == 4  # the card's memory unknown
+    assert rule({**MEASURED, "peak_memory_gib": 40.0, "memory_gib": 80.0}, "NVIDIA H200", None, 16, 1) == 1
+    summed = {"1": 30.0, "2": 80.0, "4": None}  # as benchmarks.gpu_projection writes it: N workers' summed peak
+    assert rule({**MEASURED, "peak_memory_gib": summed}, "NVIDIA H200", 139.8, 16, 1) == 3  # 40 GiB a worker
+    # no measurement, or another GPU's: the fallback, still bounded by the cores
+    assert rule(None, "NVIDIA H200", 139.8, 16, 1) == pool.FALLBACK_PER_GPU
+    assert rule(MEASURED, "NVIDIA A100-SXM4-80GB", 80.0, 16, 1) == pool.FALLBACK_PER_GPU
+    assert rule(None, "NVIDIA H200", 139.8, cores=2, gpus=2) == 1
+    with pytest.raises(ValueError, match="workers.json: runs_per_hour must map worker counts"):
+        rule({**MEASURED, "runs_per_hour": {"two": 5.0}}, "NVIDIA H200", 139.8, 16, 1, "benchmarks/gpu/workers.json")
+
+
+def test_workers_per_gpu_reads_the_override_and_the_measurement_file(monkeypatch, tmp_path):
+    measured = tmp_path / "workers.json"
+    measured.write_text(json.dumps({**MEASURED, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else ""}))
+    monkeypatch.delenv("HANDFUSE_WORKERS_PER_GPU", raising=False)
+    assert pool.workers_per_gpu(1, measured) == min(4, os.cpu_count() or 1)
+    assert pool.workers_per_gpu(1, tmp_path / "none.json") == min(pool.FALLBACK_PER_GPU, os.cpu_count() or 1)
+    monkeypatch.setenv("HANDFUSE_WORKERS_PER_GPU", "5")
+    assert pool.workers_per_gpu(1, measured) == 5
+    for bad in ("0", "many"):
+        monkeypatch.setenv("HANDFUSE_WORKERS_PER_GPU", bad)
+        with pytest.raises(ValueError, match="HANDFUSE_WORKERS_PER_GPU"):
+            pool.workers_per_gpu(1, measured)

@@ -235,3 +235,45 @@ def test_fused_adam_gives_the_single_tensor_updates():
     assert len(moved) > 10  # the steps really updated the net
     for name in fused:
         torch.testing.assert_close(fused[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("bad,match", [({"graphs": 1}, "True or False"), ({"graphs": True, "compile": True}, "compile")])
+def test_graphs_option_is_checked(bad, match):
+    with pytest.raises(ConfigError, match=f"train.graphs.*{match}"):
+        TrainConfig(**bad)
+
+
+def test_graphs_on_cpu_change_nothing(tmp_path):
+    """``graphs`` is CUDA-only: on CPU a run with it is the run without it, metric for metric, in the
+    same run folder name (the option is recorded only where it takes effect)."""
+    from dataclasses import replace
+
+    from handfuse.train import recorded, run_digest
+
+    _, plain = _run(tmp_path / "plain")
+    _, graphed = _run(tmp_path / "graphed", cfg=replace(CFG, graphs=True))
+    assert [h["train_loss"] for h in graphed.history] == [h["train_loss"] for h in plain.history]
+    assert graphed.test == plain.test and graphed.config == plain.config
+    assert "graphs" not in recorded(CFG) and recorded(replace(CFG, graphs=True)) == recorded(CFG)
+    assert recorded(replace(CFG, graphs=True, device="cuda"))["graphs"] is True
+    assert run_digest({"train": recorded(replace(CFG, graphs=True))}) == run_digest({"train": recorded(CFG)})
+
+
+def test_hpe_task_on_cpu_ignores_graphs(smoke_fusion_data):
+    """The HPE task's batches and evaluation with ``graphs`` on CPU: the host path, the same numbers."""
+    from dataclasses import replace
+
+    from handfuse.config import get_preset
+    from handfuse.models.hpe import HPE
+    from handfuse.tasks import HPETask
+
+    fpha, cache, _, _ = smoke_fusion_data
+    task = HPETask(cache, {"train": fpha.train, "test": fpha.test}, get_preset("smoke").augment)
+    cfg = replace(get_preset("smoke").train_hpe, max_batches=2)
+    for a, b in zip(task.batches("train", 0, cfg), task.batches("train", 0, replace(cfg, graphs=True))):
+        assert torch.equal(a["depth"], b["depth"]) and torch.equal(a["joints"], b["joints"])
+    assert task.crops_on("cpu") is None
+    torch.manual_seed(0)
+    model = HPE(get_preset("smoke").hpe)
+    model.init_pca(torch.randn(64, 21, 3) * 0.3)
+    assert task.evaluate(model, "test", cfg) == task.evaluate(model, "test", replace(cfg, graphs=True))

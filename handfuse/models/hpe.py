@@ -322,7 +322,10 @@ class HPE(SplitAtAction, nn.Module):
         """MSE in PCA space (``cfg.loss="pca"``) or of the joints (``"joints"``) against (B, 21, 3)."""
         if self.cfg.loss == "joints":
             return F.mse_loss(out["joints"], target.to(out["joints"].dtype))
-        if not bool(self.pca_ready):
+        # (not read while a CUDA graph is captured: a host read would break the capture; the eager
+        # warm-up steps before it have checked it)
+        capturing = self.pca_ready.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing and not bool(self.pca_ready):
             raise RuntimeError("the PCA loss needs the prior: call init_pca(training poses) first")
         return F.mse_loss(out["pca"], self.project(target.to(out["pca"].dtype)))
 

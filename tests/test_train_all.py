@@ -1,0 +1,97 @@
+"""python -m handfuse train-all: the plan of notebooks 01-04, trained as independent jobs, stage by stage
+through submitit (its local executor here; Slurm on a cluster), and found finished the second time."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from handfuse import finetune, grid
+from handfuse import train_all as ta
+from handfuse.__main__ import main
+from handfuse.config import get_preset
+from handfuse.fpha import FPHA
+from handfuse.paths import REPO, ensure_synthetic
+from handfuse.plan import NOTEBOOKS, NotebookRuns, notebook_defaults, plan
+from handfuse.runs import finished
+
+P = get_preset("smoke")
+
+
+def test_the_plan_covers_notebooks_01_to_04_with_their_own_parameters():
+    runs = plan(P)
+    assert tuple(runs) == NOTEBOOKS
+    assert len(runs["01"].pretrain) == 8 and not runs["01"].specs  # 3 HPEs, 4 HARs and the localiser, as 01 asks
+    assert [kind for kind, _ in runs["01"].pretrain].count("localiser") == 1
+    for nb, r in runs.items():
+        source = "".join("".join(c["source"]) for c in
+                         json.loads(next((REPO / "notebooks").glob(f"{nb}_*.ipynb")).read_text())["cells"])
+        seeds = notebook_defaults(nb).get("seeds", 1)
+        for key, spec in r.specs.items():
+            assert key.startswith(f"{nb}:") and spec["trained"]
+            assert f'"{spec["method"]}"' in source, (key, "a method the notebook never runs")
+            assert len(spec["seeds"]) in (1, seeds)
+            assert spec["film"] == P.film  # the notebooks' film=None: the preset's
+    assert {k.split(":")[1] for k in runs["02"].specs} == {"trained", "pose_only"}
+    assert {k.split(":")[1] for k in runs["04"].specs} == {"baseline", "baseline_att", "ensemble", "ensemble_att",
+                                                            "feedback", "noisy_feedback"}
+    assert plan(P, seeds=1, seed=4, notebooks=("02",))["02"].specs["02:trained"]["seeds"] == [4]
+
+
+def test_stages_follow_the_needs():
+    assert ta.stages([[], [], [0, 1], [2], []]) == [0, 0, 1, 2, 0]
+
+
+def test_train_all_through_submitit_trains_once(tmp_path, monkeypatch):
+    """One fine-tuning and the two pre-trainings it needs, as submitit jobs on this machine: every run
+    lands on disk, and a second call finds them finished and submits nothing."""
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "runs"))
+    spec = plan(P, seeds=1, notebooks=("02",))["02"].specs["02:trained"]  # 02's trained baseline, seed 0
+    tiny = {"02": NotebookRuns([], {"02:trained": spec})}
+    logs = tmp_path / "logs"
+    done = ta.train_all("smoke", "slurm", runs=tiny, cluster="local", logs=logs, progress=False)
+    assert len(done) == 3 and done[-1].startswith("fusion run") and all(d.startswith("pre-training") for d in done[:2])
+    models = tmp_path / "runs" / P.name / "models"
+    folders = sorted(p.name.split("-")[0] for p in models.iterdir() if finished(p))
+    assert folders == ["fuse", "har", "hpe", "localise"]  # the run's depth-centred test set trained the localiser
+    jobs = sorted(p.name for p in logs.iterdir() if p.name.isdigit())  # a folder per job, named by its id
+    assert len(jobs) == 3  # one submitit job each
+    assert ta.train_all("smoke", "slurm", runs=tiny, cluster="local", logs=logs, progress=False) == []
+    assert sorted(p.name for p in logs.iterdir() if p.name.isdigit()) == jobs  # nothing submitted the second time
+
+    # the notebook's own call (02_baseline's cell, its default options) now loads the run: nothing trains here
+    def no_training_here(*args, **kwargs):
+        raise AssertionError("the notebook's run was trained again")
+
+    monkeypatch.setattr(finetune.FusionTask, "batches", no_training_here)
+    monkeypatch.setenv("HANDFUSE_WORKERS", "1")
+    fpha = FPHA(ensure_synthetic("smoke"))
+    options = dict(attention=False, w_nll=0.002, w_pose=0.998, freeze_norm=True)
+    records = grid.run_many({"trained": {"method": "baseline"}}, fpha, P, [0], finetune.test_sets(fpha, P, progress=False),
+                            progress=False, film=P.film, **options)
+    assert records["trained"][0].history
+
+
+def test_a_failed_job_names_its_run_and_its_log(tmp_path):
+    task = {"pretrain": {"root": str(tmp_path / "gone"), "intrinsics": None, "preset": P, "device": "cpu",
+                         "kind": "hpe", "kwargs": {"film": "none", "seed": 0}, "run": str(tmp_path / "run")}}
+    with pytest.raises(RuntimeError, match=r"pre-training hpe \{'film': 'none', 'seed': 0\}: failed as local job .*"
+                                           r"its log: (\S+)") as e:
+        ta._submit_in_stages([task], [[]], tmp_path / "logs", "cpu", {}, "local")
+    log = Path(re.search(r"its log: (\S+)", str(e.value))[1])
+    assert log.is_file() and "gone" in log.read_text()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--slurm-partition", "gpu"], "--slurm-partition"),
+    (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time"),
+    (["--executor", "slurm", "--slurm-gpus-per-node", "-1"], "--slurm-gpus-per-node"),
+    (["--notebooks", "07"], "--notebooks"),
+    (["--seeds", "0"], "--seeds"),
+    (["--device", "gpu"], "--device"),
+])
+def test_bad_train_all_options_are_refused_by_name(argv, named, capsys):
+    assert main(["train-all", "--preset", "smoke", *argv]) == 2
+    assert named in capsys.readouterr().err
