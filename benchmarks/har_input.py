@@ -10,10 +10,13 @@ validation split twice: on true poses, and on the predictions of the preset's pr
 fed w_eq (what the untrained chain reads); per seed, the HPE and every recogniser are pre-trained
 through the workbook's runs (``handfuse.standalone.pretrain``), the recogniser on true poses.
 
-Candidates: those of ``benchmarks.tuning --only har`` (``har_variants``): the preset's recogniser,
-every other input with the preset's training, and the angles with dropout 0.5 for 150 whole epochs.  Printed and written: per candidate the accuracy and
-the look-alike within-pair accuracy on each input, mean ± 95 % half-width over seeds, and the paired
-difference against the preset's.  **The test split is never read.**  The numbers are synthetic.
+Candidates (``benchmarks.tuning.lookalike_variants``): the preset's recogniser, then the camera's joints
+beside the joint angles or beside every joint-to-joint distance, with dropout 0.5 for 150 whole epochs,
+without and with training-only jitter and rotation of the poses (``HARConfig.jitter_mm``,
+``rotate_deg``).  (The hand frame and the angles alone, scored here before, lost 25-34 points of
+accuracy on predicted poses: see the cpu preset's note in ``handfuse/config.py``.)  Printed and
+written: per candidate the accuracy and the look-alike within-pair accuracy on each input, mean ± 95 %
+half-width over seeds, and the paired difference against the preset's.  **The test split is never read.**  The numbers are synthetic.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from handfuse.paths import ensure_synthetic
 from handfuse.report import machine_info
 from handfuse.standalone import lookalike_scores, predicted_sequences, pretrain, splits
 
-from .tuning import har_variants
+from .tuning import lookalike_variants
 
 METRICS = ("true_accuracy", "true_within_pair", "predicted_accuracy", "predicted_within_pair")
 
@@ -46,7 +49,7 @@ def main() -> None:
     P = get_preset(args.preset)
     fpha = FPHA(ensure_synthetic(args.preset))
     cache = get_cache(fpha, P.preprocess)
-    variants = har_variants(P)
+    variants = lookalike_variants(P)
     found = {name: {m: [] for m in METRICS} for name in variants}
     for seed in range(args.seeds):
         val = splits(fpha, P, seed)["val"]

@@ -73,9 +73,11 @@ def fuse_variants(P: Preset) -> dict[str, Preset]:
 
 
 def _har_label(P: Preset) -> str:
-    t = P.train_har
-    return (f"{P.har.frame} frame, dropout {P.har.dropout:g}, {t.epochs} epochs"
-            + (f" (patience {t.patience})" if t.patience < t.epochs else " (no early stop)"))
+    h, t = P.har, P.train_har
+    return (f"{h.frame} frame, dropout {h.dropout:g}, {t.epochs} epochs"
+            + (f" (patience {t.patience})" if t.patience < t.epochs else " (no early stop)")
+            + (f", jitter {h.jitter_mm:g} mm" if h.jitter_mm else "")
+            + (f", rotation {h.rotate_deg:g} deg" if h.rotate_deg else ""))
 
 
 def har_variants(P: Preset) -> dict[str, Preset]:
@@ -85,6 +87,18 @@ def har_variants(P: Preset) -> dict[str, Preset]:
     variants = [P] + [replace(P, har=replace(P.har, frame=f)) for f in FRAMES if f != P.har.frame]
     variants.append(replace(P, har=replace(P.har, frame="angles", dropout=0.5),
                             train_har=replace(P.train_har, epochs=150, patience=150)))
+    return {("preset: " if v is P else "") + _har_label(v): v for v in variants}
+
+
+def lookalike_variants(P: Preset) -> dict[str, Preset]:
+    """The candidates of ``benchmarks.har_input``: the preset's HAR (first), then inputs that read the
+    articulation beside the camera's joints (``camera+angles``, ``camera+distances``), with dropout 0.5
+    for 150 whole epochs, without and with the training-only augmentations (``jitter_mm``: 10 mm on every
+    joint, about a pose estimator's error; ``rotate_deg``: each sequence turned by 15 degrees per axis)."""
+    long = replace(P.train_har, epochs=150, patience=150)
+    inputs = [dict(frame="camera+angles"), dict(frame="camera+angles", jitter_mm=10.0),
+              dict(frame="camera+angles", jitter_mm=10.0, rotate_deg=15.0), dict(frame="camera+distances")]
+    variants = [P] + [replace(P, har=replace(P.har, dropout=0.5, **k), train_har=long) for k in inputs]
     return {("preset: " if v is P else "") + _har_label(v): v for v in variants}
 
 

@@ -324,3 +324,53 @@ def test_camera_and_angles_together_step_like_the_forward_and_jitter_only_trains
     assert POSE_UNIT_MM == POSE_SCALE_MM  # the jitter's mm are the recogniser's units
     with pytest.raises(Exception, match="har.jitter_mm"):
         HARConfig(jitter_mm=-1.0)
+
+
+def test_the_distance_input_reads_the_articulation_and_rotation_turns_whole_sequences_in_training_only():
+    """``frame="camera+distances"``: the 210 joint distances ignore how the hand is moved and turned
+    but read a bent finger (its tip comes nearer its MCP by the known amount), and the input steps
+    like the forward.  ``rotate_deg`` turns each training sequence rigidly as a whole (every distance
+    between any two joints of any two frames kept; sequences turned differently) and never in evaluation."""
+    from handfuse.models.har import (DISTANCE_FEATURES, IN_FEATURES, HARConfig, PoseLSTM, joint_distances,
+                                     rotate_sequences)
+    from handfuse.skeleton import JOINT_INDEX
+
+    torch.manual_seed(3)
+    joints = torch.randn(3, 6, 21, 3)
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    moved = joints @ (q * torch.sign(torch.det(q))).T + torch.tensor([0.5, -2.0, 3.0])
+    torch.testing.assert_close(joint_distances(moved), joint_distances(joints), atol=1e-4, rtol=1e-4)
+    assert joint_distances(joints).shape == (3, 6, DISTANCE_FEATURES) == (3, 6, 210)
+
+    hand = torch.zeros(21, 3)  # the index finger straight along x, unit bones; then its PIP bent by 90 degrees
+    for k, name in enumerate(("IMCP", "IPIP", "IDIP", "ITIP")):
+        hand[JOINT_INDEX[name]] = torch.tensor([1.0 + k, 0.0, 0.0])
+    bent = hand.clone()
+    bent[JOINT_INDEX["IDIP"]], bent[JOINT_INDEX["ITIP"]] = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([2.0, 2.0, 0.0])
+    pairs = {tuple(p): i for i, p in enumerate(torch.triu_indices(21, 21, 1).T.tolist())}
+    tip_to_mcp = pairs[tuple(sorted((JOINT_INDEX["IMCP"], JOINT_INDEX["ITIP"])))]
+    assert joint_distances(hand)[tip_to_mcp] == pytest.approx(3.0)
+    assert joint_distances(bent)[tip_to_mcp] == pytest.approx(math.sqrt(5.0))
+
+    model = PoseLSTM(HARConfig(hidden=16, frame="camera+distances")).eval()
+    assert model.lstm.input_size == IN_FEATURES + DISTANCE_FEATURES
+    _stepping_and_padding_match_the_forward(model, joints)
+
+    turned = rotate_sequences(joints, 30.0)
+    flat, flat_turned = joints.flatten(1, 2), turned.flatten(1, 2)  # (3, 126, 3): every joint of every frame
+    exact = "donot_use_mm_for_euclid_dist"
+    torch.testing.assert_close(torch.cdist(flat_turned, flat_turned, compute_mode=exact),
+                               torch.cdist(flat, flat, compute_mode=exact), atol=1e-4, rtol=1e-4)
+    assert (turned - joints).abs().amax(dim=(1, 2, 3)).min() > 0.05  # every sequence moved
+    turns = [torch.linalg.lstsq(flat[i], flat_turned[i]).solution for i in range(3)]  # per sequence, p -> p R^T
+    assert (turns[0] - turns[1]).abs().max() > 1e-2
+    plain = PoseLSTM(HARConfig(hidden=16))
+    rotating = PoseLSTM(HARConfig(hidden=16, rotate_deg=20.0))
+    rotating.load_state_dict(plain.state_dict())
+    plain.eval(), rotating.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rotating(joints)["logits"], plain(joints)["logits"])
+        rotating.train()
+        assert (rotating(joints)["logits"] - plain(joints)["logits"]).abs().max() > 1e-3
+    with pytest.raises(Exception, match="har.rotate_deg"):
+        HARConfig(rotate_deg=-5.0)

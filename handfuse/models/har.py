@@ -47,7 +47,12 @@ hand's 19 joint angles (15 flexions, 4 spreads), their change since the previous
 frame, the wrist's position and the hand's orientation: the articulation itself,
 whatever the hand's size, place or turn, and how it moves (another standard
 skeleton-action input).  Stepping carries the previous frame's angles in the
-state, so that :meth:`PoseLSTM.step` still reproduces the full forward.
+state, so that :meth:`PoseLSTM.step` still reproduces the full forward.  ``"camera+distances"`` feeds
+the camera's joints beside the distance between every pair of joints (:func:`joint_distances`, DD-Net's
+joint collection distances), which read the articulation without the palm axes or short bones that
+make the hand frame and the angles fragile on predicted joints.  Two training-only augmentations:
+``jitter_mm`` (noise on every joint) and ``rotate_deg`` (each sequence turned as a whole,
+:func:`rotate_sequences`).
 
 Loss (:meth:`PoseLSTM.loss`): cross-entropy on the sequence logits, as the
 original.  ``step_loss > 0`` adds that weight times the mean cross-entropy of
@@ -70,7 +75,9 @@ HAND_FEATURES = NUM_JOINTS * 3 + 3 + 6  # the hand frame: 63 local coordinates, 
 POSE_UNIT_MM = 100.0  # the recogniser's joints are in these units (handfuse.datasets.POSE_SCALE_MM)
 NUM_ANGLES = 19  # per finger the flexion at its MCP, PIP and DIP (15), and the spread of neighbouring fingers (4)
 ANGLE_FEATURES = 2 * NUM_ANGLES + 3 + 6  # the angles, their change since the previous frame, the wrist, two axes
-FRAMES = ("camera", "hand", "angles", "camera+angles")
+DISTANCE_FEATURES = NUM_JOINTS * (NUM_JOINTS - 1) // 2  # every pair of joints once: 210
+FRAMES = ("camera", "hand", "angles", "camera+angles", "camera+distances")
+_PAIRS = torch.triu_indices(NUM_JOINTS, NUM_JOINTS, 1)  # (2, 210): the joint pairs of joint_distances
 _WRIST, _INDEX, _MIDDLE, _PINKY = (JOINT_INDEX[j] for j in ("Wrist", "IMCP", "MMCP", "PMCP"))
 # per finger (thumb first): the chain wrist, MCP, PIP, DIP, tip
 _CHAINS = [[JOINT_INDEX[j] for j in ("Wrist", f"{f}MCP", f"{f}PIP", f"{f}DIP", f"{f}TIP")] for f in "TIMRP"]
@@ -118,9 +125,34 @@ def angle_features(joints: torch.Tensor, previous: torch.Tensor | None = None) -
     return torch.cat([angles, change, hand_frame(joints)[..., -9:]], -1)
 
 
+def joint_distances(joints: torch.Tensor) -> torch.Tensor:
+    """(..., 21, 3) joints -> (..., 210) the distance between every pair of joints (in the joints' units),
+    the joint collection distances of Yang et al. 2019 ("Make Skeleton-based Action Recognition Model
+    Smaller, Faster and Better", DD-Net).  Moving or turning the hand changes none of them; a finger's
+    articulation changes those of its joints directly, without the palm axes or short bones that make
+    :func:`hand_frame` and :func:`joint_angles` sensitive to joint noise."""
+    return (joints[..., _PAIRS[0], :] - joints[..., _PAIRS[1], :]).norm(dim=-1)
+
+
+def rotate_sequences(joints: torch.Tensor, std_deg: float) -> torch.Tensor:
+    """(B, T, 21, 3) joints -> the same, each sequence turned as a whole about the origin (where
+    :func:`handfuse.datasets.pose_features` puts its first frame's middle MCP) by a random rotation:
+    an angle about each axis drawn from N(0, ``std_deg``)."""
+    a, b, c = (torch.randn(3, joints.shape[0], device=joints.device, dtype=joints.dtype) * std_deg).deg2rad()
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+    rx = torch.stack([one, zero, zero, zero, a.cos(), -a.sin(), zero, a.sin(), a.cos()], -1)
+    ry = torch.stack([b.cos(), zero, b.sin(), zero, one, zero, -b.sin(), zero, b.cos()], -1)
+    rz = torch.stack([c.cos(), -c.sin(), zero, c.sin(), c.cos(), zero, zero, zero, one], -1)
+    rotation = (rz.view(-1, 3, 3) @ ry.view(-1, 3, 3) @ rx.view(-1, 3, 3))  # (B, 3, 3)
+    return joints @ rotation[:, None].transpose(-1, -2)  # each point p -> R p
+
+
 def frame_features(joints: torch.Tensor, frame: str, previous: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., T, 21, 3) joints -> the recogniser's per-frame inputs: flat (63), :func:`hand_frame` (72)
-    or :func:`angle_features` (47; ``previous`` as there)."""
+    """(..., T, 21, 3) joints -> the recogniser's per-frame inputs: flat (63), :func:`hand_frame` (72),
+    :func:`angle_features` (47; ``previous`` as there), or the flat joints beside either the angle
+    features or the :func:`joint_distances` (210)."""
+    if frame == "camera+distances":
+        return torch.cat([joints.flatten(-2), joint_distances(joints)], -1)
     if frame == "angles":
         return angle_features(joints, previous)
     if frame == "camera+angles":
@@ -142,8 +174,10 @@ class HARConfig:
     dropout: float = 0.0  # on every LSTM layer's output (between layers and before the classifier)
     attention: bool = False  # temporal attention readout instead of the last valid step
     step_loss: float = 0.0  # weight of the auxiliary per-step cross-entropy (0: the original, none)
-    frame: str = "camera"  # the input: "camera" (the original), "hand" (hand_frame), "angles" (angle_features) or both
+    frame: str = "camera"  # the input: "camera" (the original), "hand" (hand_frame), "angles" (angle_features),
+    # or the camera's joints beside the angle features ("camera+angles") or joint_distances ("camera+distances")
     jitter_mm: float = 0.0  # training only: Gaussian noise (std, mm) added to every joint of every frame (0: none)
+    rotate_deg: float = 0.0  # training only: each sequence turned as a whole, N(0, this) degrees about each axis
 
     def __post_init__(self):
         check(is_int(self.hidden) and self.hidden >= 1, "har.hidden", self.hidden,
@@ -154,11 +188,13 @@ class HARConfig:
         check(_is_number(self.step_loss) and self.step_loss >= 0.0, "har.step_loss", self.step_loss, "a weight >= 0")
         check(self.frame in FRAMES, "har.frame", self.frame, f"one of {FRAMES}")
         check(_is_number(self.jitter_mm) and self.jitter_mm >= 0.0, "har.jitter_mm", self.jitter_mm, "a noise level >= 0 (mm)")
+        check(_is_number(self.rotate_deg) and self.rotate_deg >= 0.0, "har.rotate_deg", self.rotate_deg,
+              "a rotation spread >= 0 (degrees)")
 
     @property
     def in_features(self) -> int:
-        return {"hand": HAND_FEATURES, "angles": ANGLE_FEATURES, "camera+angles": IN_FEATURES + ANGLE_FEATURES
-                }.get(self.frame, IN_FEATURES)
+        return {"hand": HAND_FEATURES, "angles": ANGLE_FEATURES, "camera+angles": IN_FEATURES + ANGLE_FEATURES,
+                "camera+distances": IN_FEATURES + DISTANCE_FEATURES}.get(self.frame, IN_FEATURES)
 
 
 def lengths_of(mask: torch.Tensor) -> torch.Tensor:
@@ -214,6 +250,8 @@ class PoseLSTM(nn.Module):
         ``loss`` when ``labels`` (B,) are given."""
         if self.training and self.cfg.jitter_mm > 0:
             joints = joints + torch.randn_like(joints) * (self.cfg.jitter_mm / POSE_UNIT_MM)
+        if self.training and self.cfg.rotate_deg > 0:
+            joints = rotate_sequences(joints, self.cfg.rotate_deg)
         x, mask = sequence_input(joints, mask, self.cfg.frame)  # (B, T, F), (B, T)
         hidden, _ = self.lstm(x)  # (B, T, H); causal, so padding comes too late
         return sequence_outputs(self, hidden, mask, labels)
