@@ -8,6 +8,7 @@ a memory map costs microseconds.  One cache holds, for a list of sequences::
     joints.npy      (N, 21, 3) float32  ground-truth joints, mm, camera frame
     centres.npy     (N, 3) float32      the crop centre used (``cfg.centre``: "gt" or "depth"), mm
     centres_gt.npy  (N, 3) float32      the middle MCP, mm (equal to centres in "gt" mode)
+    lost.npy        (N,) bool           frames the localiser could not locate ("depth" mode; never in "gt")
     offsets.npy, lengths.npy, labels.npy   (n_seq,) int64: sequence i is rows offsets[i]:offsets[i]+lengths[i]
     manifest.json   written LAST: format version, key inputs, sequence keys, counts
 
@@ -16,6 +17,13 @@ The folder name is a hash of everything that changes its contents: the
 the sequences, and a stat-only fingerprint of the data root (split file bytes,
 each skeleton's size/mtime, each depth folder's file names, sizes and mtimes).
 So a changed parameter or file gives a new folder: the cache is rebuilt, never stale.
+
+In ``"depth"`` mode the centres come from :func:`handfuse.localise.locate_sequence` (the
+tracker, and its learned ComRefNet refinement when ``get_cache`` is given a trained refiner's
+run folder); the localiser's version and the refiner's weights digest are part of the key.  A
+frame the localiser could not locate is cropped around the nearest located frame's centre
+(:func:`fill_lost`), so that every frame has a crop, and is marked in ``lost.npy`` and counted in
+the manifest (``depth_centre_lost``): it is never passed off as located.
 
 Builds are atomic: written into a temporary folder beside the final one, fsynced,
 the manifest written last, then ``os.replace``d into place.  A folder without a
@@ -33,25 +41,27 @@ import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from functools import cached_property
+from functools import cached_property, lru_cache
 from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .camera import Intrinsics
 from .dataconfig import PreprocessConfig
 from .errors import DataError
 from .fpha import FPHA, SPLIT_FILE, SequenceRef, read_depth_png
-from .preprocess import centre_from_depth, centre_from_joints, crop
+from .localise import LOCALISER_VERSION, load_refiner, locate_sequence
+from .preprocess import centre_from_joints, crop
 from .skeleton import NUM_JOINTS
 
-CACHE_VERSION = 1  # bump when the layout or the preprocessing code changes the crops
+CACHE_VERSION = 2  # bump when the layout or the preprocessing code changes the crops
 MANIFEST = "manifest.json"
-ARRAYS = ("crops", "joints", "centres", "centres_gt", "offsets", "lengths", "labels")
+ARRAYS = ("crops", "joints", "centres", "centres_gt", "lost", "offsets", "lengths", "labels")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -92,15 +102,28 @@ def _folder_stats(folder: Path) -> list[tuple[str, os.stat_result]]:
     return [(name, _stat(folder / name, "depth folder entry")) for name in names]
 
 
-def cache_key_inputs(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef]) -> dict:
+def cache_key_inputs(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef],
+                     refiner: str | Path | None = None) -> dict:
     """Everything the cache's contents depend on, as plain JSON-able data."""
-    return {
+    inputs = {
         "version": CACHE_VERSION,
         "preprocess": asdict(cfg),
         "intrinsics": asdict(fpha.intrinsics),
         "sequences": [ref.key for ref in sequences],
         "data_fingerprint": fingerprint(fpha, sequences),
     }
+    if cfg.centre == "depth":
+        inputs["localiser"] = {"version": LOCALISER_VERSION,
+                               "refiner": None if refiner is None else _weights_digest(Path(refiner))}
+    return inputs
+
+
+def _weights_digest(run: Path) -> str:
+    """sha256 of a refiner run's ``best.pt``; a missing file is a DataError naming it."""
+    path = run / "best.pt"
+    if not path.is_file():
+        raise DataError(path, "no trained refiner weights here (train them: python -m handfuse.localise train)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cache_key(inputs: dict) -> str:
@@ -129,6 +152,7 @@ class CropCache:
         self.joints = np.load(self.path / "joints.npy")  # (N, 21, 3) float32 mm
         self.centres = np.load(self.path / "centres.npy")  # (N, 3) float32 mm
         self.centres_gt = np.load(self.path / "centres_gt.npy")  # (N, 3)
+        self.lost = np.load(self.path / "lost.npy")  # (N,) bool: not located ("depth" mode)
         self.offsets = np.load(self.path / "offsets.npy")  # (n_seq,) int64
         self.lengths = np.load(self.path / "lengths.npy")  # (n_seq,)
         self.labels = np.load(self.path / "labels.npy")  # (n_seq,)
@@ -180,8 +204,10 @@ def read_manifest(path: Path) -> dict | None:
 
 def get_cache(fpha: FPHA, cfg: PreprocessConfig, cache_dir: str | Path | None = None,
               workers: int | None = None, sequences: list[SequenceRef] | None = None,
-              progress: bool = True) -> CropCache:
+              progress: bool = True, refiner: str | Path | None = None) -> CropCache:
     """The crop cache for ``fpha`` (all its sequences by default) and ``cfg``; built if missing.
+    ``refiner``: in ``"depth"`` mode, a trained ComRefNet's run folder whose refinement the localiser
+    applies (:func:`handfuse.localise.train_refiner`); None: the tracker alone.
 
     ``cache_dir`` defaults to :func:`default_cache_dir`; ``workers`` (processes decoding PNGs)
     to min(4, cpu count); with more than one, workers start by ``forkserver``, so a *script*
@@ -190,13 +216,13 @@ def get_cache(fpha: FPHA, cfg: PreprocessConfig, cache_dir: str | Path | None = 
     sequences = list(fpha.sequences if sequences is None else sequences)
     if not sequences:
         raise ValueError("get_cache: no sequences to cache")
-    inputs = cache_key_inputs(fpha, cfg, sequences)
+    inputs = cache_key_inputs(fpha, cfg, sequences, refiner)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(fpha.root)
     final = cache_dir / f"crops-{cfg.crop}-{cfg.centre}-{cache_key(inputs)}"
     manifest = read_manifest(final)
     if manifest is not None and manifest.get("inputs") == inputs:
         return CropCache(final)
-    build_cache(fpha, cfg, sequences, inputs, final, workers, progress)
+    build_cache(fpha, cfg, sequences, inputs, final, workers, progress, refiner)
     return CropCache(final)
 
 
@@ -204,14 +230,15 @@ def get_cache(fpha: FPHA, cfg: PreprocessConfig, cache_dir: str | Path | None = 
 
 
 def build_cache(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef], inputs: dict,
-                final: Path, workers: int | None = None, progress: bool = True) -> None:
+                final: Path, workers: int | None = None, progress: bool = True,
+                refiner: str | Path | None = None) -> None:
     """Build the cache atomically into ``final`` (see the module docstring)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(final)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-{socket.gethostname()}-{os.getpid()}-",
                                 dir=final.parent))
     try:
-        counts = _write_arrays(fpha, cfg, sequences, tmp, workers, progress)
+        counts = _write_arrays(fpha, cfg, sequences, tmp, workers, progress, refiner)
         if fingerprint(fpha, sequences) != inputs["data_fingerprint"]:
             raise DataError(fpha.root, "the data changed while its crop cache was being built: run again")
         manifest = {"version": CACHE_VERSION, "inputs": inputs, "root": str(fpha.root.resolve()), **counts}
@@ -223,7 +250,7 @@ def build_cache(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef],
 
 
 def _write_arrays(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef], out: Path,
-                  workers: int | None, progress: bool) -> dict:
+                  workers: int | None, progress: bool, refiner: str | Path | None = None) -> dict:
     """Read skeletons, crop every frame in worker processes, write the arrays (fsynced) into ``out``."""
     joints = [fpha.read_skeleton(ref) for ref in sequences]  # [(T_i, 21, 3)], checks frame counts
     lengths = np.array([len(j) for j in joints], dtype=np.int64)
@@ -231,54 +258,73 @@ def _write_arrays(fpha: FPHA, cfg: PreprocessConfig, sequences: list[SequenceRef
     n, size = int(lengths.sum()), cfg.crop
     crops = np.lib.format.open_memmap(out / "crops.npy", mode="w+", dtype=np.float16, shape=(n, size, size))
     centres = np.zeros((n, 3), np.float32)
-    fallbacks = 0
-    tasks = [([str(fpha.depth_path(ref, t)) for t in range(len(j))], j, cfg, fpha.intrinsics)
+    lost = np.zeros(n, bool)
+    refiner = None if refiner is None else str(refiner)
+    tasks = [([str(fpha.depth_path(ref, t)) for t in range(len(j))], j, cfg, fpha.intrinsics, refiner)
              for ref, j in zip(sequences, joints)]
     with tqdm(total=n, desc=f"caching {size}px crops", unit="frame", disable=not progress) as bar:
-        for i, (seq_crops, seq_centres, seq_fallbacks) in enumerate(_map(_crop_sequence, tasks, workers)):
+        for i, (seq_crops, seq_centres, seq_lost) in enumerate(_map(_crop_sequence, tasks, workers)):
             rows = slice(offsets[i], offsets[i] + lengths[i])
-            crops[rows], centres[rows] = seq_crops, seq_centres
-            fallbacks += seq_fallbacks
+            crops[rows], centres[rows], lost[rows] = seq_crops, seq_centres, seq_lost
             bar.update(len(seq_crops))
     crops.flush()
     del crops
     all_joints = np.concatenate(joints) if joints else np.zeros((0, NUM_JOINTS, 3), np.float32)
     arrays = {"joints": all_joints, "centres": centres, "centres_gt": centre_from_joints(all_joints).copy(),
-              "offsets": offsets, "lengths": lengths,
+              "lost": lost, "offsets": offsets, "lengths": lengths,
               "labels": np.array([ref.label for ref in sequences], dtype=np.int64)}
     for name, array in arrays.items():
         np.save(out / f"{name}.npy", array)
     for name in ARRAYS:
         _fsync_file(out / f"{name}.npy")
-    return {"frames": n, "num_sequences": len(sequences), "depth_centre_fallbacks": fallbacks}
+    return {"frames": n, "num_sequences": len(sequences), "depth_centre_lost": int(lost.sum())}
 
 
-def _crop_sequence(paths: list[str], joints: np.ndarray, cfg: PreprocessConfig, intrinsics: Intrinsics):
-    """Worker: crop one sequence's frames -> ((T, S, S) float16, (T, 3) float32 centres, fallbacks).
+def _crop_sequence(paths: list[str], joints: np.ndarray, cfg: PreprocessConfig, intrinsics: Intrinsics,
+                   refiner: str | None = None):
+    """Worker: crop one sequence's frames -> ((T, S, S) float16, (T, 3) float32 centres, (T,) bool lost).
     A DataError reaches the parent intact (it pickles with its path and line)."""
     depths = [read_depth_png(p, intrinsics) for p in paths]  # [(H, W) uint16]
-    centres, fallbacks = _sequence_centres(depths, joints, cfg, intrinsics, Path(paths[0]).parent)
+    centres, lost = _sequence_centres(depths, joints, cfg, intrinsics, Path(paths[0]).parent, refiner)
     out = np.stack([crop(d, c, intrinsics, cfg.cube_mm, cfg.crop) for d, c in zip(depths, centres)])
-    return out.astype(np.float16), centres, fallbacks
+    return out.astype(np.float16), centres, lost
 
 
 def _sequence_centres(depths: list[np.ndarray], joints: np.ndarray, cfg: PreprocessConfig,
-                      intrinsics: Intrinsics, folder: Path) -> tuple[np.ndarray, int]:
-    """(T, 3) crop centres.  In "depth" mode a frame where no hand is found takes the nearest
-    earlier (else later) frame's depth centre, never the ground truth; counted as a fallback."""
+                      intrinsics: Intrinsics, folder: Path, refiner: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 3) crop centres and (T,) bool lost frames.  In "depth" mode the localiser's centres
+    (:func:`handfuse.localise.locate_sequence`), a lost frame taking the nearest located frame's
+    (:func:`fill_lost`), never the ground truth."""
     if cfg.centre == "gt":
-        return centre_from_joints(joints).astype(np.float32), 0
-    found: list[np.ndarray | None] = []
-    for depth in depths:
-        try:
-            found.append(centre_from_depth(depth, intrinsics, cfg.cube_mm))
-        except ValueError:
-            found.append(None)
-    ok = [t for t, c in enumerate(found) if c is not None]
-    if not ok:
-        raise DataError(folder, "no hand found in any depth frame of this sequence (centre='depth')")
-    fill = [found[max([s for s in ok if s <= t], default=ok[0])] for t in range(len(found))]
-    return np.stack(fill).astype(np.float32), len(found) - len(ok)
+        return centre_from_joints(joints).astype(np.float32), np.zeros(len(joints), bool)
+    located = locate_sequence(depths, intrinsics, cfg.cube_mm, refiner=_refiner(refiner))
+    lost = located.lost
+    if len(lost) == len(depths):
+        raise DataError(folder, f"the hand was not found in any depth frame of this sequence (centre='depth', "
+                                f"{located.localiser})")
+    mask = np.zeros(len(depths), bool)
+    mask[lost] = True
+    return fill_lost(located.centres, lost), mask
+
+
+@lru_cache(maxsize=2)
+def _refiner(run: str | None):
+    """The trained refiner of a run folder, loaded once per process; None for None."""
+    return None if run is None else load_refiner(run)
+
+
+def fill_lost(centres: np.ndarray, lost: list[int]) -> np.ndarray:
+    """A copy of ``centres`` (T, 3) where each ``lost`` frame takes the nearest located frame's centre
+    (the earlier on a tie), so that it can still be cropped; the caller keeps ``lost`` to report
+    them.  Raises ValueError when every frame is lost."""
+    lost_set = set(lost)
+    ok = np.array([t for t in range(len(centres)) if t not in lost_set])
+    if ok.size == 0:
+        raise ValueError("fill_lost: every frame is lost")
+    out = np.array(centres, dtype=np.float32, copy=True)
+    for t in lost_set:
+        out[t] = out[ok[np.argmin(np.abs(ok - t))]]
+    return out
 
 
 def _map(fn, tasks: list[tuple], workers: int | None):
@@ -290,12 +336,19 @@ def _map(fn, tasks: list[tuple], workers: int | None):
         return
     ctx = get_context("forkserver")  # never fork a threaded parent (torch, OpenCV pools)
     ctx.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread_worker) as pool:
         try:
             yield from _bounded(pool, fn, tasks, 2 * workers)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _one_thread_worker() -> None:
+    """A cache worker runs OpenCV and torch (the localiser's refinement) on one thread each: the
+    workers already fill the cores."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def _bounded(pool: ProcessPoolExecutor, fn, tasks: list[tuple], window: int):

@@ -42,9 +42,10 @@ class SynthConfig:
     repetition, every subject on both sides).  Difficulty knobs are documented in
     ``handfuse.synth.actions``.
 
-    ``scene`` picks the scene generator: ``"v1"`` (the default, and every committed number's) or
-    ``"v2"`` (``handfuse.synth.scene_v2``: a nearer table that the hand comes down to, clutter
-    within reach, the other hand, structured sensor holes, rigid annotated bones).  Under v2
+    ``scene`` picks the scene generator: ``"v2"`` (the default since generator 2.0:
+    ``handfuse.synth.scene_v2``, a nearer table that the hand comes down to, clutter within reach,
+    the other hand, structured sensor holes, rigid annotated bones, calibrated on real FPHA frames;
+    docs/data.md) or ``"v1"`` (the earlier open table, which writes exactly the bytes it always did).  Under v2
     ``pose_noise_mm`` is the equivalent joint-position jitter of joint-angle noise
     (``handfuse.synth.annotation``); under v1 it is i.i.d. per joint coordinate.
     """
@@ -70,7 +71,7 @@ class SynthConfig:
     dropout: float = 1.0  # scales the invalid-pixel (zero) processes
     png_compression: int = 1  # zlib level: 1 encodes faster than 3 for a little more disk (docs/benchmarks.md)
     render: bool = True  # False writes skeletons only (fast calibration runs); not FPHA-complete
-    scene: str = "v1"  # the scene generator, one of SCENES (see the class docstring)
+    scene: str = "v2"  # the scene generator, one of SCENES (see the class docstring)
 
     def __post_init__(self):
         _check(1 <= self.subjects <= 99, "synth.subjects", self.subjects, "an integer in 1..99 (FPHA has 6)")

@@ -18,6 +18,7 @@ through :class:`handfuse.study.Study`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .methods.common import see_labels
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE
 from .pool import one_thread
-from .records import PretrainedScores, RunRecord, CentreScores
+from .records import CENTRES, PretrainedScores, RunRecord, CentreScores
 from .runs import ScoreStore, fingerprint, identity, models_dir, run_folder, same_frames, thread_record, weights_digest
 from .standalone import pretrain, splits
 from .tasks import sequence_batches
@@ -138,8 +139,9 @@ class FusionTask:
 
 
 def resolved_config(name: str, preset: Preset, options: dict) -> FusionConfig:
-    """A method's resolved configuration: its registered defaults, ``film`` defaulting to the preset's, then ``options``."""
-    return method_config(name, **{"film": preset.film, **options})
+    """A method's resolved configuration: its registered defaults, ``film`` and ``activation_checkpoint``
+    defaulting to the preset's, then ``options``."""
+    return method_config(name, **{"film": preset.film, "activation_checkpoint": preset.activation_checkpoint, **options})
 
 
 def build_method(name: str, models: Pretrained, preset: Preset, cfg: FusionConfig, seed: int) -> nn.Module:
@@ -178,12 +180,45 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     return model, result
 
 
-def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progress: bool = True
-              ) -> dict[str, SequenceDataset]:
-    """The test split cropped around each kind of centre: ``gt`` and ``depth`` (built once, cached)."""
-    cache = cache or get_cache(fpha, preset.preprocess, progress=progress)
-    depth = get_cache(fpha, replace(preset.preprocess, centre="depth"), sequences=fpha.test, progress=progress)
-    return {"gt": SequenceDataset(cache, fpha.test), "depth": SequenceDataset(depth, fpha.test)}
+class CentredTestSets(Mapping):
+    """The test split cropped around each kind of centre (:data:`CENTRES`), each built on first use
+    (and cached on disk): ``gt``, the middle MCP; ``depth``, found from depth alone by
+    :func:`handfuse.localise.locate_sequence` with the preset's learned ComRefNet refinement, trained
+    on the training split (seed 0: one localiser per dataset) the first time it is needed."""
+
+    def __init__(self, fpha: FPHA, preset: Preset, cache: CropCache | None = None, progress: bool = True):
+        self.fpha, self.preset, self.progress = fpha, preset, progress
+        self._built: dict[str, SequenceDataset] = {}
+        if cache is not None:
+            self._built["gt"] = SequenceDataset(cache, fpha.test)
+
+    def __getitem__(self, centre: str) -> SequenceDataset:
+        if centre not in CENTRES:
+            raise KeyError(f"no test set for centre {centre!r}: one of {CENTRES}")
+        if centre not in self._built:
+            self._built[centre] = SequenceDataset(self._cache(centre), self.fpha.test)
+        return self._built[centre]
+
+    def _cache(self, centre: str) -> CropCache:
+        if centre == "gt":
+            return get_cache(self.fpha, self.preset.preprocess, progress=self.progress)
+        from .standalone import pretrain_localiser
+
+        refiner = pretrain_localiser(self.fpha, self.preset, seed=0, progress=self.progress)[1].run_dir
+        return get_cache(self.fpha, replace(self.preset.preprocess, centre="depth"), sequences=self.fpha.test,
+                         progress=self.progress, refiner=refiner)
+
+    def __iter__(self):
+        return iter(CENTRES)
+
+    def __len__(self) -> int:
+        return len(CENTRES)
+
+
+def test_sets(fpha: FPHA, preset: Preset, cache: CropCache | None = None, progress: bool = True) -> CentredTestSets:
+    """The test split cropped around each kind of centre, ``gt`` and ``depth``, each built when first
+    looked up (:class:`CentredTestSets`)."""
+    return CentredTestSets(fpha, preset, cache, progress)
 
 
 def evaluate(model: nn.Module, tests: dict[str, SequenceDataset], scored: dict | None = None,

@@ -1,8 +1,7 @@
 """Finding the hand in depth frames alone: the crop centre when no annotation is at hand.
 
 :func:`locate_sequence` is the one entry point (``python -m handfuse locate`` and
-``python -m handfuse predict`` call it; the crop cache's ``centre="depth"`` still uses
-:func:`handfuse.preprocess.centre_from_depth`).  It returns, for every frame, the hand
+``python -m handfuse predict`` call it, and so does the crop cache's ``centre="depth"``).  It returns, for every frame, the hand
 centre (an estimate of the middle MCP, mm, camera frame), its pixel, and a status:
 :data:`LOCATED`, or :data:`LOST` (a NaN centre: a frame is never silently given another's
 centre), with how a located frame was found (detected afresh, or tracked from the previous one).
@@ -50,7 +49,7 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -193,7 +192,10 @@ def table_plane(points: np.ndarray) -> tuple[np.ndarray, float] | None:
         return None
     normals, triples = normals[ok] / norm[ok, None], triples[ok]
     offsets = np.einsum("ij,ij->i", normals, triples[:, 0])  # (I,)
-    inliers = np.abs(sample @ normals.T - offsets) < tol[:, None]  # (N, I)
+    # (N, I) distances, summed per axis rather than by a matrix product: BLAS would start its own
+    # threads here, which only compete with the crop cache's worker processes
+    dist = sample[:, :1] * normals[:, 0] + sample[:, 1:2] * normals[:, 1] + sample[:, 2:] * normals[:, 2]
+    inliers = np.abs(dist - offsets) < tol[:, None]  # (N, I)
     best = int(np.argmax(inliers.sum(0)))
     inside = sample[inliers[:, best]]
     if len(inside) < MIN_PLANE_SHARE * len(sample):
@@ -573,11 +575,11 @@ def train_refiner(fpha, preset, seed: int = 0, device: str = "cpu", root=None, p
     :func:`handfuse.train.fit`.  Returns (:class:`Refiner`, FitResult)."""
     from .pool import one_thread
     from .standalone import splits
-    from .train import RESULT, _jsonable, finished, fit
+    from .train import RESULT, _jsonable, finished, fit, recorded
 
     run, config, cfg_train, cfg = refiner_run(fpha, preset, seed, device, root)
     strides = {"train": cfg.frame_stride, "val": cfg.test_stride, "test": cfg.test_stride}
-    if finished(run) and json.loads((run / RESULT).read_text()).get("config") == _jsonable({**config, "train": asdict(cfg_train)}):
+    if finished(run) and json.loads((run / RESULT).read_text()).get("config") == _jsonable({**config, "train": recorded(cfg_train)}):
         data = {name: RefineFrames(np.zeros((0, 1, 1), np.uint16), np.zeros((0, 3))) for name in strides}  # fit only loads
     else:
         parts = splits(fpha, preset, seed)

@@ -200,14 +200,6 @@ def counts_table(counts: dict, source: str) -> str:
     return table([""] + list(counts), [[source] + list(counts.values())])
 
 
-def realism_table(real: dict, source: str) -> str:
-    """Zero pixels and hand / background depth ranges (``handfuse.datastats.realism``) beside a real FPHA frame's."""
-    return table([source, "zero pixels", "hand depth p5-p95 (mm)", "background depth p5-p95 (mm)"], [
-        ["measured", f"{100 * real['zero_fraction']:.1f}%", f"{real['hand_mm_p5']:.0f}-{real['hand_mm_p95']:.0f}",
-         f"{real['background_mm_p5']:.0f}-{real['background_mm_p95']:.0f}"],
-        ["real FPHA frame (data.md)", "~30%", "~250-500", "~600-1100"]])
-
-
 def standalone_table(results: dict, source: str, seed: int) -> str:
     """``01``'s table: ours (one seed) beside the original's FPHA numbers, which come from :data:`ROWS`
     (the one definition every table and slide reads).  ``results`` maps ``hpe``, ``hpe_film``, ``har``

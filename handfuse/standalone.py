@@ -111,15 +111,37 @@ def pretrain_har(fpha: FPHA, preset: Preset, attention: bool = False, seed: int 
     return net, result
 
 
-PRETRAIN = {"hpe": (pretrain_hpe, hpe_run), "har": (pretrain_har, har_run)}
+def pretrain_localiser(fpha: FPHA, preset: Preset, seed: int = 0, device: str = "cpu", cache: CropCache | None = None,
+                       progress: bool = True):
+    """The learned refinement of the depth-only hand localiser (:func:`handfuse.localise.train_refiner`),
+    trained here or loaded: (:class:`~handfuse.localise.Refiner`, FitResult).  The depth-centred test sets
+    use seed 0's (:class:`handfuse.finetune.CentredTestSets`)."""
+    from .localise import train_refiner
+
+    return train_refiner(fpha, preset, seed, device, progress=progress)
+
+
+def localiser_run(fpha: FPHA, preset: Preset, seed: int = 0, device: str = "cpu"):
+    """Where :func:`pretrain_localiser` trains: (run folder, config, training settings, refiner config)."""
+    from .localise import refiner_run
+
+    return refiner_run(fpha, preset, seed, device)
+
+
+PRETRAIN = {"hpe": (pretrain_hpe, hpe_run), "har": (pretrain_har, har_run), "localiser": (pretrain_localiser, localiser_run)}
 
 
 def pretrain(fpha: FPHA, preset: Preset, kind: str, kwargs: dict, device: str = "cpu", cache: CropCache | None = None,
              progress: bool = True) -> tuple[nn.Module, FitResult]:
-    """One pre-training request (``kind`` "hpe" or "har"; ``kwargs`` those of :func:`pretrain_hpe`
-    or :func:`pretrain_har`: ``film``, ``attention``, ``seed``, ``model``, ``feed``), trained here or loaded."""
+    """One pre-training request (``kind`` "hpe", "har" or "localiser"; ``kwargs`` those of
+    :func:`pretrain_hpe`, :func:`pretrain_har` or :func:`pretrain_localiser`: ``film``, ``attention``,
+    ``seed``, ``model``, ``feed``), trained here or loaded."""
+    if kind not in PRETRAIN:
+        raise ValueError(f"pretrain: kind {kind!r} is not one of {sorted(PRETRAIN)}")
     if kind == "hpe":
         return pretrain_hpe(fpha, preset, device=device, cache=cache, progress=progress, **kwargs)
+    if kind == "localiser":
+        return pretrain_localiser(fpha, preset, device=device, progress=progress, **kwargs)
     return pretrain_har(fpha, preset, device=device, progress=progress, **kwargs)
 
 

@@ -14,10 +14,11 @@ import pytest
 
 import handfuse.cache as cache_mod
 from conftest import make_tiny_fpha
-from handfuse.cache import MANIFEST, CropCache, default_cache_dir, get_cache
+from handfuse.cache import MANIFEST, CropCache, cache_key, cache_key_inputs, default_cache_dir, fill_lost, get_cache
 from handfuse.config import PreprocessConfig
 from handfuse.errors import DataError
 from handfuse.fpha import FPHA, write_depth_png, write_skeleton_file
+from handfuse.localise import LOCALISER_VERSION
 from handfuse.preprocess import centre_from_joints, crop
 
 CFG = PreprocessConfig(crop=24, cube_mm=250.0, centre="gt")
@@ -186,15 +187,42 @@ def test_corrupt_png_error_crosses_the_process_pool(tiny_fpha, tmp_path):
     assert leftovers == []  # neither a complete-looking cache nor a temporary folder
 
 
-def test_depth_centres_fall_back_to_a_neighbouring_frame(tiny_fpha, tmp_path):
+def test_depth_centres_mark_a_lost_frame_and_crop_it_at_its_neighbour(tiny_fpha, tmp_path):
     ref = tiny_fpha.sequences[0]
     write_depth_png(tiny_fpha.depth_path(ref, 2), np.zeros((480, 640), np.uint16))  # no hand at all
     cache = _get(tiny_fpha, tmp_path, dataclasses.replace(CFG, centre="depth"))
     rows = cache.rows(ref)
-    assert cache.manifest["depth_centre_fallbacks"] == 1
-    np.testing.assert_array_equal(cache.centres[rows][2], cache.centres[rows][1])
+    assert cache.manifest["depth_centre_lost"] == 1 == int(cache.lost.sum())
+    assert cache.lost[rows][2] and not cache.lost[rows][[0, 1]].any()
+    np.testing.assert_array_equal(cache.centres[rows][2], cache.centres[rows][1])  # the nearest located frame
     assert not np.allclose(cache.centres[rows], cache.centres_gt[rows])  # found from depth, not copied
     assert np.all(np.abs(cache.centres[rows][:, 2] - cache.centres_gt[rows][:, 2]) < 100)
+    assert cache.manifest["inputs"]["localiser"]["version"] == LOCALISER_VERSION
+
+
+def test_depth_cache_keys_on_the_refiner_weights(tiny_fpha, tmp_path):
+    cfg = dataclasses.replace(CFG, centre="depth")
+    run = tmp_path / "refiner"
+    with pytest.raises(DataError) as err:  # no weights: one error naming the file and the command
+        cache_key_inputs(tiny_fpha, cfg, tiny_fpha.sequences, run)
+    assert str(run / "best.pt") in str(err.value) and "python -m handfuse.localise train" in str(err.value)
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"one")
+    one = cache_key(cache_key_inputs(tiny_fpha, cfg, tiny_fpha.sequences, run))
+    (run / "best.pt").write_bytes(b"two")
+    two = cache_key(cache_key_inputs(tiny_fpha, cfg, tiny_fpha.sequences, run))
+    alone = cache_key(cache_key_inputs(tiny_fpha, cfg, tiny_fpha.sequences))
+    assert len({one, two, alone}) == 3
+    assert "localiser" not in cache_key_inputs(tiny_fpha, CFG, tiny_fpha.sequences)  # gt crops do not depend on it
+
+
+def test_fill_lost_takes_the_nearest_located_frame():
+    c = np.arange(15, dtype=np.float32).reshape(5, 3)
+    filled = fill_lost(c, [0, 2, 3])
+    np.testing.assert_array_equal(filled[[0, 2, 3]], c[[1, 1, 4]])  # 0 -> 1, 2 -> 1, 3 -> 4
+    np.testing.assert_array_equal(filled[[1, 4]], c[[1, 4]])
+    with pytest.raises(ValueError, match="every frame is lost"):
+        fill_lost(c, range(5))
 
 
 def test_default_cache_dir(tmp_path, monkeypatch):

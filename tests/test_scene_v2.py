@@ -40,7 +40,7 @@ def _digest(root: Path) -> dict[str, str]:
 def test_the_scene_is_checked():
     with pytest.raises(ConfigError, match="synth.scene"):
         SynthConfig(scene="v3")
-    assert SynthConfig().scene == "v1"  # every committed number was made on v1
+    assert SynthConfig().scene == "v2"  # the presets' data since generator 2.0
 
 
 def test_v2_is_deterministic_and_records_its_scene(v2_root, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from handfuse.synth.actions import LOOKALIKE_GROUPS, REVERSE_PAIRS
 from handfuse.synth.hand import HandShape, forward_kinematics
 from handfuse.synth.sequence import joint_radius, make_sequence
 
-TINY = SynthConfig(subjects=1, reps=2, fps=2.0, duration_s=1.6)
+TINY = SynthConfig(subjects=1, reps=2, fps=2.0, duration_s=1.6, scene="v1")  # v1: its bytes are pinned below
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +50,13 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tiny_v1_root,
 
 # Scene v1's output for TINY as the generator of c49a6b3, before scene v2, wrote it: one digest of the
 # text files (skeletons, visibility, split, subject info, synth_info.json) and one of the depth PNGs,
-# each over the sorted (path, sha256) pairs.  Measured with the pinned environment on an AMD EPYC; the
-# PNGs (and the visibility codes, from the same z-buffer) are bit for bit only on one CPU model, like
-# every such claim here (docs/reliability.md), since BLAS rounds the renderer's dot products by CPU.
+# each over the sorted (path, sha256) pairs, with the pinned environment.  The PNGs are bit for bit only
+# on one CPU model, like every such claim here (docs/reliability.md), since BLAS rounds the renderer's dot
+# products by CPU: their digest per CPU model (/proc/cpuinfo), each taken from c49a6b3's generator (the
+# Intel one re-taken at d2c790c, whose v1 is c49a6b3's); on another CPU model the PNG digest is not checked.
 V1_TEXT_DIGEST = "ceafbfd05495c85403a4a7a5a9a1b63ccfac45f69eb9f04ab8278c2f63b48b79"
-V1_PNG_DIGEST = "c4e55e161db03d84e671bcff9463d3a8c539a4ce0a3b1706f007bacfdf86c182"
+V1_PNG_DIGESTS = {"AMD EPYC": "c4e55e161db03d84e671bcff9463d3a8c539a4ce0a3b1706f007bacfdf86c182",
+                  "Intel(R) Xeon(R) Processor": "5c7e7dc62e8af9c300ee3cd594e29744cea38e07bd5d6d27ea22ab7d805b4cd7"}
 
 
 def _tree_digest(digests: dict[str, str], png: bool) -> str:
@@ -61,11 +64,25 @@ def _tree_digest(digests: dict[str, str], png: bool) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def test_scene_v1_writes_exactly_what_it_wrote_before_v2(tiny_v1_root):
+def test_scene_v1_writes_exactly_what_it_wrote_before_v2(tiny_v1_root, tmp_path):
+    from handfuse.synth.generate import INFO_FILE
+
+    # the one change v1 is allowed is in its info file, since 2.0 made v2 the default: the generator's
+    # version, and the scene it now records; put back as they were when these digests were taken
+    info = json.loads((tiny_v1_root / INFO_FILE).read_text())
+    assert info["version"] != "1.1" and info["config"].pop("scene") == "v1"
+    info["version"] = "1.1"
     digests = _digest(tiny_v1_root)
+    digests[INFO_FILE] = hashlib.sha256((json.dumps(info, indent=2) + "\n").encode()).hexdigest()
     assert sum(k.endswith(".png") for k in digests) > 300
     assert _tree_digest(digests, png=False) == V1_TEXT_DIGEST, "v1's skeletons, visibility or info files changed"
-    assert _tree_digest(digests, png=True) == V1_PNG_DIGEST, "v1's depth frames changed (or this CPU rounds differently)"
+    from handfuse.report import machine_info
+
+    cpu = machine_info()["cpu"]
+    known = [digest for model, digest in V1_PNG_DIGESTS.items() if cpu.startswith(model)]
+    if not known:
+        pytest.skip(f"no v1 PNG digest taken on this CPU model ({cpu}): the text files were checked")
+    assert _tree_digest(digests, png=True) == known[0], "v1's depth frames changed"
 
 
 def test_round_trip_through_the_fpha_reader(smoke_root):
@@ -114,7 +131,9 @@ def test_sensor_realism_on_smoke_frames(smoke_root):
         hand.append(joints[0, :, 2])
     assert 0.18 < np.mean(zeros) < 0.40  # a real FPHA frame has about 30 % zeros
     hand = np.concatenate(hand)
-    assert 180 < np.percentile(hand, 5) and np.percentile(hand, 95) < 560
+    # scene v2's lowered hand sits deeper than the real one (joint depth p95 about 550-590 mm against the
+    # real 355-451 while lowering: docs/data.md says so); the bound catches a hand pushed out of reach
+    assert 180 < np.percentile(hand, 5) and np.percentile(hand, 95) < 620
 
 
 @pytest.mark.parametrize("scene", ["v1", "v2"])

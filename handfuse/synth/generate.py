@@ -42,7 +42,7 @@ from .hand import HandShape
 from .scene_v2 import static_holes
 from .sequence import frame_scene, joint_radius, make_sequence
 
-GENERATOR_VERSION = "1.1"  # 1.1: look-alike oscillations slowed to be resolvable at 6 fps
+GENERATOR_VERSION = "2.0"  # 2.0: scene v2 is the default; 1.1: look-alike oscillations slowed to be resolvable at 6 fps
 EXTRAS_DIR = "Synthetic_extras"
 INFO_FILE = "synth_info.json"
 VIS_CODES = {R.NOTHING: "t", R.TABLE: "t", R.CLUTTER: "t", R.OBJECT: "o", R.HAND: "h", R.ARM: "a",
@@ -167,13 +167,10 @@ def generate(out: str | Path, cfg: SynthConfig, workers: int | None = None, prog
 
 
 def _recorded(cfg: SynthConfig) -> dict:
-    """The parameters ``synth_info.json`` records: all of them, but ``scene`` only when it is not
-    "v1", so that a v1 benchmark's files stay byte for byte what they were before v2 existed
-    (``handfuse.paths.ensure_synthetic`` reads a missing knob as its default)."""
-    config = asdict(cfg)
-    if cfg.scene == "v1":
-        del config["scene"]
-    return config
+    """The parameters ``synth_info.json`` records: all of them.  (Before generator 2.0 a v1 benchmark
+    left ``scene`` out, v1 being the default then; those folders are regenerated anyway, their version
+    being older.)"""
+    return asdict(cfg)
 
 
 def _write_subject_info(root: Path, refs: list[SequenceRef], frames: dict[str, int]) -> None:
