@@ -69,9 +69,9 @@ def plan(preset: Preset, seeds: int | None = None, seed: int | None = None, fram
 def _standalone(p: dict, film: str, frames: int) -> NotebookRuns:
     s = p["seed"]
     look_seeds = [s + k for k in range(3)]
-    return NotebookRuns([("hpe", {"film": "none", "seed": s}), ("hpe", {"film": film, "seed": s}),
+    return NotebookRuns([("localiser", {"seed": 0}), ("hpe", {"film": "none", "seed": s}), ("hpe", {"film": film, "seed": s}),
                          ("hpe", {"film": film, "seed": s, "feed": "true"}), ("har", {"attention": True, "seed": s}),
-                         *[("har", {"attention": False, "seed": k}) for k in look_seeds], ("localiser", {"seed": 0})])
+                         *[("har", {"attention": False, "seed": k}) for k in look_seeds]])
 
 
 def _baseline(p: dict, film: str, frames: int) -> NotebookRuns:
