@@ -18,8 +18,9 @@ loss turns NaN (docs/reliability.md, "The notebooks' checks").
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -30,9 +31,12 @@ from .fpha import FPHA, SequenceRef
 from .metrics import mean_joint_error
 from .models.registry import DEFAULT_HPE, hpe_entry
 from .pool import one_thread
+from .results import write_json
+from .runs import code_key, data_fingerprint, models_dir
 from .skeleton import NUM_ACTIONS
 from .standalone import initial_hpe, splits
 from .tasks import HPETask
+from .train import run_digest
 
 HPE_MARGIN = 0.1  # a trained HPE's error must lie at least 10 % below each reference
 HAR_FACTOR = 5.0  # a trained HAR's accuracy on true poses must exceed 5 x chance
@@ -65,11 +69,22 @@ def untrained_hpe_error_mm(fpha: FPHA, preset: Preset, seed: int = 0, film: str 
 def hpe_references(fpha: FPHA, preset: Preset, seed: int = 0, film: str = "none", model: str = DEFAULT_HPE,
                    cache: CropCache | None = None) -> tuple[float, float]:
     """(untrained network's, mean-pose guess's) test errors in mm: what :func:`hpe_learned` compares
-    a pre-trained estimator of ``seed`` with."""
+    a pre-trained estimator of ``seed`` with.  Both are deterministic, so they are kept in the preset's
+    models folder (``references/``, keyed by the data, the code, the preset's settings and the
+    arguments) and read back by the next notebook that checks the same models."""
+    key = {"data": data_fingerprint(fpha), "code": code_key(), "preset": asdict(preset), "seed": seed, "film": film,
+           "model": model}
+    stored = models_dir(preset) / "references" / f"{run_digest(key)}-seed{seed}.json"  # the digest leaves seeds out
+    if stored.is_file():
+        found = json.loads(stored.read_text())
+        if found.get("key") == json.loads(json.dumps(key)):
+            return tuple(found["references_mm"])
     cache = cache or get_cache(fpha, preset.preprocess, progress=False)
     split = splits(fpha, preset, seed)
-    return (untrained_hpe_error_mm(fpha, preset, seed, film, model, cache),
+    refs = (untrained_hpe_error_mm(fpha, preset, seed, film, model, cache),
             mean_pose_error_mm(cache, split["train"], split["test"]))
+    write_json(stored, {"key": key, "references_mm": refs})
+    return refs
 
 
 # ----------------------------------------------------------------------------- checks

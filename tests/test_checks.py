@@ -7,6 +7,7 @@ checks the notebooks call: the real runs pass, the others fail.
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -142,6 +143,33 @@ def test_the_mean_pose_guess(smoke):
     offsets = cache.joints[train_rows] - cache.centres[train_rows][:, None]
     spread = np.linalg.norm(offsets - offsets.mean(0), axis=-1).mean()
     assert checks.mean_pose_error_mm(cache, split["train"], split["train"]) == pytest.approx(spread, rel=1e-6)
+
+
+def test_the_references_are_kept_and_read_back_per_seed_and_model(smoke, tmp_path, monkeypatch):
+    """hpe_references computes once per (data, code, preset, seed, FiLM, model) and reads the kept
+    numbers back after; another seed or FiLM placement is computed afresh, and a kept file whose key
+    differs is not trusted."""
+    fpha, preset, cache = smoke
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path))
+    calls = []
+    real = checks.untrained_hpe_error_mm
+
+    def counted(*args, **kwargs):
+        calls.append(args[2:4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checks, "untrained_hpe_error_mm", counted)
+    first = checks.hpe_references(fpha, preset, 0, "none", cache=cache)
+    assert checks.hpe_references(fpha, preset, 0, "none", cache=cache) == first and len(calls) == 1
+    other = checks.hpe_references(fpha, preset, 1, "none", cache=cache)
+    checks.hpe_references(fpha, preset, 0, preset.film, cache=cache)
+    assert len(calls) == 3 and other != first
+    kept = sorted((tmp_path / preset.name / "models" / "references").glob("*.json"))
+    assert len(kept) == 3
+    for path in kept:  # a file whose key is not this call's is computed again, and replaced
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "key": {**record["key"], "seed": 99}, "references_mm": [0.0, 0.0]}))
+    assert checks.hpe_references(fpha, preset, 0, "none", cache=cache) == first and len(calls) == 4
 
 
 # ----------------------------------------------------------------------------- they bite
