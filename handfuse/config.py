@@ -6,13 +6,12 @@ checkpoint and results file.
 
 Presets (see ``PRESETS``): ``smoke`` is a seconds-long test fixture, ``cpu`` the
 default whose whole reproduction runs on a 2-core laptop, ``paper`` FPHA's counts
-and the original's model sizes, ``sweep`` the cpu preset sized down for the
-benchmarks of ``08_when_fusion_helps`` (``SWEEP``).
+and the original's model sizes.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .augment import AugmentConfig
 from .dataconfig import CENTRES, PreprocessConfig, SynthConfig, from_dict  # noqa: F401 (the data layer's configs)
@@ -126,20 +125,6 @@ PRESETS: dict[str, Preset] = {
         transformer_har=TransformerHARConfig(d_model=128, heads=4, layers=3, ff=256),
     ),
 }
-# the sweep of 08_when_fusion_helps: three benchmarks of its own, each trained as the cpu preset's study, so it
-# is sized down, as the notebook says: 2 of the 6 subjects, and a pose estimator on 32-pixel crops (DeepPrior++'s
-# layout at widths 16-64, pooled to 2 x 2: 1.9 MFLOPs per frame against the cpu preset's 10.8).  Its conditioned
-# HPE shows the headroom the cpu-sized one shows (coupling 1, test split, 3 seeds, one-off check before adopting:
-# 1.4 against 1.6 mm) at about 40 % of the pre-training time; the data, the recogniser and every training
-# setting are the cpu preset's
-PRESETS["sweep"] = replace(
-    PRESETS["cpu"], name="sweep",
-    synth=replace(PRESETS["cpu"].synth, subjects=2),
-    preprocess=replace(PRESETS["cpu"].preprocess, crop=32),
-    hpe=HPEConfig(crop=32, stem_channels=16, widths=(16, 32, 64, 64), blocks=(1, 1, 1, 1), pool=2, fc=256, min_mid=16),
-    resnet_hpe=ResNetHPEConfig(crop=32),
-)
-SWEEP = {"cpu": "sweep"}  # a preset -> the preset of 08's sweep benchmarks (the others sweep at their own size)
 
 
 def get_preset(name: str) -> Preset:

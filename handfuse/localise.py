@@ -471,7 +471,6 @@ REFINE_PRESETS: dict[str, tuple[RefineConfig, dict]] = {  # preset -> (refiner, 
     "paper": (RefineConfig(size=64, channels=(16, 32, 64, 64), frame_stride=2),
               dict(epochs=20, batch_size=128, patience=6, lr=1e-3, schedule="cosine")),
 }
-REFINE_PRESETS["sweep"] = REFINE_PRESETS["cpu"]  # the cpu preset's frames and sensor: its refiner (the crop size is not its)
 RUN_PREFIX = "localise-comref"
 
 

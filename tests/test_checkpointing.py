@@ -158,9 +158,9 @@ def test_checkpointing_keeps_fewer_activations(name):
 
 
 def test_on_at_paper_size_and_off_for_the_cpu_and_smoke_presets():
-    assert set(PRESETS) == {"smoke", "cpu", "paper", "sweep"}  # a new preset must say where it stands
+    assert set(PRESETS) == {"smoke", "cpu", "paper"}  # a new preset must say where it stands
     assert get_preset("paper").activation_checkpoint > 0
-    for preset in ("cpu", "smoke", "sweep"):
+    for preset in ("cpu", "smoke"):
         assert get_preset(preset).activation_checkpoint == 0
     for name in METHODS:  # the resolved configurations the runs use
         assert resolved_config(name, get_preset("paper"), {}).activation_checkpoint == get_preset("paper").activation_checkpoint
