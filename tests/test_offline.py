@@ -52,7 +52,7 @@ def test_a_kernel_started_by_the_tests_cannot_reach_the_network():
 CHILD = r'''
 import json, socket, sys, urllib.request
 if not getattr(socket.socket.connect, "_handfuse_guard", False):
-    print(json.dumps({"guarded": False}))
+    sys.stdout.write(json.dumps({"guarded": False}) + "\n")  # one write: side-by-side workers share stdout
     sys.exit()
 import netguard
 server = socket.socket()  # loopback stays open, through the real functions
@@ -86,12 +86,27 @@ for what, attempt in attempts.items():
         refused[what] = "not refused"
     except Exception as e:
         refused[what] = type(e).__name__
-print(json.dumps({"guarded": True, "refused": refused, "reached": reached}))
+sys.stdout.write(json.dumps({"guarded": True, "refused": refused, "reached": reached}) + "\n")
 '''
 
 
 def _child_report(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _reports(stdout: str) -> list[dict]:
+    """Every JSON object in ``stdout``, in order, wherever the lines break: processes writing side by
+    side (unbuffered, as the Makefile runs them) can put two reports on one line."""
+    decoder, found, at = json.JSONDecoder(), [], stdout.find("{")
+    while at >= 0:
+        try:
+            report, end = decoder.raw_decode(stdout, at)
+        except json.JSONDecodeError:  # a brace in other output: look further on
+            at = stdout.find("{", at + 1)
+            continue
+        found.append(report)
+        at = stdout.find("{", end)
+    return found
 
 
 def _assert_refused(report: dict) -> None:
@@ -120,7 +135,7 @@ def test_torchrun_and_its_workers_cannot_reach_the_network(tmp_path):
                            str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    reports = _reports(done.stdout)
     assert len(reports) == 2, done.stdout  # one per worker
     for report in reports:
         _assert_refused(report)
