@@ -91,7 +91,7 @@ sys.stdout.write(json.dumps({"guarded": True, "refused": refused, "reached": rea
 
 
 def _child_report(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
+    return _reports(stdout)[-1]
 
 
 def _reports(stdout: str) -> list[dict]:
