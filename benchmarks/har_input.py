@@ -10,13 +10,12 @@ validation split twice: on true poses, and on the predictions of the preset's pr
 fed w_eq (what the untrained chain reads); per seed, the HPE and every recogniser are pre-trained
 through the workbook's runs (``handfuse.standalone.pretrain``), the recogniser on true poses.
 
-Candidates (``benchmarks.tuning.lookalike_variants``): the preset's recogniser, then the camera's joints
-beside the joint angles or beside every joint-to-joint distance, with dropout 0.5 for 150 whole epochs,
-without and with training-only jitter and rotation of the poses (``HARConfig.jitter_mm``,
-``rotate_deg``).  (The hand frame and the angles alone, scored here before, lost 25-34 points of
-accuracy on predicted poses: see the cpu preset's note in ``handfuse/config.py``.)  Printed and
-written: per candidate the accuracy and the look-alike within-pair accuracy on each input, mean ± 95 %
-half-width over seeds, and the paired difference against the preset's.  **The test split is never read.**  The numbers are synthetic.
+Candidates (``benchmarks.tuning.lookalike_variants``): the preset's recogniser; the hand frame and the
+joint angles with the preset's training; the joint angles with dropout 0.5 for 150 whole epochs (``01``'s
+articulation reader, ``handfuse.standalone.ARTICULATION``); and the camera's joints beside the joint
+angles, trained the same way.  Printed and written: per candidate the accuracy and the look-alike
+within-pair accuracy on each input, mean ± 95 % half-width over seeds, and the paired difference
+against the preset's.  **The test split is never read.**  The numbers are synthetic.
 """
 from __future__ import annotations
 

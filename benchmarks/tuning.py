@@ -91,14 +91,16 @@ def har_variants(P: Preset) -> dict[str, Preset]:
 
 
 def lookalike_variants(P: Preset) -> dict[str, Preset]:
-    """The candidates of ``benchmarks.har_input``: the preset's HAR (first), then inputs that read the
-    articulation beside the camera's joints (``camera+angles``, ``camera+distances``), with dropout 0.5
-    for 150 whole epochs, without and with the training-only augmentations (``jitter_mm``: 10 mm on every
-    joint, about a pose estimator's error; ``rotate_deg``: each sequence turned by 15 degrees per axis)."""
-    long = replace(P.train_har, epochs=150, patience=150)
-    inputs = [dict(frame="camera+angles"), dict(frame="camera+angles", jitter_mm=10.0),
-              dict(frame="camera+angles", jitter_mm=10.0, rotate_deg=15.0), dict(frame="camera+distances")]
-    variants = [P] + [replace(P, har=replace(P.har, dropout=0.5, **k), train_har=long) for k in inputs]
+    """The candidates of ``benchmarks.har_input``: the preset's HAR (first); the hand frame and the
+    hand's joint angles with the preset's training; then, with dropout 0.5 for 150 whole epochs, the
+    joint angles (``01``'s articulation reader, ``handfuse.standalone.ARTICULATION``) and the camera's
+    joints beside them (the best input of both kinds on scene v1)."""
+    from handfuse.standalone import ARTICULATION, ARTICULATION_EPOCHS
+
+    long = replace(P.train_har, epochs=ARTICULATION_EPOCHS, patience=ARTICULATION_EPOCHS)
+    variants = [P] + [replace(P, har=replace(P.har, frame=f)) for f in ("hand", "angles")]
+    variants += [replace(P, har=replace(P.har, **{**ARTICULATION, "frame": f}), train_har=long)
+                 for f in (ARTICULATION["frame"], "camera+angles")]
     return {("preset: " if v is P else "") + _har_label(v): v for v in variants}
 
 

@@ -89,10 +89,11 @@ PRESETS: dict[str, Preset] = {
         # (the first would narrow to 8), which makes the net channels_last-safe (see channels_last_safe), the
         # faster memory format on CPU
         HPEConfig(crop=64, stem_channels=16, widths=(32, 64, 128, 128), blocks=(1, 1, 1, 1), fc=512, min_mid=16),
-        # the original's input (camera-frame joints).  On validation (python -m benchmarks.har_input, 3 seeds) the
-        # hand's joint angles (frame="angles", dropout 0.5, 150 epochs) tell the look-alike pairs apart better from
-        # true poses (within-pair 72.9 against 52.1 %) but read predicted poses far worse (accuracy 43.7 against
-        # 75.2 %: -31.5 +- 21.4 points), and the workbook's recogniser reads predicted poses
+        # the original's input (camera-frame joints).  On validation (python -m benchmarks.har_input, scene v2, 3
+        # seeds) the hand's joint angles (frame="angles", dropout 0.5, 150 epochs) tell the look-alike pairs apart
+        # better from true poses (within-pair 81.2 against 56.2 %) but read predicted poses far worse (accuracy
+        # 40.4 against 77.4 %: -37.0 +- 9.7 points), and the workbook's recogniser reads predicted poses; 01
+        # trains that angle reader beside it (handfuse.standalone.ARTICULATION)
         HARConfig(),
         # cosine decay over 10 epochs: on validation (benchmarks.tuning, 2 seeds) 16 epochs at a constant rate
         # differ by -0.68 +- 1.14 mm (paired, no difference) for 2.3 times the training time

@@ -71,7 +71,8 @@ def _standalone(p: dict, film: str, frames: int) -> NotebookRuns:
     look_seeds = [s + k for k in range(3)]
     return NotebookRuns([("localiser", {"seed": 0}), ("hpe", {"film": "none", "seed": s}), ("hpe", {"film": film, "seed": s}),
                          ("hpe", {"film": film, "seed": s, "feed": "true"}), ("har", {"attention": True, "seed": s}),
-                         *[("har", {"attention": False, "seed": k}) for k in look_seeds]])
+                         *[("har", {"attention": False, "seed": k}) for k in look_seeds],
+                         *[("har", {"attention": False, "seed": k, "articulation": True}) for k in look_seeds]])
 
 
 def _baseline(p: dict, film: str, frames: int) -> NotebookRuns:

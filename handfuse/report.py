@@ -214,16 +214,20 @@ def standalone_table(results: dict, source: str, seed: int) -> str:
                  [[name, f"{v:.2f}", "-" if o is None else o] for name, v, o in rows])
 
 
-def lookalike_table(found: dict[str, list[float]], source: str, seeds: list[int]) -> str:
-    """``01``'s look-alike pairs (:func:`handfuse.standalone.lookalike_accuracy`): per input, the
-    within-pair accuracy and the accuracy over all 45 classes, mean ± 95 % half-width over ``seeds``."""
+def lookalike_table(found: dict, source: str, seeds: list[int]) -> str:
+    """``01``'s look-alike pairs (:func:`handfuse.standalone.lookalike_accuracy`): per recogniser and
+    input, the within-pair accuracy and the accuracy over all 45 classes, mean ± 95 % half-width over
+    ``seeds``.  ``found`` holds the study's recogniser's scores, and under ``"articulation"`` those of
+    the articulation reader (the same LSTM on the hand's joint angles), when ``01`` trained one."""
     from .metrics import mean_ci95
 
-    names = {"true": "true poses", "predicted": f"the FiLM HPE's predictions, fed w_eq (seed {seeds[0]})"}
-    rows = [[names[k], fmt([100 * v for v in mean_ci95(found[k])], 1),
-             ", ".join(f"{100 * v:.0f}" for v in found[k]), fmt([100 * v for v in mean_ci95(found[f"{k}_all"])], 1)]
-            for k in names if k in found]
-    return table([f"the HAR reads ({source}, seeds {', '.join(map(str, seeds))})", "within-pair accuracy (%)",
+    inputs = {"true": "true poses", "predicted": f"the FiLM HPE's predictions, fed w_eq (seed {seeds[0]})"}
+    readers = {"the study's LSTM (camera frame)": found,
+               "the articulation reader (the LSTM on joint angles)": found.get("articulation", {})}
+    rows = [[reader, inputs[k], fmt([100 * v for v in mean_ci95(scores[k])], 1),
+             ", ".join(f"{100 * v:.0f}" for v in scores[k]), fmt([100 * v for v in mean_ci95(scores[f"{k}_all"])], 1)]
+            for reader, scores in readers.items() for k in inputs if k in scores]
+    return table([f"recogniser ({source}, seeds {', '.join(map(str, seeds))})", "reads", "within-pair accuracy (%)",
                   "per seed", "accuracy, all 45 classes (%)"], rows)
 
 
@@ -591,9 +595,9 @@ def summary_markdown(results: dict[str, dict], preset: str) -> str:
     look = results.get("standalone", {}).get("lookalike")
     if look:
         lines += ["", "## The look-alike pairs " + tag, "",
-                  "Within-pair accuracy of the HAR on the four pairs that only a 10-20 mm finger articulation tells "
-                  "apart (chance 50 %), from `01`:", "",
-                  lookalike_table({k: v for k, v in look.items() if k != "seeds"}, source, look["seeds"])]
+                  "Within-pair accuracy on the four pairs that only a 10-20 mm finger articulation tells apart "
+                  "(chance 50 %), from `01`: the study's recogniser, and the same LSTM reading the hand's joint angles:",
+                  "", lookalike_table({k: v for k, v in look.items() if k != "seeds"}, source, look["seeds"])]
     fb = results.get("feedback")
     if fb:
         lines += ["", "## The untrained p_eq sweep " + tag, "", "| p_eq | " + " | ".join(fb["untrained_sweep"]) +

@@ -58,13 +58,29 @@ def hpe_run(fpha: FPHA, preset: Preset, film: str = "none", seed: int = 0, devic
     return run_folder(preset, name, config, cfg_train, seed, root), config, cfg_train, cfg_model
 
 
+# 01's articulation reader: the pose LSTM reading the hand's joint angles (HARConfig.frame "angles"), with
+# dropout 0.5 for 150 whole epochs.  On validation (python -m benchmarks.har_input, scene v2, 3 seeds) it tells
+# the look-alike pairs apart from true poses at 81.2 % within-pair (seeds 62.5, 93.8, 87.5; the angles with the
+# preset's training 68.8, the camera frame 56.2) and stays at chance on predicted poses (47.9 %)
+ARTICULATION = {"frame": "angles", "dropout": 0.5}
+ARTICULATION_EPOCHS = 150
+
+
 def har_run(fpha: FPHA, preset: Preset, attention: bool = False, seed: int = 0, device: str = "cpu",
-            root: str | Path | None = None, model: str = DEFAULT_HAR) -> tuple[Path, dict, TrainConfig, object]:
+            root: str | Path | None = None, model: str = DEFAULT_HAR,
+            articulation: bool = False) -> tuple[Path, dict, TrainConfig, object]:
     """Where :func:`pretrain_har` trains (run folder), with its run config, training settings and model config."""
     cfg_model = replace(har_entry(model).config(preset), attention=attention)
     cfg_train = replace(preset.train_har, seed=seed, device=device)
+    variant = "att" if attention else "last"
+    if articulation:
+        check(model == "lstm", "articulation", articulation,
+              f"False for the recogniser {model!r}: the articulation reader is the pose LSTM (har_model 'lstm')")
+        cfg_model = replace(cfg_model, **ARTICULATION)
+        cfg_train = replace(cfg_train, epochs=ARTICULATION_EPOCHS, patience=ARTICULATION_EPOCHS)
+        variant += "-articulation"
     config = run_config(fpha, preset, **model_parts("har", model, DEFAULT_HAR, cfg_model), **thread_record(device))
-    name = prefix("har", model, DEFAULT_HAR, "att" if attention else "last")
+    name = prefix("har", model, DEFAULT_HAR, variant)
     return run_folder(preset, name, config, cfg_train, seed, root), config, cfg_train, cfg_model
 
 
@@ -99,10 +115,13 @@ def initial_hpe(task: HPETask, cfg_model, seed: int, model: str = DEFAULT_HPE) -
 
 def pretrain_har(fpha: FPHA, preset: Preset, attention: bool = False, seed: int = 0, device: str = "cpu",
                  root: str | Path | None = None, progress: bool = True,
-                 model: str = DEFAULT_HAR) -> tuple[ActionRecogniser, FitResult]:
+                 model: str = DEFAULT_HAR, articulation: bool = False) -> tuple[ActionRecogniser, FitResult]:
     """The action recogniser registered as ``model`` (:data:`handfuse.models.registry.HARS`; default
-    the pose LSTM) on ground-truth pose sequences, with or without temporal attention."""
-    run, config, cfg_train, cfg_model = har_run(fpha, preset, attention, seed, device, root, model)
+    the pose LSTM) on ground-truth pose sequences, with or without temporal attention.
+    ``articulation=True`` trains ``01``'s articulation reader instead: the pose LSTM on the hand's joint
+    angles (:data:`ARTICULATION`, for :data:`ARTICULATION_EPOCHS` whole epochs), which tells the
+    look-alike pairs apart from true poses."""
+    run, config, cfg_train, cfg_model = har_run(fpha, preset, attention, seed, device, root, model, articulation)
     data = {name: PoseSequenceDataset(fpha, refs) for name, refs in splits(fpha, preset, seed).items()}
     torch.manual_seed(seed)
     net = har_entry(model).build(cfg_model)
@@ -135,7 +154,7 @@ def pretrain(fpha: FPHA, preset: Preset, kind: str, kwargs: dict, device: str = 
              progress: bool = True) -> tuple[nn.Module, FitResult]:
     """One pre-training request (``kind`` "hpe", "har" or "localiser"; ``kwargs`` those of
     :func:`pretrain_hpe`, :func:`pretrain_har` or :func:`pretrain_localiser`: ``film``, ``attention``,
-    ``seed``, ``model``, ``feed``), trained here or loaded."""
+    ``seed``, ``model``, ``feed``, ``articulation``), trained here or loaded."""
     if kind not in PRETRAIN:
         raise ValueError(f"pretrain: kind {kind!r} is not one of {sorted(PRETRAIN)}")
     if kind == "hpe":

@@ -175,3 +175,15 @@ def test_the_best_remedy_is_chosen_on_validation_and_the_sweep_verdict_reads_the
     nothing = report.coupling_verdict([0.0, 1.0], [[0.1, 0.3], [0.2, 0.3]], {"feedback": [[1.0, 2.0], [0.0, 1.0]]}, 3)
     assert "nowhere distinguishable from zero" in nothing and "recovers no share distinguishable" in nothing
     assert "fusion does not pay" in nothing
+
+
+def test_the_lookalike_table_shows_the_articulation_reader_beside_the_study_recogniser():
+    study = {"true": [0.5, 0.55, 0.45], "true_all": [0.8, 0.82, 0.84], "predicted": [0.5, 0.5, 0.5],
+             "predicted_all": [0.7, 0.72, 0.74]}
+    alone = report.lookalike_table(study, "synthetic", [0, 1, 2]).splitlines()
+    both = report.lookalike_table({**study, "articulation": {**study, "true": [0.75, 0.8, 0.85]}}, "synthetic",
+                                  [0, 1, 2]).splitlines()
+    assert len(alone) == 2 + 2 and len(both) == 2 + 4
+    reader_true = next(r for r in both if r.startswith("| the articulation reader") and "| true poses |" in r)
+    assert "| 80.0 ± 12.4 |" in reader_true and "| 75, 80, 85 |" in reader_true
+    assert all("the study's LSTM" in r for r in alone[2:])

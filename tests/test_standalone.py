@@ -73,3 +73,24 @@ def test_pretraining_writes_a_run_that_reloads_identically(name, smoke, tmp_path
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
 
+
+
+def test_the_articulation_reader_reads_joint_angles_in_a_run_of_its_own(smoke, tmp_path):
+    """``articulation=True`` (01's articulation reader) trains the pose LSTM on the hand's joint angles with
+    its own dropout and whole epochs, in a run folder of its own beside the preset's recogniser; for another
+    recogniser it is refused by parameter name before anything trains."""
+    from handfuse.errors import ConfigError
+    from handfuse.standalone import ARTICULATION, ARTICULATION_EPOCHS, har_run
+
+    fpha, preset = smoke
+    reader, result = pretrain_har(fpha, preset, root=tmp_path, progress=False, articulation=True)
+    assert (reader.cfg.frame, reader.cfg.dropout) == (ARTICULATION["frame"], ARTICULATION["dropout"]) != (
+        preset.har.frame, preset.har.dropout)
+    assert reader.lstm.input_size == reader.cfg.in_features != preset.har.in_features
+    assert len(result.history) == ARTICULATION_EPOCHS  # whole epochs: no early stop
+    folder, config, train, _ = har_run(fpha, preset, root=tmp_path, articulation=True)
+    assert folder.name.startswith("har-last-articulation-") and (folder / "best.pt").is_file()
+    assert config["har"]["frame"] == "angles" and train.patience == train.epochs == ARTICULATION_EPOCHS
+    assert har_run(fpha, preset, root=tmp_path)[0] != folder
+    with pytest.raises(ConfigError, match="articulation"):
+        har_run(fpha, preset, root=tmp_path, model="transformer", articulation=True)

@@ -23,7 +23,9 @@ P = get_preset("smoke")
 def test_the_plan_covers_notebooks_01_to_04_with_their_own_parameters():
     runs = plan(P)
     assert tuple(runs) == NOTEBOOKS
-    assert len(runs["01"].pretrain) == 8 and not runs["01"].specs  # 3 HPEs, 4 HARs and the localiser, as 01 asks
+    # 3 HPEs, 4 HARs, 3 articulation readers and the localiser, as 01 asks
+    assert len(runs["01"].pretrain) == 11 and not runs["01"].specs
+    assert sum(bool(kw.get("articulation")) for _, kw in runs["01"].pretrain) == 3
     assert [kind for kind, _ in runs["01"].pretrain].count("localiser") == 1
     for nb, r in runs.items():
         source = "".join("".join(c["source"]) for c in
