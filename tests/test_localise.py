@@ -134,6 +134,37 @@ def test_refinement_training_is_deterministic_and_lowers_the_error_on_held_out_f
     assert L.load_refiner(tmp_path_factory.mktemp("empty")) is None
 
 
+def test_tracked_starts_replace_the_share_asked_for_within_the_offset_limit():
+    cfg = L.RefineConfig(tracked=0.5, max_offset_mm=100.0)
+    rng = np.random.default_rng(0)
+    n = 4000
+    truth = rng.normal(0, 50, (n, 3)) + [0, 0, 500]
+    starts = L.perturb(truth, cfg, rng)
+    tracked = truth + [300.0, 0.0, 0.0]  # every tracked centre 300 mm off: clearly told from a perturbation
+    tracked[:100] = np.nan  # lost frames keep their start
+    out = L.tracked_starts(truth, tracked, starts, cfg, np.random.default_rng(1))
+    replaced = ~np.isclose(out, starts).all(1)
+    assert not replaced[:100].any()
+    assert abs(replaced[100:].mean() - cfg.tracked) < 0.03  # the share asked for, of the frames the tracker kept
+    off = out[replaced] - truth[replaced]
+    assert np.allclose(np.linalg.norm(off, axis=1), cfg.max_offset_mm)  # shrunk to the limit ...
+    assert (off[:, 0] > 95).all()  # ... along the tracker's error
+    none = L.tracked_starts(truth, tracked, starts, L.RefineConfig(tracked=0.0), np.random.default_rng(1))
+    np.testing.assert_array_equal(none, starts)
+
+
+def test_refiner_frames_keep_the_trackers_centre_of_every_kept_frame(smoke):
+    fpha, _ = smoke
+    refs = fpha.train[:2]
+    cfg = L.RefineConfig()
+    frames = L.refine_frames(fpha, refs, cfg, stride=2, progress=False, tracked=True)
+    expected = np.concatenate([L.locate_sequence([fpha.read_depth(r, t) for t in range(fpha.num_frames(r))]).centres[::2]
+                               for r in refs])
+    np.testing.assert_array_equal(frames.tracked, expected)
+    assert len(frames.tracked) == len(frames.centres) == len(frames.patches)
+    assert L.refine_frames(fpha, refs, cfg, stride=2, progress=False).tracked is None
+
+
 # ----------------------------------------------------------------------------- locate: CSV and bad input
 
 
