@@ -94,13 +94,15 @@ class Located:
     float32 pixel column and row of the centre (NaN where lost), ``status`` (T,) of
     :data:`LOCATED` / :data:`LOST`, ``how`` (T,): how a located frame was found (:data:`DETECTED`
     afresh, :data:`TRACKED` from the previous frame's centre, or :data:`HELD` there by the centre of
-    mass around it; "" where lost), and ``localiser``: which localiser made them."""
+    mass around it; "" where lost), ``localiser``: which localiser made them, and ``planes`` (T,): each
+    frame's table plane (:func:`table_plane`; None where there is none)."""
 
     centres: np.ndarray
     uv: np.ndarray
     status: list[str]
     localiser: str
     how: list[str] = field(default_factory=list)
+    planes: list = field(default_factory=list)
 
     @property
     def lost(self) -> list[int]:
@@ -279,7 +281,7 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
     """The hand centre of every frame of one sequence: ``depths`` (H, W) uint16 depth maps in mm, in
     order (a list, or any iterable).  With a ``refiner`` (:func:`load_refiner`) each centre found is
     refined by the learned ComRefNet before it becomes the next frame's prior."""
-    centres, status, hows = [], [], []
+    centres, status, hows, planes = [], [], [], []
     prior, held = None, 0
     for depth in tqdm(depths, desc="locating", unit="frame", disable=not progress):
         reg = regions(depth, intrinsics)
@@ -299,11 +301,12 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
         centres.append(np.full(3, np.nan, np.float32) if found is None else found.astype(np.float32))
         status.append(LOST if found is None else LOCATED)
         hows.append(how)
+        planes.append(reg.plane)
     c = np.stack(centres).astype(np.float32) if centres else np.zeros((0, 3), np.float32)
     with np.errstate(invalid="ignore"):
         uv = np.stack([intrinsics.fx * c[:, 0] / c[:, 2] + intrinsics.u0,
                        intrinsics.fy * c[:, 1] / c[:, 2] + intrinsics.v0], -1).astype(np.float32)
-    return Located(c, uv.reshape(-1, 2), status, describe(refiner), hows)
+    return Located(c, uv.reshape(-1, 2), status, describe(refiner), hows, planes)
 
 
 def describe(refiner: "Refiner | None") -> str:
@@ -506,13 +509,15 @@ def refine_frames(fpha, refs, cfg: RefineConfig, stride: int, progress: bool = T
     for ref in tqdm(refs, desc="refiner frames", unit="sequence", disable=not progress):
         joints = fpha.read_skeleton(ref)
         depths = [fpha.read_depth(ref, t) for t in range(fpha.num_frames(ref))]
-        if tracked:
-            found.append(locate_sequence(depths, fpha.intrinsics).centres[::stride])
+        located = locate_sequence(depths, fpha.intrinsics) if tracked else None
+        if located is not None:
+            found.append(located.centres[::stride])
         for t in range(0, len(depths), stride):
             centre = centre_from_joints(joints[t]).astype(np.float64)
             depth = depths[t]
-            if cfg.without_table:
-                depth = without_table(depth, regions(depth, fpha.intrinsics).plane, fpha.intrinsics)
+            if cfg.without_table:  # the tracker found each frame's table plane already
+                plane = located.planes[t] if located is not None else regions(depth, fpha.intrinsics).plane
+                depth = without_table(depth, plane, fpha.intrinsics)
             patches.append(wide_patch(depth, centre, cfg, fpha.intrinsics))
             centres.append(centre)
     size = _wide_size(cfg)
@@ -527,8 +532,13 @@ def perturb(centres: np.ndarray, cfg: RefineConfig, rng: np.random.Generator, ne
     second and third refinements start), shrunk to at most ``max_offset_mm`` from the truth."""
     scale = np.where(rng.random((len(centres), 1)) < near, 1 / 3, 1.0)
     off = rng.normal(0.0, cfg.sigma_mm, centres.shape) * scale
+    return centres + _shrunk(off, cfg.max_offset_mm)
+
+
+def _shrunk(off: np.ndarray, limit_mm: float) -> np.ndarray:
+    """Offsets (N, 3) scaled down, each along itself, to at most ``limit_mm`` long."""
     norm = np.linalg.norm(off, axis=1, keepdims=True)
-    return centres + off * np.minimum(1.0, cfg.max_offset_mm / np.maximum(norm, 1e-9))
+    return off * np.minimum(1.0, limit_mm / np.maximum(norm, 1e-9))
 
 
 def tracked_starts(centres: np.ndarray, tracked: np.ndarray, starts: np.ndarray, cfg: RefineConfig,
@@ -538,8 +548,7 @@ def tracked_starts(centres: np.ndarray, tracked: np.ndarray, starts: np.ndarray,
     from the true centres (N, 3); frames the tracker lost (NaN) keep their start."""
     use = (rng.random(len(centres)) < cfg.tracked) & np.isfinite(tracked).all(1)
     off = np.nan_to_num(tracked - centres) + rng.normal(0.0, TRACKED_JITTER_MM, centres.shape)
-    norm = np.linalg.norm(off, axis=1, keepdims=True)
-    return np.where(use[:, None], centres + off * np.minimum(1.0, cfg.max_offset_mm / np.maximum(norm, 1e-9)), starts)
+    return np.where(use[:, None], centres + _shrunk(off, cfg.max_offset_mm), starts)
 
 
 @dataclass

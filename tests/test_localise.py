@@ -162,7 +162,9 @@ def test_refiner_frames_keep_the_trackers_centre_of_every_kept_frame(smoke):
                                for r in refs])
     np.testing.assert_array_equal(frames.tracked, expected)
     assert len(frames.tracked) == len(frames.centres) == len(frames.patches)
-    assert L.refine_frames(fpha, refs, cfg, stride=2, progress=False).tracked is None
+    untracked = L.refine_frames(fpha, refs, cfg, stride=2, progress=False)
+    assert untracked.tracked is None
+    np.testing.assert_array_equal(frames.patches, untracked.patches)  # the tracker's table planes are the frames' own
 
 
 # ----------------------------------------------------------------------------- locate: CSV and bad input
