@@ -1,6 +1,7 @@
 """Frozen batch norms folded into convolutions (handfuse.models.fold): the same outputs and gradients
-as the plain modules, for both pose estimators, in both memory formats; a trunk that ends on the
-pooling grid skips the pool; the gradient-free 2x2 max-pool gives torch's values."""
+as the plain modules, for both pose estimators (DeepPrior++ with either stem), in both memory
+formats; a trunk that ends on the pooling grid skips the pool; the gradient-free 2x2 max-pool gives
+torch's values; the strided stem is a stride-2 convolution with no pool."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 
 import torch.nn.functional as F
 
+from handfuse.errors import ConfigError
 from handfuse.models import fold
 from handfuse.models.fold import conv_bn, max_pool_2x2, plain_batch_norm, run_stem
 from handfuse.models.hpe import HPE, HPEConfig
@@ -41,8 +43,8 @@ def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def build_net(name: str) -> nn.Module:
     torch.manual_seed(0)
-    if name == "deepprior":
-        return HPE(HPEConfig(crop=32, film="both", **SMALL))
+    if name.startswith("deepprior"):
+        return HPE(HPEConfig(crop=32, film="both", stem_stride=2 if name == "deepprior-strided" else 1, **SMALL))
     return ResNetHPE(ResNetHPEConfig(crop=32, film="both", **SMALL))
 
 
@@ -65,7 +67,7 @@ def batch_norm_calls(model: nn.Module, x: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("name", ["deepprior", "resnet"])
+@pytest.mark.parametrize("name", ["deepprior", "deepprior-strided", "resnet"])
 def test_frozen_fold_gives_the_plain_outputs_and_gradients(name, channels_last):
     net = trained_looking(build_net(name)).eval()  # frozen statistics: fine-tuning with freeze_norm, or evaluation
     if channels_last:
@@ -85,11 +87,11 @@ def test_frozen_fold_gives_the_plain_outputs_and_gradients(name, channels_last):
     with plain_batch_norm():
         plain_calls = batch_norm_calls(net, x)
     n_blocks = len(net.blocks)
-    kept = {"deepprior": n_blocks + 1, "resnet": 0}[name]  # DeepPrior++: each block's bn1, and the last norm
+    kept = {"deepprior": n_blocks + 1, "deepprior-strided": n_blocks + 1, "resnet": 0}[name]  # DeepPrior++: each block's bn1, and the last norm
     assert plain_calls > kept and batch_norm_calls(net, x) == kept
 
 
-@pytest.mark.parametrize("name", ["deepprior", "resnet"])
+@pytest.mark.parametrize("name", ["deepprior", "deepprior-strided", "resnet"])
 def test_training_mode_batch_norm_is_untouched(name):
     net, twin = (trained_looking(build_net(name)).train() for _ in range(2))
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -105,6 +107,29 @@ def test_training_mode_batch_norm_is_untouched(name):
     for m, t, b in zip(norms, twin_norms, before):  # the running statistics moved, identically
         assert not torch.equal(m.running_mean, b)
         torch.testing.assert_close(m.running_mean, t.running_mean)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_strided_stem_is_a_stride_2_conv_without_a_pool(training):
+    pooled, strided = build_net("deepprior"), build_net("deepprior-strided")
+    # the same parameters (a run's config, not its weights, says which stem it has)
+    assert {k: v.shape for k, v in pooled.state_dict().items()} == {k: v.shape for k, v in strided.state_dict().items()}
+    for net in (pooled, strided):
+        trained_looking(net).train(training)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    conv, bn = strided.stem[0], strided.stem[1]
+    by_hand = F.relu(F.batch_norm(F.conv2d(x, conv.weight, None, 2, 2), bn.running_mean.clone(), bn.running_var.clone(),
+                                  bn.weight, bn.bias, training, 0.0, bn.eps))
+    out = run_stem(strided.stem, x)
+    assert out.shape == run_stem(pooled.stem, x).shape == (4, 16, 16, 16)  # the same map size either way
+    torch.testing.assert_close(out, by_hand, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, run_stem(pooled.stem, x), atol=1e-3)
+    assert strided(x)["joints"].shape == (4, 21, 3)
+
+
+def test_a_stem_stride_other_than_1_or_2_is_refused_by_name():
+    with pytest.raises(ConfigError, match="hpe.stem_stride"):
+        HPEConfig(stem_stride=4)
 
 
 def test_conv_bn_folds_a_conv_bias_too():

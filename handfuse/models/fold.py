@@ -12,11 +12,12 @@ and evaluation faster (paired runs of ``python -m benchmarks.fusion_speed``, its
 ``fold_gain``; docs/benchmarks.md).  A batch norm in training mode (pre-training) runs
 as it is.
 
-:func:`run_stem` runs the conv-BN-ReLU-max-pool stem of both pose estimators, with the ReLU
-after the pool: ``relu(maxpool(x)) == maxpool(relu(x))`` exactly (ReLU is monotone),
-on a quarter of the elements.  Where no gradient is needed (evaluation), the 2x2 pool of a
-channels_last map runs as :func:`max_pool_2x2`: the same values without torch's
-kernel's int64 indices, which it always writes on CPU (faster: docs/benchmarks.md).
+:func:`run_stem` runs the conv-BN-ReLU-max-pool stem of both pose estimators (DeepPrior++'s
+strided stem has no pool: an identity in its place), with the ReLU after the pool:
+``relu(maxpool(x)) == maxpool(relu(x))`` exactly (ReLU is monotone), on a quarter of the
+elements.  Where no gradient is needed (evaluation), the 2x2 pool of a channels_last map runs
+as :func:`max_pool_2x2`: the same values without torch's kernel's int64 indices, which it
+always writes on CPU (faster: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
 
 
 def run_stem(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """A ``Sequential(conv, BN, ReLU, MaxPool2d)`` stem on ``x``: the BN folded when frozen, the ReLU
+    """A ``Sequential(conv, BN, ReLU, MaxPool2d or Identity)`` stem on ``x``: the BN folded when frozen, the ReLU
     after the pool, and the pool as :func:`max_pool_2x2` where that gives the same values faster."""
     conv, bn, _, pool = layers
     h = conv_bn(conv, bn, x)  # (B, C, H, W)

@@ -6,7 +6,8 @@ linear pose prior (a PCA of the training poses), which a fixed linear decoder
 turns into joints.
 
     depth (B, 1, S, S) in [-1, 1]
-      -> stem: conv 5x5 (stem_channels), BN, ReLU, max-pool 2
+      -> stem: conv 5x5 (stem_channels), BN, ReLU, max-pool 2 (``stem_stride`` 1, the original),
+         or conv 5x5 with stride 2, BN, ReLU (``stem_stride`` 2: a quarter of the stem's work)
       -> groups of pre-activation bottleneck blocks (He et al. 2016, "Identity
          Mappings in Deep Residual Networks"), widths 64/128/256/256, strides 2/2/2/1
       -> BN, ReLU, adaptive average pool to pool x pool, flatten      = trunk, (B, F)
@@ -96,6 +97,7 @@ class HPEConfig(FiLMPlaced):
 
     crop: int = 64  # S, input is (B, 1, S, S); the original used 128
     stem_channels: int = 32
+    stem_stride: int = 1  # 1: conv 5x5, then max-pool 2 (the original); 2: a stride-2 conv, no pool (same map size)
     widths: tuple[int, ...] = (64, 128, 256, 256)  # output channels of each residual group
     strides: tuple[int, ...] = (2, 2, 2, 1)  # stride of each group's first block
     blocks: tuple[int, ...] = (5, 5, 5, 5)  # bottleneck blocks per group (the original: 5)
@@ -115,6 +117,8 @@ class HPEConfig(FiLMPlaced):
               "an integer >= 1 (channels; 1: every bottleneck narrows to width // 4, as the original)")
         check(is_int(self.stem_channels) and self.stem_channels >= 1, "hpe.stem_channels", self.stem_channels,
                "an integer >= 1")
+        check(self.stem_stride in (1, 2), "hpe.stem_stride", self.stem_stride,
+              "1 (conv, then max-pool 2: the original) or 2 (a stride-2 conv, no pool)")
         check(len(self.widths) >= 1 and all(is_int(w) and w >= 1 for w in self.widths), "hpe.widths",
                self.widths, "one or more integers >= 1 (channels per residual group)")
         check(len(self.strides) == len(self.widths) and all(s in (1, 2) for s in self.strides), "hpe.strides",
@@ -192,10 +196,10 @@ class HPE(SplitAtAction, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.stem = nn.Sequential(
-            nn.Conv2d(1, cfg.stem_channels, 5, padding=2, bias=False),
+            nn.Conv2d(1, cfg.stem_channels, 5, stride=cfg.stem_stride, padding=2, bias=False),
             nn.BatchNorm2d(cfg.stem_channels),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            nn.MaxPool2d(2) if cfg.stem_stride == 1 else nn.Identity(),  # either way (B, stem, S/2, S/2)
         )
         cond = NUM_ACTIONS if cfg.film_blocks else 0
         blocks, c_in = [], cfg.stem_channels
