@@ -13,7 +13,8 @@ the original stem and against the two other time savings at hand, fewer epochs:
 * the strided stem, the preset's training;
 * the original stem, 8 pre-training epochs instead of 10 (cosine over 8);
 * the original stem, the fine-tuning for 2 epochs instead of 3 (cosine over 2);
-* the strided stem and 8 pre-training epochs (what the cpu preset now does).
+* the strided stem and 8 pre-training epochs;
+* the strided stem, 8 pre-training epochs and 2 fine-tuning epochs (what the cpu preset now does).
 
 For each: the conditioned HPE pre-trained on w_eq and its oracle on the true action (their
 validation errors and the headroom between them), and the baseline fine-tuned from the w_eq one
@@ -51,7 +52,8 @@ FEEDS = ("w_eq", "true")  # the HPE every method starts from, and its oracle
 
 def variants(P: Preset) -> dict[str, Preset]:
     """The four ways to train, by label; the first is the reference of every difference."""
-    ten = replace(P, train_hpe=replace(P.train_hpe, epochs=10))  # the schedule before the trim
+    ten = replace(P, train_hpe=replace(P.train_hpe, epochs=10),  # the schedules before the trims
+                  train_fuse=replace(P.train_fuse, epochs=3, patience=3))
     pooled = replace(ten, hpe=replace(P.hpe, stem_stride=1))
     strided = replace(ten, hpe=replace(P.hpe, stem_stride=2))
     return {
@@ -61,6 +63,9 @@ def variants(P: Preset) -> dict[str, Preset]:
         "conv + max-pool stem, 2 fine-tuning epochs": replace(
             pooled, train_fuse=replace(pooled.train_fuse, epochs=2, patience=2)),
         "strided stem, 8 pre-training epochs": replace(strided, train_hpe=replace(strided.train_hpe, epochs=8)),
+        "strided stem, 8 pre-training epochs, 2 fine-tuning epochs": replace(
+            strided, train_hpe=replace(strided.train_hpe, epochs=8),
+            train_fuse=replace(P.train_fuse, epochs=2, patience=2)),
     }
 
 

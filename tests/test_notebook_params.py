@@ -16,6 +16,7 @@ from handfuse.paths import REPO
     ("06_generality", {"methods": ["baseline", "boost"]}, "methods"),
     ("08_when_fusion_helps", {"couplings": [0.5]}, "couplings"),
     ("08_when_fusion_helps", {"subjects": 0}, "subjects"),
+    ("08_when_fusion_helps", {"fine_tune_epochs": 0}, "fine_tune_epochs"),
     ("08_when_fusion_helps", {}, "out"),  # no results of 03 to take the remedies from
     ("03_feedback", {"remedies": ["dropout"]}, "remedies"),
 ])
