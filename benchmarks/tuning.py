@@ -4,13 +4,17 @@
 
 Each choice of ``handfuse/config.py``'s cpu preset is set against its alternative:
 
-* the HPE's schedule: 10 epochs with cosine decay (the preset) against 16 at a constant rate;
+* the HPE's schedule: the preset's epochs with cosine decay against 16 at a constant rate;
 * the HPE's size: the original's layout at half its widths (the preset) against its full widths,
   both one block per group;
-* fine-tuning: batch 16 at 2e-4, cosine, 3 epochs (the preset) against the original's batch 4 at
+* fine-tuning: batch 16 at 2e-4, cosine, the preset's epochs against the original's batch 4 at
   3e-5, 6 epochs at a constant rate;
 * the HAR's input: the joints in the camera's frame (the original) against the hand's own frame and its joint angles
   (``HARConfig.frame``), on validation accuracy and on the look-alike groups' within-group accuracy.
+
+``benchmarks/tuning.json`` was written when the preset pre-trained for 10 epochs and fine-tuned for 3
+with the original stem; the later trims of the epochs and the stem are measured by
+``python -m benchmarks.stem``.
 
 Every run trains on the training side of the action split and is selected and scored on the
 validation split held out from it (whole sequences, per class); **the test split is never read**:
