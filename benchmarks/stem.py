@@ -4,8 +4,8 @@
 
 The reproduction has to fit its time on 2 cores, and the pose estimator's training and scoring are
 most of it.  DeepPrior++'s stem (a 5x5 conv on the whole crop, batch norm, then a 2x2 max-pool)
-works on the full-size map, the largest of the network: on CPU it takes about a third of a
-pre-training step and half of a fine-tuning step.  ``HPEConfig.stem_stride = 2`` convolves with
+works on the full-size map, the largest of the network, and on CPU it is a large share of a step
+(docs/benchmarks.md).  ``HPEConfig.stem_stride = 2`` convolves with
 stride 2 instead and drops the pool (the same map size after it).  This script sets that against
 the original stem and against the two other time savings at hand, fewer epochs:
 
@@ -51,7 +51,7 @@ FEEDS = ("w_eq", "true")  # the HPE every method starts from, and its oracle
 
 
 def variants(P: Preset) -> dict[str, Preset]:
-    """The four ways to train, by label; the first is the reference of every difference."""
+    """The ways to train, by label; the first is the reference of every difference."""
     ten = replace(P, train_hpe=replace(P.train_hpe, epochs=10),  # the schedules before the trims
                   train_fuse=replace(P.train_fuse, epochs=3, patience=3))
     pooled = replace(ten, hpe=replace(P.hpe, stem_stride=1))
@@ -65,7 +65,7 @@ def variants(P: Preset) -> dict[str, Preset]:
         "strided stem, 8 pre-training epochs": replace(strided, train_hpe=replace(strided.train_hpe, epochs=8)),
         "strided stem, 8 pre-training epochs, 2 fine-tuning epochs": replace(
             strided, train_hpe=replace(strided.train_hpe, epochs=8),
-            train_fuse=replace(P.train_fuse, epochs=2, patience=2)),
+            train_fuse=replace(strided.train_fuse, epochs=2, patience=2)),
     }
 
 
@@ -118,13 +118,12 @@ def main() -> None:
     after: list[list[int]] = []
     for s in seeds:
         add(("har", s), {"kind": "har", "preset": P, "seed": s, "root": root, "run": _folder("har", P, s)})
-    hpes = {}  # one pre-training per distinct (HPE, its training, feed, seed): the fine-tuning variant shares one
+    # one pre-training per distinct (HPE, its training, feed, seed): a fine-tuning-only variant shares one
     for label, V in found.items():
         for feed in FEEDS:
             for s in seeds:
                 run = _folder("hpe", V, s) + ("" if feed == "w_eq" else f"-{feed}")
-                if run not in hpes:
-                    hpes[run] = ("hpe", run)
+                if ("hpe", run) not in at:
                     add(("hpe", run), {"kind": "hpe", "preset": V, "seed": s, "feed": feed, "root": root, "run": run})
                 at[("hpe", label, feed, s)] = at[("hpe", run)]
     for label, V in found.items():

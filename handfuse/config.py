@@ -87,12 +87,13 @@ PRESETS: dict[str, Preset] = {
         # original's widths differ by -0.11 +- 0.30 mm (paired, no difference) for 2.9 times the training time.
         # Every bottleneck keeps at least 16 inner channels (the first would narrow to 8), which makes the net
         # channels_last-safe (see channels_last_safe), the faster memory format on CPU.  The stem convolves with
-        # stride 2 instead of max-pooling a full-size map (stem_stride=2: 8.3 MFLOPs per frame against 10.8, and
-        # the full-size map was a third of a pre-training step), and pre-training runs 8 epochs (train_hpe): so the
-        # reproduction fits 30 minutes on 2 cores.  On validation (python -m benchmarks.stem, 3 seeds, paired,
-        # benchmarks/stem.json) the two together cost the trained baseline +1.05 +- 1.19 mm (accuracy -2.6 +- 5.7
-        # points; neither a difference 3 seeds can tell) and the pre-trained HPE +1.40 +- 0.60 mm; the oracle's
-        # headroom stays (2.58 against 2.36 mm); pre-training takes half the time, fine-tuning two thirds
+        # stride 2 instead of max-pooling a full-size map (stem_stride=2: 8.3 MFLOPs per frame against 10.8), one
+        # of the three trims that keep the reproduction within 30 minutes on 2 cores (with 8 pre-training and 2
+        # fine-tuning epochs, below).  On validation (python -m benchmarks.stem, 3 seeds, paired, benchmarks/stem.json)
+        # each costs the trained baseline about half a millimetre (stride +0.53 +- 1.19, 8 pre-training epochs
+        # +0.52 +- 0.24, 2 fine-tuning epochs +0.50 +- 0.30 mm) and the three together +1.61 +- 1.02 mm (accuracy
+        # -1.5 +- 4.2 points) against the original stem with 10 + 3 epochs; the oracle's headroom stays (2.58 against
+        # 2.36 mm).  Their time: docs/benchmarks.md
         HPEConfig(crop=64, stem_channels=16, stem_stride=2, widths=(32, 64, 128, 128), blocks=(1, 1, 1, 1), fc=512,
                   min_mid=16),
         # the original's input (camera-frame joints).  On validation (python -m benchmarks.har_input, scene v2, 3
@@ -102,21 +103,15 @@ PRESETS: dict[str, Preset] = {
         # trains that angle reader beside it (handfuse.standalone.ARTICULATION)
         HARConfig(),
         # cosine decay: on validation (benchmarks.tuning, 2 seeds) 16 epochs at a constant rate differ from 10 cosine
-        # ones by -0.68 +- 1.14 mm (paired, no difference) for 2.3 times the training time; 8 instead of 10 (with the
-        # strided stem, above) keep the reproduction within its time; alone they cost the trained baseline +0.52
-        # +- 0.24 mm on validation (benchmarks.stem, 3 seeds), as 2 fine-tuning epochs instead of 3 do (+0.50 +- 0.30)
+        # ones by -0.68 +- 1.14 mm (paired, no difference) for 2.3 times the training time; 8, not 10: a time trim
+        # (see the HPE above)
         train_hpe=TrainConfig(epochs=8, batch_size=64, patience=10, schedule="cosine"),
         train_har=TrainConfig(epochs=80, patience=15, **_HAR_TRAIN),
         # the original's fine-tuning is batch 4 at 3e-5 for many epochs; batch 16 at 2e-4 with cosine decay for
         # 3 epochs does as well on validation (benchmarks.tuning, baseline, 2 seeds; the original's 6 epochs minus
         # this: joint loss -0.000 +- 0.001, pose -0.06 +- 0.78 mm, accuracy +3.9 +- 7.1 points, paired, no
-        # difference) in half the CPU time (tiny batches keep the CNN's kernels from running at speed).  2 epochs
-        # instead of 3 keep the reproduction within 30 minutes on 2 cores (with the strided stem and 8 pre-training
-        # epochs, above, it still took 30.8): on validation (benchmarks.stem, 3 seeds) they cost the trained baseline
-        # +0.50 +- 0.30 mm with the original stem (accuracy -0.0 +- 2.8 points); with the strided stem and 8
-        # pre-training epochs the three trims together cost it +1.61 +- 1.02 mm (accuracy -1.5 +- 4.2 points) against
-        # the original stem with 10 + 3 epochs, and fine-tuning takes 12 s instead of 27 on one thread; 08's smaller
-        # benchmarks keep 3 (its fine_tune_epochs)
+        # difference) in half the CPU time (tiny batches keep the CNN's kernels from running at speed).  2, not 3: a
+        # time trim (see the HPE above); 08's smaller benchmarks keep 3 (its fine_tune_epochs)
         train_fuse=TrainConfig(epochs=2, patience=2, batch_size=16, lr=2e-4, weight_decay=1e-5, schedule="cosine"),
         film="fc",  # FC-only FiLM: the conv trunk runs once per frame, so feedback costs ~ the baseline's time
         # ResNet-18's layout at a quarter of its widths: 18 MFLOPs per frame (DeepPrior++ here: 8.3)
