@@ -8,6 +8,7 @@ middle MCP, for
 * ``tracker``: :func:`handfuse.localise.locate_sequence` without learned refinement;
 * ``tracker+comref``: the same with the ComRefNet refinement (:func:`handfuse.localise.train_refiner`,
   trained here on the training split, or loaded when its run is finished);
+* ``tracker+comref-1``: the same refinement without its fine stage (the first stage alone);
 
 with the mean, 90th percentile and largest error and the number of lost frames, and the pose error
 (mean joint error, mm) of the preset's pre-trained HPE on crops centred by each, beside the
@@ -155,7 +156,16 @@ def hard_frames(seeds) -> tuple[list[np.ndarray], np.ndarray]:
 
 # ----------------------------------------------------------------------------- the measurement
 
-LOCALISERS = ("centre_from_depth", "tracker", "tracker+comref")
+LOCALISERS = ("centre_from_depth", "tracker", "tracker+comref-1", "tracker+comref")
+
+
+def first_stage(refiner):
+    """The refiner without its fine stage (:meth:`handfuse.localise.RefineConfig.fine_stage`)."""
+    from dataclasses import replace
+
+    from handfuse.localise import Refiner
+
+    return Refiner(refiner.net, replace(refiner.cfg, fine_cube_mm=0.0), refiner.source)
 
 
 def centre_errors(found: np.ndarray, truth: np.ndarray) -> dict:
@@ -232,6 +242,7 @@ def measure(fpha, preset, refiner, hpe, progress: bool = True) -> dict:
         centres = {"ground truth": centre_from_joints(joints).astype(np.float32)}
         for name, locate in (("centre_from_depth", lambda: old_centres(depths)),
                              ("tracker", lambda: locate_sequence(depths).centres),
+                             ("tracker+comref-1", lambda: locate_sequence(depths, refiner=first_stage(refiner)).centres),
                              ("tracker+comref", lambda: locate_sequence(depths, refiner=refiner).centres)):
             t0 = time.perf_counter()
             centres[name] = locate()
@@ -264,10 +275,14 @@ def measure(fpha, preset, refiner, hpe, progress: bool = True) -> dict:
 def measure_hard(seeds, refiner) -> dict:
     """Centre errors of every localiser on one :func:`hard_sequence` frame per seed."""
     depths, truth = hard_frames(seeds)
+
+    def located(refiner):
+        return np.stack([locate_sequence([d], refiner=refiner).centres[0] for d in depths])
+
     return {"centre_from_depth": centre_errors(old_centres(depths), truth),
-            "tracker": centre_errors(np.stack([locate_sequence([d]).centres[0] for d in depths]), truth),
-            "tracker+comref": centre_errors(np.stack([locate_sequence([d], refiner=refiner).centres[0] for d in depths]),
-                                            truth)}
+            "tracker": centre_errors(located(None), truth),
+            "tracker+comref-1": centre_errors(located(first_stage(refiner)), truth),
+            "tracker+comref": centre_errors(located(refiner), truth)}
 
 
 def run(preset_name: str = "cpu", scene: str = "v2", seed: int = 0, hard: int = 40, progress: bool = True,
@@ -298,7 +313,8 @@ def run(preset_name: str = "cpu", scene: str = "v2", seed: int = 0, hard: int = 
     record = {
         "note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
         "data": str(root), "scene": scene, "split": "test", "preset": preset_name, "seed": seed,
-        "refiner_run": fitted.run_dir, "refiner_test": {k: fitted.test[k] for k in ("initial_mm", "one_step_mm", "error_mm")},
+        "refiner_run": fitted.run_dir, "refiner_test": {k: fitted.test[k] for k in ("initial_mm", "one_step_mm", "coarse_mm", "error_mm")
+                                                                if k in fitted.test},
         "refiner_train_seconds": fitted.seconds,
         "hpe_run": str(hpe_run) if hpe_run else None, "test": results,
         "hard_frames": {"seeds": f"0..{hard - 1}", **hard_results},

@@ -70,7 +70,8 @@ def test_tracker_follows_the_hand_against_the_table_through_a_sequence():
     located = L.locate_sequence(depths)
     err = _errors(located.centres, truth)
     assert located.status == [L.LOCATED] * 8 and located.how[0] == L.DETECTED
-    assert set(located.how[1:]) <= {L.TRACKED, L.HELD}
+    # the words, not the module's names for them: Located.how is what users read
+    assert set(located.how[1:]) <= {"tracked", "held"}, located.how
     assert np.all(err <= HARD_OK_MM), err.round()
 
 
@@ -123,7 +124,9 @@ def test_refinement_training_is_deterministic_and_lowers_the_error_on_held_out_f
                              for h, a in zip(fit_b.history, fit_a.history)]
     test = fit_a.test  # the test split: sequences never trained on, estimates perturbed around the truth
     assert test["error_mm"] < 0.75 * test["initial_mm"], test
-    assert test["error_mm"] <= test["one_step_mm"] + 1.0, test  # iterating does not undo the first step
+    assert test["coarse_mm"] <= test["one_step_mm"] + 1.0, test  # iterating does not undo the first step
+    assert first.cfg.fine_cube_mm > 0 and first.net.fine is not None  # the preset's fine stage, trained in the same run
+    assert test["error_mm"] < test["coarse_mm"], test  # and it brings the coarse stage's estimates nearer still
     # stored as a run: found by load_refiner in the models folder, named in the localiser's description
     loaded = L.load_refiner(Path(fit_a.run_dir).parent)
     assert loaded is not None and loaded.source == fit_a.run_dir and loaded.cfg == first.cfg
@@ -132,6 +135,21 @@ def test_refinement_training_is_deterministic_and_lowers_the_error_on_held_out_f
     assert "ComRefNet" in with_refiner.localiser and fit_a.run_dir in with_refiner.localiser
     assert "no learned refinement" in L.locate_sequence(depths).localiser
     assert L.load_refiner(tmp_path_factory.mktemp("empty")) is None
+
+
+def test_the_fine_stage_is_a_stage_of_its_own_and_its_bad_sizes_are_named():
+    cfg = L.RefineConfig(size=40, cube_mm=300.0, iterations=3, tracked=0.5, fine_cube_mm=200.0, fine_size=48,
+                         fine_sigma_mm=12.0, fine_max_offset_mm=40.0, fine_iterations=2)
+    fine = cfg.fine_stage()
+    assert (fine.size, fine.cube_mm, fine.sigma_mm, fine.max_offset_mm, fine.iterations) == (48, 200.0, 12.0, 40.0, 2)
+    assert fine.tracked == 0.0 and fine.fine_stage() is None  # trained around the truth; no stage after it
+    net = L.ComRefNet(cfg)
+    assert net.fine is not None and net.fine.fine is None
+    assert net.fine(torch.zeros(2, 1, 48, 48)).shape == (2, 3) and net(torch.zeros(2, 1, 40, 40)).shape == (2, 3)
+    assert L.RefineConfig().fine_stage() is None and L.ComRefNet(L.RefineConfig()).fine is None
+    for field, value in (("fine_size", 44), ("fine_cube_mm", -1.0), ("fine_iterations", 0), ("fine_sigma_mm", 0.0)):
+        with pytest.raises(ValueError, match=f"refine.{field}"):
+            L.RefineConfig(**{"fine_cube_mm": 200.0, field: value})
 
 
 def test_tracked_starts_replace_the_share_asked_for_within_the_offset_limit():
@@ -165,6 +183,15 @@ def test_refiner_frames_keep_the_trackers_centre_of_every_kept_frame(smoke):
     untracked = L.refine_frames(fpha, refs, cfg, stride=2, progress=False)
     assert untracked.tracked is None
     np.testing.assert_array_equal(frames.patches, untracked.patches)  # the tracker's table planes are the frames' own
+    assert untracked.fine_patches is None
+    fine_cfg = L.RefineConfig(fine_cube_mm=200.0, fine_size=48)
+    with_fine = L.refine_frames(fpha, refs, fine_cfg, stride=2, progress=False)
+    np.testing.assert_array_equal(with_fine.patches, untracked.patches)
+    first = fpha.read_depth(refs[0], 0)
+    first = L.without_table(first, L.regions(first, fpha.intrinsics).plane, fpha.intrinsics)
+    np.testing.assert_array_equal(  # the fine stage's own patch: its cube, its resolution, around the truth
+        with_fine.fine_patches[0], L.wide_patch(first, with_fine.centres[0], fine_cfg.fine_stage(), fpha.intrinsics))
+    assert len(with_fine.fine_patches) == len(with_fine.centres)
 
 
 # ----------------------------------------------------------------------------- locate: CSV and bad input
