@@ -152,6 +152,24 @@ def test_the_fine_stage_is_a_stage_of_its_own_and_its_bad_sizes_are_named():
             L.RefineConfig(**{"fine_cube_mm": 200.0, field: value})
 
 
+def test_the_fine_stage_trains_on_its_share_of_each_batch_around_the_truth():
+    from handfuse.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    cfg = L.RefineConfig(fine_cube_mm=200.0, fine_size=32, fine_max_offset_mm=40.0, fine_share=0.5)
+    n, fine = 40, cfg.fine_stage()
+    centres = np.c_[rng.normal(0, 30, (n, 2)), rng.normal(450, 20, n)]
+    frames = L.RefineFrames(np.full((n,) + (L._wide_size(cfg),) * 2, 450, np.uint16), centres, None,
+                            np.full((n,) + (L._wide_size(fine),) * 2, 450, np.uint16))
+    batches = list(L.RefineTask({"train": frames}, cfg).batches("train", 0, TrainConfig(batch_size=16, seed=0)))
+    assert batches and all(b["crop"].shape == (16, 1, 32, 32) and b["fine_crop"].shape == (8, 1, 32, 32) for b in batches)
+    fine_mm = torch.cat([b["fine_target"] for b in batches]).norm(dim=1) * fine.cube_mm / 2
+    first_mm = torch.cat([b["target"] for b in batches]).norm(dim=1) * cfg.cube_mm / 2
+    assert fine_mm.max() <= 40.0 + 1e-3 < first_mm.max()  # the fine stage's own, nearer starts
+    with pytest.raises(ValueError, match="refine.fine_share"):
+        L.RefineConfig(fine_cube_mm=200.0, fine_share=0.0)
+
+
 def test_tracked_starts_replace_the_share_asked_for_within_the_offset_limit():
     cfg = L.RefineConfig(tracked=0.5, max_offset_mm=100.0)
     rng = np.random.default_rng(0)
