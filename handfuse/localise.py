@@ -515,11 +515,11 @@ def refine_batch(net: ComRefNet, patches: np.ndarray, anchors: np.ndarray, start
 TRACKED_SHARE = 0.5
 TRACKED_JITTER_MM = 8.0
 # the fine stage: a 200 mm cube at 40 pixels (5 mm a pixel, against the first stage's 7.5), trained on estimates
-# 12 mm per axis (at most 40 mm) off the truth, applied twice.  Validation (as above, refiner seed 0, a fine net
-# trained on its own): 20.45 mm pose error against 21.85 without it, centre error 8.9 against 12.8 mm mean; cubes
-# of 160 and 250 mm gave 21.25 and 20.89 mm; 48 and 64 pixels 20.45 and 20.42, perturbations of 16 mm (at most
-# 50) 20.48.  Trained with the first stage, on half of each batch (its cost in time; every row did better, at
-# about 1.5 times the training): docs/benchmarks.md
+# 12 mm per axis (at most 40 mm) off the truth, applied twice.  Chosen on validation (as above; refiner seed 0's first
+# stage, then a fine net trained on its own, 48 pixels): a 200 mm cube gave 20.45 mm against 21.85 without, 160 and
+# 250 mm 21.25 and 20.89; 64 pixels 20.42; 16 mm perturbations (at most 50) 20.48.  Trained with the first stage on
+# half of each batch, for time: paired by refiner seed (0-2) it lowers the pose error by 0.99 +- 0.17 mm, and half
+# against every row is +0.25 +- 0.79 mm (docs/benchmarks.md)
 FINE = dict(fine_cube_mm=200.0, fine_size=40, fine_sigma_mm=12.0, fine_max_offset_mm=40.0, fine_iterations=2,
             fine_share=0.5)
 REFINE_PRESETS: dict[str, tuple[RefineConfig, dict]] = {  # preset -> (refiner, TrainConfig fields)
