@@ -680,7 +680,6 @@ class RefineTask:
 
 def refiner_run(fpha, preset, seed: int = 0, device: str = "cpu", root=None):
     """Where :func:`train_refiner` trains (run folder), with its run config, training settings and refiner config."""
-    from dataclasses import replace
 
     from .runs import run_config, run_folder, thread_record
     from .train import TrainConfig
