@@ -388,7 +388,8 @@ def test_gpu_jobs_run_on_their_assigned_device_and_are_spread(monkeypatch):
         pool.shutdown()
     assert [seen for seen, _ in out] == placed  # each job ran on the device it was assigned
     assert placed[:4] == ["0", "1", "0", "1"]  # the first round fills both devices
-    assert sorted(placed.count(d) for d in ("0", "1")) == [4, 4]
+    # which device's freed worker takes each later job depends on timing (a loaded machine skews the counts);
+    # how many workers each device holds does not
     pids = {d: {pid for seen, pid in out if seen == d} for d in ("0", "1")}
     assert all(1 <= len(p) <= 2 for p in pids.values()) and not pids["0"] & pids["1"]
 
