@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -148,13 +149,21 @@ def autocast(device: torch.device, enabled: bool, cache: bool = True):
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.  A write
+    that fails (a full disk makes ``torch.save`` fail with a bare "unexpected pos") leaves ``path`` as it
+    was, removes the temporary file and raises one OSError that names ``path`` and the disk's free space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**30
+        raise OSError(f"{path}: could not write the checkpoint ({type(e).__name__}: {e}); "
+                      f"{free:.1f} GiB free on that disk") from e
     os.replace(tmp, path)
 
 

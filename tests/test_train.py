@@ -157,9 +157,24 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", torn)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=rf"{path}: could not write the checkpoint \(OSError: disk full\); [0-9.]+ GiB free"):
         save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))  # the old one is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]  # and the torn temporary file is gone
+
+
+def test_a_full_disk_names_the_checkpoint(tmp_path, monkeypatch):
+    """torch's own writer reports a full disk as a RuntimeError ("unexpected pos ..."): it becomes one
+    OSError naming the checkpoint, and no temporary file is left behind."""
+    def full(obj, f):
+        f.write(b"\x80\x02")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 64")
+
+    monkeypatch.setattr(torch, "save", full)
+    path = tmp_path / "run" / "best.pt"
+    with pytest.raises(OSError, match=rf"{path}: could not write the checkpoint \(RuntimeError: .*unexpected pos"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    assert list((tmp_path / "run").iterdir()) == []
 
 
 class Evil:
