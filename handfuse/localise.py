@@ -526,8 +526,8 @@ FINE = dict(fine_cube_mm=200.0, fine_size=40, fine_sigma_mm=12.0, fine_max_offse
             fine_share=0.5)
 # the cpu preset trains 16 epochs: on the same validation split (refiner seeds 0-2, both stages, half of each batch
 # for the fine one) 16 against 10 gave pose errors of 19.41, 18.77 and 18.76 mm against 20.81, 19.29 and 19.34
-# (-0.83 +- 1.22 mm, paired, 3 seeds, 95 % t-interval; every seed lower), centre errors of 7.3, 5.9 and 5.7 mm
-# against 9.6, 7.3 and 7.1 (-1.66 +- 1.39), frames more than 40 mm off 23, 4 and 9 against 41, 16 and 18
+# (-0.83 +- 1.21 mm, paired, 3 seeds, 95 % t-interval; every seed lower), centre errors of 7.3, 5.9 and 5.7 mm
+# against 9.6, 7.3 and 7.1 (-1.66 +- 1.40), frames more than 40 mm off 23, 4 and 9 against 41, 16 and 18
 REFINE_PRESETS: dict[str, tuple[RefineConfig, dict]] = {  # preset -> (refiner, TrainConfig fields)
     "smoke": (RefineConfig(draws=8, test_stride=2, tracked=TRACKED_SHARE, **{**FINE, "fine_size": 32}),
               dict(epochs=6, batch_size=32, patience=6, lr=2e-3, schedule="cosine")),

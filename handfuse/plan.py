@@ -72,7 +72,10 @@ def _standalone(p: dict, film: str, frames: int) -> NotebookRuns:
     return NotebookRuns([("localiser", {"seed": 0}), ("hpe", {"film": "none", "seed": s}), ("hpe", {"film": film, "seed": s}),
                          ("hpe", {"film": film, "seed": s, "feed": "true"}), ("har", {"attention": True, "seed": s}),
                          *[("har", {"attention": False, "seed": k}) for k in look_seeds],
-                         *[("har", {"attention": False, "seed": k, "articulation": True}) for k in look_seeds]])
+                         *[("har", {"attention": False, "seed": k, "articulation": True}) for k in look_seeds],
+                         # 02-04's other seeds, pre-trained beside the refiner
+                         *[("hpe", {"film": film, "seed": k, **fed}) for k in range(s + 1, s + p["seeds"])
+                           for fed in ({}, {"feed": "true"})]])
 
 
 def _baseline(p: dict, film: str, frames: int) -> NotebookRuns:

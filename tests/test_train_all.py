@@ -23,8 +23,12 @@ P = get_preset("smoke")
 def test_the_plan_covers_notebooks_01_to_04_with_their_own_parameters():
     runs = plan(P)
     assert tuple(runs) == NOTEBOOKS
-    # 3 HPEs, 4 HARs, 3 articulation readers and the localiser, as 01 asks
-    assert len(runs["01"].pretrain) == 11 and not runs["01"].specs
+    # 3 HPEs, 4 HARs, 3 articulation readers and the localiser, as 01 asks, and the FiLM HPE and its oracle
+    # of each later seed (02-04's, trained beside the refiner)
+    assert len(runs["01"].pretrain) == 11 + 2 * (notebook_defaults("01")["seeds"] - 1) and not runs["01"].specs
+    later = {(kw["seed"], kw.get("feed", "w_eq")) for kind, kw in runs["01"].pretrain if kind == "hpe" and kw["seed"] > 0}
+    assert later == {(s, feed) for s in range(1, notebook_defaults("01")["seeds"]) for feed in ("w_eq", "true")}
+    assert len(plan(P, seeds=1, notebooks=("01",))["01"].pretrain) == 11
     assert sum(bool(kw.get("articulation")) for _, kw in runs["01"].pretrain) == 3
     assert [kind for kind, _ in runs["01"].pretrain].count("localiser") == 1
     for nb, r in runs.items():
