@@ -62,6 +62,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path
 from .camera import FPHA_DEPTH, Intrinsics
 from .errors import DataError, check
 from .fpha import check_png_header, depth_frame_indices, read_depth_png
@@ -776,15 +777,11 @@ def read_depth_folder(folder: str | Path, intrinsics: Intrinsics = FPHA_DEPTH) -
 
 def write_centres_csv(path: str | Path, located: Located) -> None:
     """``frame,u,v,z_mm,status``, one row per frame; a lost frame's u, v and z_mm are ``nan``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path, "the centres") as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["frame", "u", "v", "z_mm", "status"])
         for t, ((u, v), z, s) in enumerate(zip(located.uv, located.centres[:, 2], located.status)):
             out.writerow([t, *(f"{x:.2f}" if np.isfinite(x) else "nan" for x in (u, v, z)), s])
-    tmp.replace(path)
 
 
 def _locate(args) -> int:

@@ -18,10 +18,10 @@ fingerprint.  Two rules keep runs apart:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import atomic
 from .paths import runs_dir
 
 SUMMARY = ("summary",)  # written by 05 from the others: never one of the gathered results
@@ -43,14 +43,9 @@ def results_dir(preset: str, out: str | Path | None = None) -> Path:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` as JSON atomically (a temporary file, then a rename); records are written with
+    """Write ``payload`` as JSON atomically (:mod:`handfuse.atomic`); records are written with
     their ``to_json``, arrays and tensors as lists.  Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(path, payload, "the results file", indent=1, default=_jsonable)
 
 
 def _jsonable(o):

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, graphs
+from .atomic import atomic_path, write_json
 from .errors import ConfigError
 from .errors import check as _check
 
@@ -149,22 +149,11 @@ def autocast(device: torch.device, enabled: bool, cache: bool = True):
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.  A write
-    that fails (a full disk makes ``torch.save`` fail with a bare "unexpected pos") leaves ``path`` as it
-    was, removes the temporary file and raises one OSError that names ``path`` and the disk's free space."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free / 2**30
-        raise OSError(f"{path}: could not write the checkpoint ({type(e).__name__}: {e}); "
-                      f"{free:.1f} GiB free on that disk") from e
-    os.replace(tmp, path)
+    """Write atomically (:func:`handfuse.atomic.atomic_path`): a write that fails (a full disk makes
+    ``torch.save`` fail with a bare "unexpected pos") leaves ``path`` as it was and raises one OSError
+    that names ``path`` and the disk's free space."""
+    with atomic_path(path, "the checkpoint", errors=(OSError, RuntimeError)) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -358,6 +347,4 @@ def _jsonable(obj):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1))
-    os.replace(tmp, path)
+    write_json(path, _jsonable(obj), indent=1)
