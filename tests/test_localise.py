@@ -82,6 +82,50 @@ def test_the_right_forearm_is_taken_when_the_other_hand_enters_at_the_bottom_lef
     assert np.linalg.norm(centre - truth[0]) <= 80.0 and K.project(centre)[0] > 200
 
 
+def _reach(reg: L.Regions, label: int) -> float:
+    """How far (mm) a region's far end lies from where it enters at the bottom edge."""
+    points, rows = reg.of(label)
+    return float(np.linalg.norm(L._far_end(points, rows, reg.labels.shape[0]) - points[rows >= rows.max() - 1].mean(0)))
+
+
+def _box_beside_the_forearm(depth: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """``depth`` with a box standing at the bottom edge right of the forearm, as near as the forearm
+    where it enters, and how far the forearm and the box reach from where they enter (mm); None
+    where no region reaches the bottom edge."""
+    reg = L.regions(depth)
+    h = reg.labels.shape[0]
+    arms = [r for r in reg.big() if (reg.labels[-2:] == r).any()]
+    if not arms:
+        return None
+    arm = min(arms, key=lambda r: np.linalg.norm(L._behind_surface(L._far_end(*reg.of(r), h)) - truth))
+    v, u = np.nonzero(reg.labels == arm)
+    right = int(u[v >= h - 2].max()) * reg.stride
+    z = int(np.median(reg.depth[v[v >= h - 2], u[v >= h - 2]]))
+    boxed = depth.copy()
+    left = min(right + 40, depth.shape[1] - 70)
+    boxed[-60:, left:left + 70] = max(z - 20, 1)  # 70 x 60 px: a box about 50 mm tall at that depth
+    boxed_reg = L.regions(boxed)
+    box = boxed_reg.labels[-1, (left + 35) // reg.stride]
+    return boxed, _reach(reg, arm), _reach(boxed_reg, box) if box else 0.0
+
+
+def test_a_box_at_the_bottom_edge_right_of_the_forearm_is_not_taken_for_it(monkeypatch):
+    """A box standing at the bottom edge, right of the forearm and as near, enters from the bottom as
+    the forearm does: the rightmost-forearm rule alone takes it; a forearm reaches farther from its entry."""
+    cases = []
+    for seed in HARD_SEEDS:
+        (depth,), truth = hard_sequence(seed, other_hand=False)
+        made = _box_beside_the_forearm(depth, truth[0])
+        if made is not None and 0 < made[2] < L.REACH_SHARE * made[1]:
+            cases.append((depth, made[0], truth[0]))
+    assert len(cases) >= 3, "the premise: hard frames whose forearm reaches farther than the box"
+    for depth, boxed, truth in cases:  # the box changes nothing
+        np.testing.assert_allclose(L.detect(L.regions(boxed)), L.detect(L.regions(depth)), atol=1.0)
+        with monkeypatch.context() as m:
+            m.setattr(L, "REACH_SHARE", 0.0)  # every region entering from the bottom may be the forearm
+            assert np.linalg.norm(L.detect(L.regions(boxed)) - truth) > 100.0  # the box is taken
+
+
 # ----------------------------------------------------------------------------- lost frames
 
 
