@@ -88,8 +88,9 @@ BOTTOM_BAND = 0.06  # a region "enters from the bottom" if it reaches this fract
 MAX_ENTRY_MM = 650.0  # where it enters the forearm is nearer than this
 ARM_TIE_MM = 150.0  # of the regions entering this close in depth to the nearest, the rightmost is the right forearm
 # a forearm reaches at least this share as far from its entry as the farthest-reaching region.  Chosen on the
-# dev benchmark (python -m benchmarks.localise --dev; cpu preset, refiner seed 0): depth-centred pose error
-# 21.69 mm without the rule, 20.28 with 0.5 and with 0.7; the lower keeps the other hand's forearm in the running
+# dev benchmark, never on test (docs/benchmarks.md; cpu preset, the refiner and w_eq HPE of seed 0): the pose
+# error on depth centres is 21.69 mm without the rule, 20.28 with 0.5 and with 0.7 (-1.22 +- 0.41 mm over 3
+# refiner seeds at 0.5); the lower share keeps the other hand's forearm in the running
 REACH_SHARE = 0.5
 TRACK_RADIUS_MM = 150.0  # regions with a point this close to the prior are candidates
 MAX_STEP_MM = 110.0  # a tracked centre moves at most this far from the prior in one frame
@@ -698,7 +699,6 @@ class RefineTask:
 
 def refiner_run(fpha, preset, seed: int = 0, device: str = "cpu", root=None):
     """Where :func:`train_refiner` trains (run folder), with its run config, training settings and refiner config."""
-
     from .runs import run_config, run_folder, thread_record
     from .train import TrainConfig
 

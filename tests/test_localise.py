@@ -126,6 +126,15 @@ def test_a_box_at_the_bottom_edge_right_of_the_forearm_is_not_taken_for_it(monke
             assert np.linalg.norm(L.detect(L.regions(boxed)) - truth) > 100.0  # the box is taken
 
 
+def test_the_dev_benchmark_refuses_the_studys_own_benchmark(capsys):
+    """Settings are chosen on the dev benchmark; it must never be the benchmark whose test split the study scores."""
+    from benchmarks.localise import main
+
+    with pytest.raises(SystemExit):
+        main(["--preset", "smoke", "--dev", "--dev-seed", str(get_preset("smoke").synth.seed)])
+    assert "is the preset's own benchmark" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- lost frames
 
 
