@@ -347,7 +347,7 @@ def run(preset_name: str = "cpu", scene: str = "v2", seed: int = 0, hard: int = 
 
 def report(record: dict) -> str:
     """The record as a small table."""
-    lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split'].replace('test', 'test split', 1)}"
+    lines = [f"{record['preset']} preset, scene {record['scene']}, {'test split' if record['split'] == 'test' else record['split']}"
              f" ({record['data']});"
              " SYNTHETIC, not FPHA",
              f"{'localiser':<20} {'mean':>7} {'p90':>7} {'max':>7} {'lost':>6} {'>80 seq':>8} {'pose mm':>8} {'x gt':>6}"]

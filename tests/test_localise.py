@@ -126,6 +126,19 @@ def test_a_box_at_the_bottom_edge_right_of_the_forearm_is_not_taken_for_it(monke
             assert np.linalg.norm(L.detect(L.regions(boxed)) - truth) > 100.0  # the box is taken
 
 
+@pytest.mark.parametrize("seed", [203, 293])
+def test_a_lowered_right_forearm_is_kept_beside_the_other_hands_longer_one(seed, monkeypatch):
+    """Hand low against the table: the right forearm reaches less than half as far as the other hand's,
+    which enters at the bottom left; the reach rule must not leave the right one out for that."""
+    (depth,), truth = hard_sequence(seed)
+    reg = L.regions(depth)
+    centre = L.detect(reg)  # the right forearm's far end (the refinement then moves it onto the hand)
+    assert np.linalg.norm(centre - truth[0]) <= 120.0 and K.project(centre)[0] > 320
+    with monkeypatch.context() as m:
+        m.setattr(L, "OTHER_HAND_SIDE", 0.0)  # the other hand's forearm counted like any other
+        assert np.linalg.norm(L.detect(reg) - truth[0]) > 150.0  # the premise: then the other hand is taken
+
+
 def test_the_dev_benchmark_refuses_the_studys_own_benchmark(capsys):
     """Settings are chosen on the dev benchmark; it must never be the benchmark whose test split the study scores."""
     from benchmarks.localise import main
