@@ -71,7 +71,7 @@ from .atomic import atomic_path
 from .camera import FPHA_DEPTH, Intrinsics
 from .errors import DataError, check
 from .fpha import check_png_header, depth_frame_indices, read_depth_png
-from .preprocess import SURFACE_TO_JOINT_MM, _arm_end, _refine_com, centre_from_joints, crop_affine
+from .preprocess import SURFACE_TO_JOINT_MM, _arm_end, _arm_entry, _refine_com, centre_from_joints, crop_affine
 
 LOCATED, LOST = "located", "lost"
 DETECTED, TRACKED, HELD = "detected", "tracked", "held"  # how a located frame was found (Located.how)
@@ -242,6 +242,13 @@ def _far_end(points: np.ndarray, rows: np.ndarray, height: int) -> np.ndarray:
     return _arm_end(points, rows)
 
 
+def _reach(points: np.ndarray, rows: np.ndarray, height: int) -> tuple[np.ndarray, float]:
+    """A region's far end (3,) (:func:`_far_end`) and how far (mm) it lies from where the region
+    enters at the bottom edge."""
+    end = _far_end(points, rows, height)
+    return end, float(np.linalg.norm(end - _arm_entry(points, rows)))
+
+
 def _behind_surface(surface: np.ndarray) -> np.ndarray:
     return (surface + np.array([0.0, 0.0, SURFACE_TO_JOINT_MM])).astype(np.float32)
 
@@ -257,10 +264,7 @@ def detect(reg: Regions, cube_mm: float = 250.0) -> np.ndarray | None:
             continue
         entry_z = float(np.median(reg.depth[v[bottom], u[bottom]]))
         if entry_z < MAX_ENTRY_MM:
-            points = reg.points[v, u]
-            end = _far_end(points, v, h)
-            reach = float(np.linalg.norm(end - points[v >= v.max() - 1].mean(0)))
-            arms.append((entry_z, float(u[bottom].mean()), end, reach))
+            arms.append((entry_z, float(u[bottom].mean()), *_reach(reg.points[v, u], v, h)))
     # the other hand's forearm, entering at the bottom left, reaches far while the right one, lowered, may not
     longest = max((a[3] for a in arms if a[1] >= OTHER_HAND_SIDE * w), default=0.0)
     arms = [a for a in arms if a[3] >= REACH_SHARE * longest]  # an object standing at the bottom edge is short

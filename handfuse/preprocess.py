@@ -202,7 +202,7 @@ def _arm_end(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
     The forearm's direction is the mean direction from the entry (its bottom rows) to the
     blob points within ``ARM_AXIS_MM`` of it; the hand is the far end of the points within
     ``ARM_RADIUS_MM`` of that axis."""
-    entry = points[rows >= rows.max() - 1].mean(0)  # (3,) where the arm enters
+    entry = _arm_entry(points, rows)
     rel = points - entry  # (N, 3)
     near = rel[np.linalg.norm(rel, axis=1) <= ARM_AXIS_MM]
     axis = (near if len(near) >= 10 else rel).mean(0)
@@ -213,6 +213,11 @@ def _arm_end(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
         tube[:] = True
     hand = tube & (along >= along[tube].max() - HAND_DEPTH_MM)
     return points[hand].mean(0)
+
+
+def _arm_entry(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Where a blob entering from the bottom enters (3,): the mean of its points (N, 3) on its two lowest rows (N,)."""
+    return points[rows >= rows.max() - 1].mean(0)
 
 
 def _refine_com(points: np.ndarray, centre: np.ndarray, cube_mm: float, iterations: int) -> np.ndarray:

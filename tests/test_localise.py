@@ -84,8 +84,7 @@ def test_the_right_forearm_is_taken_when_the_other_hand_enters_at_the_bottom_lef
 
 def _reach(reg: L.Regions, label: int) -> float:
     """How far (mm) a region's far end lies from where it enters at the bottom edge."""
-    points, rows = reg.of(label)
-    return float(np.linalg.norm(L._far_end(points, rows, reg.labels.shape[0]) - points[rows >= rows.max() - 1].mean(0)))
+    return L._reach(*reg.of(label), reg.labels.shape[0])[1]
 
 
 def _box_beside_the_forearm(depth: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, float, float] | None:
