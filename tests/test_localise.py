@@ -125,6 +125,60 @@ def test_a_box_at_the_bottom_edge_right_of_the_forearm_is_not_taken_for_it(monke
             assert np.linalg.norm(L.detect(L.regions(boxed)) - truth) > 100.0  # the box is taken
 
 
+def _object_standing_beside_the_forearm(depth: np.ndarray, truth: np.ndarray, height_mm: float = 160.0,
+                                        width_mm: float = 70.0) -> np.ndarray | None:
+    """``depth`` with a flat object (a box's face, ``width_mm`` x ``height_mm``) standing on the table plane
+    at the bottom edge (its foot in the frame's last rows), right of the forearm, facing the camera; None
+    without a table plane or a forearm."""
+    reg = L.regions(depth)
+    h = reg.labels.shape[0]
+    arms = [r for r in reg.big() if (reg.labels[-2:] == r).any()]
+    if reg.plane is None or not arms:
+        return None
+    arm = min(arms, key=lambda r: np.linalg.norm(L._behind_surface(L._far_end(*reg.of(r), h)) - truth))
+    v, u = np.nonzero(reg.labels == arm)
+    normal, offset = reg.plane
+    up = -normal  # from the table towards the camera
+    ray = K.backproject(np.array([u[v >= h - 2].max() * reg.stride + 90.0, depth.shape[0] - 4.0]), 1.0)
+    base = ray * offset / (ray @ normal)  # on the table, in the frame's last rows
+    across = np.array([1.0, 0.0, 0.0]) - up[0] * up  # the camera's x axis laid on the table
+    across /= np.linalg.norm(across)
+    facing = np.cross(across, up)  # the object's face: the plane through base spanned by across and up
+    xr, yr = K.rays()
+    rays = np.stack([xr, yr, np.ones_like(xr)], -1)  # (H, W, 3), z = 1
+    t = (facing @ base) / (rays @ facing)
+    rel = rays * t[..., None] - base
+    a, b = rel @ across, rel @ up
+    inside = (np.abs(a) <= width_mm / 2) & (b >= 0) & (b <= height_mm) & (t > 0)
+    z = np.where(inside, t, np.inf)  # the depth of a z = 1 ray point scaled by t is t
+    nearer = inside & ((depth == 0) | (z < depth))
+    if nearer.sum() < 2000:
+        return None
+    out = depth.copy()
+    out[nearer] = np.round(z[nearer]).astype(depth.dtype)
+    return out
+
+
+def test_an_object_standing_on_the_table_at_the_bottom_edge_is_not_taken_for_the_forearm(monkeypatch):
+    """An object standing on the table right of the forearm, entering at the bottom edge as near as it
+    and reaching as far: the reach rule keeps it and the rightmost-forearm rule would take it.  It
+    enters at the table and rises along the table's normal; a forearm enters in the air."""
+    cases = []
+    for seed in HARD_SEEDS:
+        (depth,), truth = hard_sequence(seed, other_hand=False)
+        standing = _object_standing_beside_the_forearm(depth, truth[0])
+        if standing is not None:
+            cases.append((depth, standing, truth[0]))
+    assert len(cases) >= 3, "the premise: hard frames with a table plane and a forearm at the bottom edge"
+    taken = 0
+    for depth, standing, truth in cases:  # the object changes nothing
+        np.testing.assert_allclose(L.detect(L.regions(standing)), L.detect(L.regions(depth)), atol=1.0)
+        with monkeypatch.context() as m:
+            m.setattr(L, "UPRIGHT_BASE_MM", -np.inf)  # nothing counts as standing on the table
+            taken += np.linalg.norm(L.detect(L.regions(standing)) - truth) > 100.0
+    assert taken >= 3, "the premise: without the rule the object is taken for the forearm"
+
+
 @pytest.mark.parametrize("seed", [203, 293])
 def test_a_lowered_right_forearm_is_kept_beside_the_other_hands_longer_one(seed, monkeypatch):
     """Hand low against the table: the right forearm reaches less than half as far as the other hand's,
