@@ -31,9 +31,11 @@ def frames_per_sequence(preset) -> int:
     return max(1, round(preset.synth.fps * preset.synth.duration_s))
 
 
-def make_step(kind: str, preset, device: torch.device, graphed: bool):
+def make_step(kind: str, preset, device: torch.device, graphed: bool, compile_options: dict | None = None):
     """(step, items): ``step()`` runs one training step of run type ``kind`` and returns its loss;
-    ``items`` is how many frames (HPE) or sequences (the rest) one step trains on."""
+    ``items`` is how many frames (HPE) or sequences (the rest) one step trains on.  With
+    ``compile_options`` (``torch.compile``'s keyword arguments; not with ``graphed``) the HPE's forward
+    is compiled, and for fine-tuning the calls that ``graphed`` would capture."""
     from benchmarks.fusion_speed import fresh_method
     from handfuse import graphs
     from handfuse.methods import headline
@@ -54,7 +56,8 @@ def make_step(kind: str, preset, device: torch.device, graphed: bool):
             model.to_channels_last()
         batch = {"depth": torch.randn(B, 1, S, S, device=device).clamp(-1, 1),
                  "joints": torch.randn(B, 21, 3, device=device) * 0.3}
-        forward = lambda b: model.loss(model(b["depth"]), b["joints"])  # noqa: E731
+        run = model if compile_options is None else torch.compile(model, **compile_options)
+        forward = lambda b: model.loss(run(b["depth"]), b["joints"])  # noqa: E731
         items = B
     elif kind == "har":
         B = preset.train_har.batch_size
@@ -92,6 +95,9 @@ def make_step(kind: str, preset, device: torch.device, graphed: bool):
     if on and kind != "har":  # the HPE calls over every frame, as fit does for fine-tuning
         for module, name in graphs.fixed_shape_calls(model):
             graphs.graph_calls(module, name)
+    if compile_options is not None and kind not in ("hpe", "har"):  # the same calls, compiled
+        for module, name in graphs.fixed_shape_calls(model):
+            setattr(module, name, torch.compile(getattr(module, name), **compile_options))
     return (lambda: eager(batch).detach()), items
 
 

@@ -10,6 +10,8 @@
 #   workers.json, reproduce_paper_projection.json   python -m benchmarks.gpu_projection on those numbers
 #   paper_epoch*.*  the paper preset's HPE pre-training for 2 epochs on the cpu preset's data (crops
 #                   of 128 px, the original's network), eager and with --train graphs=true
+#   launch_modes.*  python -m benchmarks.launch_modes: the HPE pre-training step and a baseline fine-tuning step,
+#                   eager, CUDA graphs, torch.compile default and mode="reduce-overhead" (ms/step, compile time)
 #   cuda_speed.*    python -m benchmarks.cuda_speed, HPE rows only (against the matmul)
 #   e2e.log         a reduced paper run end to end (baseline fine-tuning, 1 epoch, graphs on), if time is left
 # Every step has a timeout; the whole script stays under about 9 minutes (BUDGET_S=540).
@@ -61,6 +63,14 @@ timeout 30 $PY -m benchmarks.gpu_projection --measured "$out/gpu_runs.jsonl" --p
     --out "$out" 2>&1 | tee "$out/projection.log" || status=1
 timeout 30 $PY -m benchmarks.gpu_projection --measured "$out/gpu_runs.jsonl" --preset "$PRESET" --device "$DEVICE" \
     --graphs --out "$out/graphs" 2>&1 | tee -a "$out/projection.log" || status=1
+
+step "benchmarks.launch_modes: eager, CUDA graphs, torch.compile default and reduce-overhead"
+backend=inductor
+gpu || backend=eager  # the CPU dry run: no compiler, and no timing that means anything
+rm -f "$out/launch_modes.jsonl"
+timeout 120 $PY -m benchmarks.launch_modes --preset "$PRESET" --device "$DEVICE" --backend "$backend" --kinds hpe baseline \
+    --steps $((STEPS * 4)) --json "$out/launch_modes.jsonl" > "$out/launch_modes.log" 2>&1 || status=1
+tail -9 "$out/launch_modes.log"
 
 if gpu; then
   step "tests/test_cuda.py"
