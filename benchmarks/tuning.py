@@ -173,8 +173,9 @@ def fine_tune(job: dict) -> dict:
     model = build_method("baseline", Pretrained(hpe, hpe, har, {}), P, cfg, seed)
     data = {k: SequenceDataset(cache, refs) for k, refs in _no_test(splits(fpha, P, seed)).items()}
     with one_thread():
-        r = fit(model, FusionTask(data), replace(P.train_fuse, seed=seed), job["run"],
-                {"fusion": asdict(cfg), "tuning": True}, progress=False)
+        r = fit(model, FusionTask(data, jitter_mm=P.fuse_jitter_mm), replace(P.train_fuse, seed=seed), job["run"],
+                {"fusion": asdict(cfg), "tuning": True,
+                 **({"fuse_jitter_mm": P.fuse_jitter_mm} if P.fuse_jitter_mm else {})}, progress=False)
     return {"val_loss": r.val["loss"], "val_error_mm": r.val["error_mm"], "val_accuracy": r.val["accuracy"],
             "seconds": r.seconds}
 

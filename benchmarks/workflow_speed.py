@@ -77,7 +77,7 @@ def starvation(preset, fpha: FPHA, cache, max_batches: int = 25) -> dict:
     hpe = models.hpe_film
     hpe_task = HPETask(cache, parts, augment=preset.augment)
     fuse = build("baseline", models, preset.preprocess.cube_mm / 2, method_config("baseline", film=preset.film))
-    fuse_task = FusionTask({k: SequenceDataset(cache, refs) for k, refs in parts.items()})
+    fuse_task = FusionTask({k: SequenceDataset(cache, refs) for k, refs in parts.items()}, jitter_mm=preset.fuse_jitter_mm)
     for name, model, task, cfg in (("hpe_pretraining", hpe, hpe_task, preset.train_hpe),
                                    ("fusion_finetuning", fuse, fuse_task, preset.train_fuse)):
         cfg = replace(cfg, epochs=1, max_batches=max_batches)

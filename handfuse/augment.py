@@ -110,3 +110,23 @@ def augment_batch(depth: torch.Tensor, joints: torch.Tensor, cfg: AugmentConfig,
     ``generator`` (same seed, same output); ``half_cube_mm`` converts ``translate_mm`` to crop units."""
     angle, scale, shift = (p.to(depth.device) for p in sample_params(len(depth), cfg, half_cube_mm, generator))
     return transform(depth, joints, angle, scale, shift)
+
+
+def jitter_centres(batch: dict, std_mm: float, half_cube_mm: float,
+                   generator: torch.Generator | None = None) -> dict:
+    """A collated sequence batch whose crop centres each move by a random shift ``t ~ N(0, std_mm)`` per
+    axis (mm), its crops and normalised joints moved with them (:func:`transform`, translation only).
+
+    The batch's ``centre`` becomes ``centre + t``, so that a method's world-space output (normalised
+    output times ``half_cube_mm`` plus the centre) and its joint loss stay consistent: the network sees
+    the hand off-centre, as it will around a centre found from depth, while the target is unchanged.
+    ``depth`` (B, T, 1, S, S), ``joints`` (B, T, 21, 3) and ``centre`` (B, T, 3) are replaced; the
+    rest is shared with ``batch``.  Deterministic in ``generator``."""
+    depth, joints, centre = batch["depth"], batch["joints"], batch["centre"]
+    b, t = centre.shape[:2]
+    shift_mm = torch.randn(b * t, 3, generator=generator).to(centre.device, centre.dtype) * std_mm  # (B*T, 3)
+    none = torch.zeros(b * t, device=depth.device)
+    moved, new_joints = transform(depth.reshape(b * t, *depth.shape[2:]), joints.reshape(b * t, *joints.shape[2:]),
+                                  none, none + 1, (shift_mm / half_cube_mm).to(depth.device))
+    return {**batch, "depth": moved.reshape(depth.shape).to(depth.dtype), "joints": new_joints.reshape(joints.shape),
+            "centre": centre + shift_mm.reshape(b, t, 3)}

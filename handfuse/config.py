@@ -43,6 +43,12 @@ class Preset:
     # fine-tuning's activation checkpointing (FusionConfig.activation_checkpoint): frames per chunk of the
     # pose estimator recomputed in the backward instead of kept, memory for one more forward; 0: off
     activation_checkpoint: int = 0
+    # fine-tuning's centre jitter (FusionTask.jitter_mm): std per axis, mm, of a random shift of each training
+    # frame's crop centre, meant to keep the pose estimator's tolerance of an imperfect centre; 0: off.  Off in
+    # every preset: at the cpu preset (python -m benchmarks.centre_jitter, 3 seeds, paired, benchmarks/
+    # centre_jitter.json) 10 mm made the trained baseline worse on validation (+0.56 +- 0.27 mm, accuracy -3.7 +-
+    # 3.2 points) and on the dev benchmarks' depth centres as well (+0.43 +- 0.16 and +0.52 +- 0.31 mm)
+    fuse_jitter_mm: float = 0.0
     # the second pose estimator and action recogniser (handfuse.models.registry: "resnet", "transformer")
     resnet_hpe: ResNetHPEConfig = field(default_factory=ResNetHPEConfig)
     transformer_har: TransformerHARConfig = field(default_factory=TransformerHARConfig)
@@ -51,6 +57,7 @@ class Preset:
         _check(self.film in CONDITIONED, "film", self.film, f"one of {CONDITIONED}")
         _check(is_int(self.activation_checkpoint) and self.activation_checkpoint >= 0, "activation_checkpoint",
                self.activation_checkpoint, "an integer >= 0 (frames per checkpointed chunk; 0: off)")
+        _check(self.fuse_jitter_mm >= 0, "fuse_jitter_mm", self.fuse_jitter_mm, "a std in mm >= 0 (0: off)")
         for name in ("hpe", "resnet_hpe"):
             _check(getattr(self, name).crop == self.preprocess.crop, f"{name}.crop", getattr(self, name).crop,
                    f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")

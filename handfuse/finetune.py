@@ -26,9 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import jitter_centres
 from .cache import CropCache, get_cache
 from .config import Preset
 from .datasets import SequenceDataset
+from .distributed import rank_world
 from .fpha import FPHA
 from .methods import FusionConfig, build, evaluate_sequences, method_config
 from .methods.common import see_labels
@@ -38,7 +40,7 @@ from .records import CENTRES, PretrainedScores, RunRecord, CentreScores
 from .runs import ScoreStore, fingerprint, identity, models_dir, run_folder, same_frames, thread_record, weights_digest
 from .standalone import pretrain, splits
 from .tasks import sequence_batches
-from .train import FitResult, TrainConfig, fit
+from .train import FitResult, TrainConfig, epoch_generator, fit
 
 EVAL_BATCH = 64  # sequences per evaluation batch: feedback's steps batch across them
 
@@ -114,9 +116,14 @@ class FusionTask:
     on the validation split's joint loss (the training objective), also reporting error and accuracy.
 
     The method learns which epoch it is in (:meth:`handfuse.methods.FusionMethod.at_epoch`) at
-    each step, so an option that changes over training (a p_eq schedule) reads it from there."""
+    each step, so an option that changes over training (a p_eq schedule) reads it from there.
+
+    ``jitter_mm`` > 0 moves every training frame's crop centre by a random shift of that std per
+    axis (:func:`handfuse.augment.jitter_centres`), drawn per epoch from the run's seed; validation
+    and test frames keep their centres."""
 
     data: dict[str, SequenceDataset]
+    jitter_mm: float = 0.0
     metric: str = "loss"
     higher_is_better: bool = False
     eval_batch: int = EVAL_BATCH
@@ -126,7 +133,12 @@ class FusionTask:
 
     def batches(self, split, epoch, cfg):
         self.epoch, self.epochs = epoch, cfg.epochs
-        return sequence_batches(self.data[split], epoch, cfg, salt=2)
+        batches = sequence_batches(self.data[split], epoch, cfg, salt=2)
+        if not self.jitter_mm or split != "train":
+            return batches
+        gen = epoch_generator(cfg.seed, epoch, 300 + rank_world()[0])  # each rank its own draws
+        half_cube = self.data[split].half_cube
+        return (jitter_centres(b, self.jitter_mm, half_cube, gen) for b in batches)
 
     def loss(self, model, batch):
         model.at_epoch(self.epoch, self.epochs)
@@ -158,6 +170,8 @@ def finetune_run(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg:
     config = {"data": str(fpha.root.resolve()), **identity(fpha), "preset": preset.name, "method": name,
               "fusion": asdict(cfg), "pretrained": {k: r.config for k, r in models.results.items()},
               "pretrained_weights": {k: weights_digest(r) for k, r in models.results.items()}, **thread_record(device)}
+    if preset.fuse_jitter_mm:  # recorded only when on: runs fine-tuned without it keep their folders
+        config["fuse_jitter_mm"] = preset.fuse_jitter_mm
     method = f"{name}-{models.pair}" if models.pair else name
     return run_folder(preset, f"fuse-{method}", config, train_cfg, seed, root), config, train_cfg
 
@@ -173,7 +187,7 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     model = build_method(name, models, preset, cfg, seed)
     data = {k: SequenceDataset(cache, refs) for k, refs in splits(fpha, preset, seed).items()}
     run, config, train_cfg = finetune_run(name, models, fpha, preset, cfg, seed, device, root)
-    task = FusionTask(data)
+    task = FusionTask(data, jitter_mm=preset.fuse_jitter_mm)
     result = fit(model, task, train_cfg, run, config, progress=progress)
     if scored is not None and "test" in task.scored:
         scored[task.data["test"]] = task.scored["test"]

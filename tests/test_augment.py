@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from handfuse.augment import AugmentConfig, augment_batch, sample_params, transform
+from handfuse.augment import AugmentConfig, augment_batch, jitter_centres, sample_params, transform
 from handfuse.errors import ConfigError
 
 S = 32
@@ -118,3 +118,45 @@ def test_parameters_follow_the_config():
 def test_config_refuses_impossible_values_naming_them(key, value):
     with pytest.raises(ConfigError, match=f"augment.{key}"):
         AugmentConfig(**{key: value})
+
+
+def sequence_batch(seed: int = 0, half_cube: float = 100.0) -> dict:
+    """A collated batch of 2 sequences of 3 frames: one foreground block per crop, joints at its centre."""
+    g = torch.Generator().manual_seed(seed)
+    depth = torch.ones(2, 3, 1, S, S)
+    depth[..., 12:17, 12:17] = -0.2  # a 5 x 5 block round crop pixel (14, 14)
+    x, y = pixel_to_norm(14, 14)
+    joints = torch.tensor([x, y, -0.2]).expand(2, 3, 21, 3).clone()
+    centre = torch.rand(2, 3, 3, generator=g) * 100 + torch.tensor([0.0, 0.0, 400.0])
+    return {"depth": depth, "joints": joints, "centre": centre, "joints_mm": joints * half_cube + centre[:, :, None],
+            "mask": torch.ones(2, 3, dtype=torch.bool), "label": torch.tensor([0, 1])}
+
+
+def test_centre_jitter_moves_the_crop_and_keeps_the_world_joints():
+    """Each frame's centre moves by its own shift; the joints in the world (normalised joints times the
+    half cube, plus the centre) stay where they were; the foreground moves against the centre's shift."""
+    half_cube = 100.0
+    batch = sequence_batch(half_cube=half_cube)
+    out = jitter_centres(batch, 10.0, half_cube, torch.Generator().manual_seed(1))
+    moved = out["centre"] - batch["centre"]  # (2, 3, 3) mm
+    assert moved.abs().min() > 0 and len({tuple(m.tolist()) for m in moved.reshape(-1, 3)}) == 6
+    world = out["joints"] * half_cube + out["centre"][:, :, None]
+    assert torch.allclose(world, batch["joints_mm"], atol=1e-3)
+    for b in range(2):
+        for t in range(3):
+            centroid = foreground_centroid(out["depth"][b, t])  # where the block is now, normalised
+            expected = torch.tensor(pixel_to_norm(14, 14)) - moved[b, t, :2] / half_cube
+            assert torch.allclose(centroid, expected, atol=2.5 / S)  # within nearest-neighbour rounding
+            fg = out["depth"][b, t] < 1
+            assert torch.allclose(out["depth"][b, t][fg], torch.tensor(-0.2) - moved[b, t, 2] / half_cube, atol=1e-5)
+    assert out["label"] is batch["label"] and out["mask"] is batch["mask"]
+
+
+def test_centre_jitter_is_seeded_and_scales_with_its_std():
+    batch = sequence_batch()
+    a, b = (jitter_centres(batch, 10.0, 100.0, torch.Generator().manual_seed(3)) for _ in range(2))
+    c = jitter_centres(batch, 10.0, 100.0, torch.Generator().manual_seed(4))
+    assert torch.equal(a["centre"], b["centre"]) and torch.equal(a["depth"], b["depth"])
+    assert not torch.equal(a["centre"], c["centre"])
+    wide = jitter_centres(batch, 30.0, 100.0, torch.Generator().manual_seed(3))
+    assert torch.allclose(wide["centre"] - batch["centre"], 3 * (a["centre"] - batch["centre"]), atol=1e-4)

@@ -147,3 +147,41 @@ def test_cuda_benchmark_refuses_a_machine_without_a_gpu():
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 1 and "needs a CUDA GPU; this machine has none" in done.stderr, done.stderr[-2000:]
+
+
+def test_centre_jitter_breakdown_bins_the_frames_by_centre_error():
+    """A pose estimator that answers the crop centre: its error is the centre's, so each frame's excess
+    is its centre error and lands in that error's bin, with its share of the total."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.centre_jitter import BINS_MM, breakdown
+
+    class AtTheCentre(torch.nn.Module):
+        def forward(self, x, action=None):
+            return {"joints": torch.zeros(len(x), 21, 3)}
+
+    truth = np.array([[0, 0, 400], [10, 0, 410], [20, 5, 420], [30, 5, 430]], np.float32)  # (4, 3) middle MCPs
+    off = np.array([[3, 0, 0], [0, 12, 0], [0, 0, 40], [60, 80, 0]], np.float32)  # 3, 12, 40 and 100 mm
+
+    def cached(centres):
+        cache = SimpleNamespace(crops=np.zeros((4, 8, 8), np.float16), centres=centres, centres_gt=truth,
+                                joints=np.repeat(truth[:, None], 21, 1), offsets=np.array([0, 2]), lengths=np.array([2, 2]))
+        return SimpleNamespace(cache=cache, seq_indices=np.array([1, 0]), half_cube=100.0)
+
+    bins = breakdown(AtTheCentre(), cached(truth), cached(truth + off))
+    assert [b["centre_error_mm"] for b in bins] == [[lo, hi] for lo, hi in zip(BINS_MM[:-1], BINS_MM[1:])]
+    by_lower = {b["centre_error_mm"][0]: b for b in bins}
+    for lo, err in ((0, 3.0), (10, 12.0), (30, 40.0), (80, 100.0)):
+        assert by_lower[lo]["frames"] == 1 and by_lower[lo]["excess_mm"] == pytest.approx(err, abs=1e-3)
+        assert by_lower[lo]["share_of_excess"] == pytest.approx(err / 155.0, abs=1e-5)
+    assert sum(b["frames"] for b in bins) == 4 and sum(b["share_of_frames"] for b in bins) == pytest.approx(1.0)
+
+
+def test_centre_jitter_benchmark_refuses_the_study_benchmark_as_a_dev_one(capsys):
+    from benchmarks.centre_jitter import main
+
+    with pytest.raises(SystemExit):
+        main(["--preset", "smoke", "--dev-seeds", "0"])
+    assert "--dev-seeds: 0 is the preset's own benchmark" in capsys.readouterr().err

@@ -277,6 +277,30 @@ def test_fusion_task_batches_cover_the_split(data):
     assert sorted(seen.tolist()) == sorted(SequenceDataset(cache, fpha.train).seq_indices.tolist())
 
 
+def test_fusion_task_jitters_the_training_centres_only_and_alike_per_seed(data):
+    """With ``jitter_mm`` the training batches' centres move (the world joints stay), seeded by the run's
+    seed and epoch; validation batches are left as they are."""
+    fpha, cache, _, _ = data
+    ds = SequenceDataset(cache, fpha.train)
+    cfg = replace(PRESET.train_fuse, max_batches=2, batch_size=3)
+    plain = list(FusionTask({"train": ds, "val": ds}).batches("train", 0, cfg))
+    task = FusionTask({"train": ds, "val": ds}, jitter_mm=10.0)
+    jittered, again = list(task.batches("train", 0, cfg)), list(task.batches("train", 0, cfg))
+    other_epoch = list(task.batches("train", 1, cfg))
+    for p, j, a in zip(plain, jittered, again):
+        assert torch.equal(p["seq"], j["seq"])
+        shift = (j["centre"] - p["centre"])[p["mask"]]  # (N, 3) mm
+        assert 5.0 < shift.std().item() < 15.0
+        assert torch.equal(j["centre"], a["centre"]) and torch.equal(j["depth"], a["depth"])
+        world = j["joints"] * ds.half_cube + j["centre"][:, :, None]
+        assert torch.allclose(world[p["mask"]], p["joints_mm"][p["mask"]], atol=1e-2)
+    plain_1 = list(FusionTask({"train": ds}).batches("train", 1, cfg))
+    assert not torch.allclose(other_epoch[0]["centre"][0, 0] - plain_1[0]["centre"][0, 0],
+                              jittered[0]["centre"][0, 0] - plain[0]["centre"][0, 0])  # a new epoch, new draws
+    for p, v in zip(plain, task.batches("val", 0, cfg)):
+        assert torch.equal(p["centre"], v["centre"]) and torch.equal(p["depth"], v["depth"])
+
+
 def test_aggregate_gives_means_and_intervals():
     scores = PretrainedScores(1.0, 1.0, 0.5, 0.0, 0.0)
     records = [RunRecord("baseline", seed, True, "deepprior", "lstm", {}, CentreScores.of({"gt": {"error_mm": e, "accuracy": a}}),
