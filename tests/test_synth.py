@@ -79,10 +79,11 @@ def test_scene_v1_writes_exactly_what_it_wrote_before_v2(tiny_v1_root, tmp_path)
     from handfuse.report import machine_info
 
     cpu = machine_info()["cpu"]
-    known = [digest for model, digest in V1_PNG_DIGESTS.items() if cpu.startswith(model)]
-    if not known:
+    if not any(cpu.startswith(model) for model in V1_PNG_DIGESTS):
         pytest.skip(f"no v1 PNG digest taken on this CPU model ({cpu}): the text files were checked")
-    assert _tree_digest(digests, png=True) == known[0], "v1's depth frames changed"
+    # the frames' last bits follow the vectorised code paths a CPU takes, not its maker: an AMD EPYC host
+    # (2026-12-06) wrote the Intel Xeon's frames, so any digest taken on a known model is v1's
+    assert _tree_digest(digests, png=True) in V1_PNG_DIGESTS.values(), "v1's depth frames changed"
 
 
 def test_round_trip_through_the_fpha_reader(smoke_root):
