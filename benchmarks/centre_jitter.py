@@ -39,7 +39,7 @@ from benchmarks.tuning import _no_test
 from handfuse import finetune as ft
 from handfuse.cache import get_cache
 from handfuse.config import get_preset
-from handfuse.datasets import SequenceDataset
+from handfuse.datasets import FrameDataset, SequenceDataset
 from handfuse.fpha import FPHA
 from handfuse.metrics import mean_ci95
 from handfuse.paths import REPO, ensure_synthetic
@@ -53,39 +53,35 @@ OUT = REPO / "benchmarks" / "centre_jitter.json"
 BINS_MM = (0, 5, 10, 15, 20, 30, 50, 80, float("inf"))  # centre-error bins of the breakdown
 
 
-def dev_sets(P, refiner, dev_seeds) -> dict[str, SequenceDataset]:
-    """``dev<N>-gt`` and ``dev<N>-depth``: the test split of generator seed N around either centre."""
+def dev_sets(P, refiner, devs: dict[int, FPHA]) -> dict[str, SequenceDataset]:
+    """``dev<N>-gt`` and ``dev<N>-depth``: the test split of generator seed N's benchmark ``devs[N]``
+    around either centre."""
     sets = {}
-    for g in dev_seeds:
-        dev = FPHA(ensure_synthetic(P.name, g))
+    for g, dev in devs.items():
         sets[f"dev{g}-gt"] = SequenceDataset(get_cache(dev, P.preprocess, sequences=dev.test), dev.test)
         depth = get_cache(dev, replace(P.preprocess, centre="depth"), sequences=dev.test, refiner=refiner)
         sets[f"dev{g}-depth"] = SequenceDataset(depth, dev.test)
     return sets
 
 
-def frame_errors(hpe, data: SequenceDataset, batch: int = 512) -> np.ndarray:
-    """(N,) mean joint error (mm) of ``hpe`` (fed w_eq) on every frame of ``data``'s crop cache rows."""
-    cache, rows = data.cache, np.concatenate([np.arange(o, o + n) for o, n in
-                                              zip(data.cache.offsets[data.seq_indices], data.cache.lengths[data.seq_indices])])
+def frame_errors(hpe, frames: FrameDataset, batch: int = 512) -> np.ndarray:
+    """(N,) mean joint error (mm) of ``hpe`` (fed w_eq) on every frame of ``frames``, in its order."""
     out = []
     with torch.inference_mode():
-        for i in range(0, len(rows), batch):
-            r = rows[i:i + batch]
-            x = torch.from_numpy(np.asarray(cache.crops[r], np.float32))[:, None]
-            pred = hpe(x, None)["joints"].float().numpy() * data.half_cube + cache.centres[r][:, None]
-            out.append(np.linalg.norm(pred - cache.joints[r], axis=-1).mean(-1))
+        for i in range(0, len(frames), batch):
+            b = frames.batch(np.arange(i, min(i + batch, len(frames))))
+            pred = hpe(b["depth"], None)["joints"].float() * frames.half_cube + b["centre"][:, None]
+            out.append((pred - b["joints_mm"]).norm(dim=-1).mean(-1).numpy())
     return np.concatenate(out)
 
 
-def breakdown(hpe, gt: SequenceDataset, depth: SequenceDataset) -> list[dict]:
+def breakdown(hpe, gt: FrameDataset, depth: FrameDataset) -> list[dict]:
     """Per centre-error bin (:data:`BINS_MM`): frames, their share, the mean excess pose error of
-    ``hpe`` on depth-centred crops over ground-truth-centred ones, and the bin's share of all the excess."""
+    ``hpe`` on ``depth``'s crops (centred from depth) over ``gt``'s (the same frames on ground-truth
+    centres), and the bin's share of all the excess."""
     hpe = hpe.eval()
     excess = frame_errors(hpe, depth) - frame_errors(hpe, gt)
-    rows = np.concatenate([np.arange(o, o + n) for o, n in
-                           zip(depth.cache.offsets[depth.seq_indices], depth.cache.lengths[depth.seq_indices])])
-    err = np.linalg.norm(depth.cache.centres[rows] - depth.cache.centres_gt[rows], axis=1)
+    err = np.linalg.norm(depth.cache.centres[depth.rows] - depth.cache.centres_gt[depth.rows], axis=1)
     out = []
     for lo, hi in zip(BINS_MM[:-1], BINS_MM[1:]):
         m = (err >= lo) & (err < hi)
@@ -132,9 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
     fpha = FPHA(ensure_synthetic(args.preset))
     cache = get_cache(fpha, P0.preprocess)
     refiner = pretrain_localiser(fpha, P0, seed=0)[1].run_dir
-    sets = dev_sets(P0, refiner, args.dev_seeds)
+    devs = {g: FPHA(ensure_synthetic(args.preset, g)) for g in args.dev_seeds}
+    sets = dev_sets(P0, refiner, devs)
     hpe = ft.pretrained(fpha, P0, 0, film=P0.film, cache=cache).hpe
-    split = {name: breakdown(hpe, sets[f"{name}-gt"], sets[f"{name}-depth"]) for name in (f"dev{g}" for g in args.dev_seeds)}
+    split = {f"dev{g}": breakdown(hpe, *(FrameDataset(sets[f"dev{g}-{c}"].cache, dev.test) for c in ("gt", "depth")))
+             for g, dev in devs.items()}
     rows = {j: [fine_tune(fpha, replace(P0, fuse_jitter_mm=j), cache, s, sets) for s in seeds] for j in args.jitter}
     ref = args.jitter[0]
     report = {"preset": args.preset, "seeds": seeds, "dev_seeds": args.dev_seeds, "machine": machine_info(),

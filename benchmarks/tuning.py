@@ -37,7 +37,7 @@ import torch
 from handfuse.cache import get_cache
 from handfuse.config import Preset, get_preset
 from handfuse.datasets import PoseSequenceDataset, SequenceDataset
-from handfuse.finetune import FusionTask, Pretrained, build_method, resolved_config
+from handfuse.finetune import FusionTask, Pretrained, build_method, jitter_record, resolved_config
 from handfuse.fpha import FPHA
 from handfuse.metrics import group_accuracy, mean_ci95
 from handfuse.models.har import FRAMES
@@ -174,8 +174,7 @@ def fine_tune(job: dict) -> dict:
     data = {k: SequenceDataset(cache, refs) for k, refs in _no_test(splits(fpha, P, seed)).items()}
     with one_thread():
         r = fit(model, FusionTask(data, jitter_mm=P.fuse_jitter_mm), replace(P.train_fuse, seed=seed), job["run"],
-                {"fusion": asdict(cfg), "tuning": True,
-                 **({"fuse_jitter_mm": P.fuse_jitter_mm} if P.fuse_jitter_mm else {})}, progress=False)
+                {"fusion": asdict(cfg), "tuning": True, **jitter_record(P)}, progress=False)
     return {"val_loss": r.val["loss"], "val_error_mm": r.val["error_mm"], "val_accuracy": r.val["accuracy"],
             "seconds": r.seconds}
 

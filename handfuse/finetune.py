@@ -162,6 +162,12 @@ def build_method(name: str, models: Pretrained, preset: Preset, cfg: FusionConfi
     return build(name, models, preset.preprocess.cube_mm / 2, cfg)
 
 
+def jitter_record(preset: Preset) -> dict:
+    """What a fine-tuning run's config records of the preset's centre jitter: ``fuse_jitter_mm`` when it
+    is on, nothing when off, so that runs fine-tuned without it keep the folders they had before it."""
+    return {"fuse_jitter_mm": preset.fuse_jitter_mm} if preset.fuse_jitter_mm else {}
+
+
 def finetune_run(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: FusionConfig, seed: int,
                  device: str = "cpu", root: str | Path | None = None) -> tuple[Path, dict, TrainConfig]:
     """Where a fine-tuning run lives (``fuse-<method>[-<hpe>-<har>]-<8 hex>-seed<seed>``), with its
@@ -170,8 +176,7 @@ def finetune_run(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg:
     config = {"data": str(fpha.root.resolve()), **identity(fpha), "preset": preset.name, "method": name,
               "fusion": asdict(cfg), "pretrained": {k: r.config for k, r in models.results.items()},
               "pretrained_weights": {k: weights_digest(r) for k, r in models.results.items()}, **thread_record(device)}
-    if preset.fuse_jitter_mm:  # recorded only when on: runs fine-tuned without it keep their folders
-        config["fuse_jitter_mm"] = preset.fuse_jitter_mm
+    config.update(jitter_record(preset))
     method = f"{name}-{models.pair}" if models.pair else name
     return run_folder(preset, f"fuse-{method}", config, train_cfg, seed, root), config, train_cfg
 

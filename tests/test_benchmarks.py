@@ -157,6 +157,7 @@ def test_centre_jitter_breakdown_bins_the_frames_by_centre_error():
     import torch
 
     from benchmarks.centre_jitter import BINS_MM, breakdown
+    from handfuse.datasets import FrameDataset
 
     class AtTheCentre(torch.nn.Module):
         def forward(self, x, action=None):
@@ -167,8 +168,10 @@ def test_centre_jitter_breakdown_bins_the_frames_by_centre_error():
 
     def cached(centres):
         cache = SimpleNamespace(crops=np.zeros((4, 8, 8), np.float16), centres=centres, centres_gt=truth,
-                                joints=np.repeat(truth[:, None], 21, 1), offsets=np.array([0, 2]), lengths=np.array([2, 2]))
-        return SimpleNamespace(cache=cache, seq_indices=np.array([1, 0]), half_cube=100.0)
+                                joints=np.repeat(truth[:, None], 21, 1), offsets=np.array([0, 2]), lengths=np.array([2, 2]),
+                                labels=np.array([0, 1]), cfg=SimpleNamespace(cube_mm=200.0), keys=["a", "b"],
+                                index_of={"a": 0, "b": 1}.__getitem__)
+        return FrameDataset(cache, ["b", "a"])  # the frames of both sequences, the second first
 
     bins = breakdown(AtTheCentre(), cached(truth), cached(truth + off))
     assert [b["centre_error_mm"] for b in bins] == [[lo, hi] for lo, hi in zip(BINS_MM[:-1], BINS_MM[1:])]
