@@ -33,7 +33,7 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-test-tools.sh  # Debian's chromium (tests/test_browser.py) and ffmpeg (the MP4 export; once, no-op after)
-	HANDFUSE_PRESET=smoke HANDFUSE_FIGURES=$$(mktemp -d) HANDFUSE_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q tests --nbval-lax --nbval-cell-timeout=900 notebooks -p no:cacheprovider
+	HANDFUSE_PRESET=smoke HANDFUSE_FIGURES=$$(mktemp -d) HANDFUSE_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests --nbval-lax --nbval-cell-timeout=900 notebooks -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

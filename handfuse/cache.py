@@ -28,7 +28,9 @@ the manifest (``depth_centre_lost``): it is never passed off as located.
 Builds are atomic: written into a temporary folder beside the final one, fsynced,
 the manifest written last, then ``os.replace``d into place.  A folder without a
 valid manifest is never used, so a killed or concurrent build cannot leave
-anything that looks complete.
+anything that looks complete.  Processes that ask for the same cache at once (two papermill
+jobs, the test suite's workers) take turns on a lock file beside it: one builds, the others
+then find it built.
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ from .dataconfig import PreprocessConfig
 from .errors import DataError
 from .fpha import FPHA, SPLIT_FILE, SequenceRef, read_depth_png
 from .localise import LOCALISER_VERSION, load_refiner, locate_sequence
+from .paths import exclusive
 from .preprocess import centre_from_joints, crop
 from .skeleton import NUM_JOINTS
 
@@ -219,11 +222,19 @@ def get_cache(fpha: FPHA, cfg: PreprocessConfig, cache_dir: str | Path | None = 
     inputs = cache_key_inputs(fpha, cfg, sequences, refiner)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(fpha.root)
     final = cache_dir / f"crops-{cfg.crop}-{cfg.centre}-{cache_key(inputs)}"
-    manifest = read_manifest(final)
-    if manifest is not None and manifest.get("inputs") == inputs:
+    if _built(final, inputs):
         return CropCache(final)
-    build_cache(fpha, cfg, sequences, inputs, final, workers, progress, refiner)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(final.parent / f".{final.name}.lock"):  # two jobs asking at once build it once
+        if not _built(final, inputs):  # the other one built it while this one waited
+            build_cache(fpha, cfg, sequences, inputs, final, workers, progress, refiner)
     return CropCache(final)
+
+
+def _built(final: Path, inputs: dict) -> bool:
+    """Whether a complete cache of ``inputs`` is at ``final``."""
+    manifest = read_manifest(final)
+    return manifest is not None and manifest.get("inputs") == inputs
 
 
 # ----------------------------------------------------------------------------- building

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -72,7 +73,6 @@ def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None =
     from .config import get_preset
     from .dataconfig import SynthConfig
     from .synth import generate
-    from .synth.generate import GENERATOR_VERSION, INFO_FILE
 
     cfg = get_preset(preset).synth
     cfg = cfg if seed is None else replace(cfg, seed=seed)
@@ -81,13 +81,42 @@ def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None =
 
         cfg = from_dict(SynthConfig, {**asdict(cfg), **overrides}, prefix="synth.")  # unknown knobs refused by name
     root = synthetic_root(preset, cfg.seed, overrides)
-    info_path = root / INFO_FILE
     if root.exists():
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        made = {**asdict(SynthConfig()), **info["config"]} if isinstance(info.get("config"), dict) else None
-        if made != asdict(cfg) or info.get("version") != GENERATOR_VERSION:
-            raise FileExistsError(f"{root}: holds a synthetic dataset made with other parameters or generator version;"
-                                  " delete it to regenerate")
-        return root
+        return _made_with(root, cfg)
     root.parent.mkdir(parents=True, exist_ok=True)
-    return generate(root, cfg, workers=workers)
+    with exclusive(root.parent / f".{root.name}.lock"):  # two jobs starting at once generate it once
+        if root.exists():  # the other one made it while this one waited
+            return _made_with(root, cfg)
+        return generate(root, cfg, workers=workers)
+
+
+def _made_with(root: Path, cfg) -> Path:
+    """``root`` if the benchmark there was made with ``cfg`` by this generator version, else FileExistsError."""
+    from .dataconfig import SynthConfig
+    from .synth.generate import GENERATOR_VERSION, INFO_FILE
+
+    info_path = root / INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    made = {**asdict(SynthConfig()), **info["config"]} if isinstance(info.get("config"), dict) else None
+    if made != asdict(cfg) or info.get("version") != GENERATOR_VERSION:
+        raise FileExistsError(f"{root}: holds a synthetic dataset made with other parameters or generator version;"
+                              " delete it to regenerate")
+    return root
+
+
+@contextmanager
+def exclusive(lock: Path):
+    """Hold an exclusive lock on the file ``lock`` (created if missing) for the ``with`` block: another
+    process asking for the same lock waits.  The lock goes with the process, so a killed holder never
+    leaves it taken.  Where ``fcntl`` is missing (Windows) it does not lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

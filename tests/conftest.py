@@ -52,6 +52,49 @@ def _patient_nbval(flush_s: float = 120.0) -> None:
 
 _patient_nbval()
 
+
+def _own_folders_per_worker() -> None:
+    """``make test`` runs the suite in pytest-xdist workers (one per core).  Each worker gets its own
+    runs and figures folders below the ones ``make test`` made, so that two workers never train into
+    one run folder; the data folder is shared (its benchmarks and crop caches are built under a lock,
+    :func:`handfuse.paths.exclusive`)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    for name in ("HANDFUSE_RUNS", "HANDFUSE_FIGURES"):
+        if os.environ.get(name):
+            folder = Path(os.environ[name]) / worker
+            folder.mkdir(parents=True, exist_ok=True)
+            os.environ[name] = str(folder)
+
+
+_own_folders_per_worker()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The notebooks first: they are the longest unit of work (see ``pytest_xdist_make_scheduler``),
+    and while one worker runs them the other works through the test modules."""
+    items.sort(key=lambda item: Path(str(item.fspath)).suffix != ".ipynb")  # stable: the order within stays
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which a GPU server's image may lack
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs ``--dist loadfile``: a test module goes whole to one worker (its module fixtures
+    are made once).  Here the notebooks, all of them, are one unit too, run in order in one worker: a
+    notebook's cells share its kernel, and a later notebook loads the runs an earlier one trained into
+    that worker's runs folder (in another worker it would train them again)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class NotebooksTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "notebooks" if path.endswith(".ipynb") else path
+
+    return NotebooksTogether(config, log)
+
+
 def random_fusion_models(seed: int, attention: bool, film: str = "both", preset: str = "smoke",
                          hpe_model: str = "deepprior", har_model: str = "lstm"):
     """Random "pre-trained" models of a preset for the fusion methods: a plain HPE, a FiLM-conditioned

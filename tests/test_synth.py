@@ -283,3 +283,35 @@ def test_a_knob_gets_its_own_benchmark_folder_and_an_unknown_knob_is_refused(tmp
     (old / INFO_FILE).write_text(json.dumps({"config": {**config, "style_deg": 1.0}, "version": GENERATOR_VERSION}))
     with pytest.raises(FileExistsError, match="other parameters"):
         paths.ensure_synthetic("smoke")
+
+
+_GENERATE_ONCE = """
+import sys, time
+import handfuse.synth as synth
+from handfuse.paths import ensure_synthetic
+
+real = synth.generate
+def counted(root, cfg, workers=None):
+    with open(sys.argv[1], "a") as log:
+        log.write("generated\\n")
+    time.sleep(1.0)  # long enough for the other process to look for the folder meanwhile
+    return real(root, cfg, workers=1, progress=False)
+synth.generate = counted
+print(ensure_synthetic("smoke", overrides={"subjects": 1, "reps": 2, "duration_s": 1.0, "fps": 2.0}))
+"""
+
+
+def test_two_processes_asking_for_one_benchmark_at_once_generate_it_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "generated.log"
+    env = {**os.environ, "HANDFUSE_DATA": str(tmp_path / "data")}
+    jobs = [subprocess.Popen([sys.executable, "-c", _GENERATE_ONCE, str(log)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [job.communicate(timeout=300) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], [err[-2000:] for _, err in outs]
+    roots = {Path(out.strip().splitlines()[-1]) for out, _ in outs}
+    assert len(roots) == 1 and FPHA(roots.pop()).sequences
+    assert log.read_text().count("generated") == 1
