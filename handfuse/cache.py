@@ -224,8 +224,7 @@ def get_cache(fpha: FPHA, cfg: PreprocessConfig, cache_dir: str | Path | None = 
     final = cache_dir / f"crops-{cfg.crop}-{cfg.centre}-{cache_key(inputs)}"
     if _built(final, inputs):
         return CropCache(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(final.parent / f".{final.name}.lock"):  # two jobs asking at once build it once
+    with exclusive(final):  # two jobs asking at once build it once
         if not _built(final, inputs):  # the other one built it while this one waited
             build_cache(fpha, cfg, sequences, inputs, final, workers, progress, refiner)
     return CropCache(final)

@@ -83,8 +83,7 @@ def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None =
     root = synthetic_root(preset, cfg.seed, overrides)
     if root.exists():
         return _made_with(root, cfg)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(root.parent / f".{root.name}.lock"):  # two jobs starting at once generate it once
+    with exclusive(root):  # two jobs starting at once generate it once
         if root.exists():  # the other one made it while this one waited
             return _made_with(root, cfg)
         return generate(root, cfg, workers=workers)
@@ -105,16 +104,18 @@ def _made_with(root: Path, cfg) -> Path:
 
 
 @contextmanager
-def exclusive(lock: Path):
-    """Hold an exclusive lock on the file ``lock`` (created if missing) for the ``with`` block: another
-    process asking for the same lock waits.  The lock goes with the process, so a killed holder never
-    leaves it taken.  Where ``fcntl`` is missing (Windows) it does not lock."""
+def exclusive(target: Path):
+    """Hold ``target``'s lock for the ``with`` block: an exclusive lock on the file ``.<name>.lock`` beside
+    it (it and its folder made if missing; it stays).  Another process asking for the same lock waits.
+    The lock goes with the process, so a killed holder never leaves it taken.  Where ``fcntl`` is
+    missing (Windows) it does not lock."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    with open(lock, "a") as f:
+    with open(target.parent / f".{target.name}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
