@@ -254,7 +254,7 @@ def _far_end(points: np.ndarray, rows: np.ndarray, height: int) -> np.ndarray:
     pixels, of ``height``): for a region entering from the bottom edge, the far end of the forearm
     seen from where it enters, as :func:`handfuse.preprocess.centre_from_depth` finds it (a tube
     around the forearm's axis, so a held object beside the hand is left out); else its centre of mass."""
-    if rows.max() < height * (1 - BOTTOM_BAND):
+    if not _enters_bottom(rows, height):
         return points.mean(0)
     return _arm_end(points, rows)
 
@@ -266,10 +266,16 @@ def _reach(points: np.ndarray, rows: np.ndarray, height: int) -> tuple[np.ndarra
     return end, float(np.linalg.norm(end - _arm_entry(points, rows)))
 
 
-def _upright(points: np.ndarray, rows: np.ndarray, end: np.ndarray, plane: tuple[np.ndarray, float] | None) -> bool:
-    """Whether a region entering at the bottom edge (points (N, 3), rows (N,), far end (3,)) stands on the
-    table ``plane``: it enters within ``UPRIGHT_BASE_MM`` of the plane and rises along its normal."""
-    if plane is None:
+def _enters_bottom(rows: np.ndarray, height: int) -> bool:
+    """Whether a region with these rows (N,) (strided pixels, of ``height``) reaches the bottom edge's band."""
+    return bool(rows.max() >= height * (1 - BOTTOM_BAND))
+
+
+def _upright(points: np.ndarray, rows: np.ndarray, end: np.ndarray, plane: tuple[np.ndarray, float] | None,
+             height: int) -> bool:
+    """Whether a region (points (N, 3), rows (N,) of ``height``, far end (3,)) stands on the table ``plane``
+    at the bottom edge: it enters there, within ``UPRIGHT_BASE_MM`` of the plane, and rises along its normal."""
+    if plane is None or not _enters_bottom(rows, height):
         return False
     normal, offset = plane
     entry = _arm_entry(points, rows)
@@ -295,7 +301,7 @@ def detect(reg: Regions, cube_mm: float = 250.0) -> np.ndarray | None:
         if entry_z < MAX_ENTRY_MM:
             points = reg.points[v, u]
             end, reach = _reach(points, v, h)
-            if not _upright(points, v, end, reg.plane):  # an object standing on the table at the bottom edge
+            if not _upright(points, v, end, reg.plane, h):  # an object standing on the table at the bottom edge
                 arms.append((entry_z, float(u[bottom].mean()), end, reach))
     # the other hand's forearm, entering at the bottom left, reaches far while the right one, lowered, may not
     longest = max((a[3] for a in arms if a[1] >= OTHER_HAND_SIDE * w), default=0.0)
@@ -323,7 +329,7 @@ def track(reg: Regions, prior: np.ndarray) -> tuple[np.ndarray | None, bool]:
             continue
         points, rows = reg.of(int(label))
         end = _far_end(points, rows, h)
-        if rows.max() >= h * (1 - BOTTOM_BAND) and _upright(points, rows, end, reg.plane):
+        if _upright(points, rows, end, reg.plane, h):
             continue  # an object standing on the table at the bottom edge: detection leaves it out too
         ends.append(_behind_surface(end))
         local.append(points[np.linalg.norm(points - surface_prior, axis=1) <= HAND_RADIUS_MM])
