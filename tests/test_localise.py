@@ -23,6 +23,7 @@ from handfuse.errors import DataError
 from handfuse.fpha import FPHA, write_depth_png
 from handfuse.paths import ensure_synthetic
 from handfuse.preprocess import centre_from_depth, centre_from_joints
+from handfuse.skeleton import CENTRE_JOINT
 
 HARD_SEEDS = range(12)  # the hard frames the tests use (the parameters were set on seeds 100 and up)
 HARD_OK_MM = 90.0  # the tracker alone lies this close to the middle MCP on a hard frame (inside the hand's cube) ...
@@ -280,6 +281,14 @@ def test_refinement_training_is_deterministic_and_lowers_the_error_on_held_out_f
     assert "ComRefNet" in with_refiner.localiser and fit_a.run_dir in with_refiner.localiser
     assert "no learned refinement" in L.locate_sequence(depths).localiser
     assert L.load_refiner(tmp_path_factory.mktemp("empty")) is None
+    # a refined centre is the mean of refinements from 7 restarts around the first one, batched
+    start = fpha.read_skeleton(fpha.test[0])[0, CENTRE_JOINT] + np.array([20.0, -10.0, 15.0])
+    first = loaded._refine(depths[0], start, start[None], fpha.intrinsics)[0]
+    each = loaded._refine(depths[0], first, first + L.RESTARTS, fpha.intrinsics)  # (7, 3)
+    alone = np.stack([loaded._refine(depths[0], first, s[None], fpha.intrinsics)[0] for s in first + L.RESTARTS])
+    np.testing.assert_allclose(each, alone, atol=1e-3)  # batching the restarts changes none of them
+    assert np.ptp(each, axis=0).max() > 0.1  # they land apart: their mean is none of them
+    np.testing.assert_allclose(loaded.refine(depths[0], start, fpha.intrinsics), each.mean(0), atol=1e-3)
 
 
 def test_the_fine_stage_is_a_stage_of_its_own_and_its_bad_sizes_are_named():
