@@ -121,6 +121,11 @@ MAX_STEP_MM = 110.0  # a tracked centre moves at most this far from the prior in
 HAND_RADIUS_MM = 70.0  # the hand's points around a centre, for the local centre of mass
 MAX_HELD = 3  # frames a track may be held by that centre of mass alone before the hand is detected afresh
 MAX_REFINE_MM = 110.0  # the learned refinement moves a centre at most this far in all
+# nor, in use, nearer the camera than this (FPHA's sensor sees nothing within about 200 mm; the synthetic hands
+# come to 95 mm): with the restarts a centre may travel twice as far, and a net that has not learned (a refiner
+# whose training made no steps) may push every step the same way; its centre can still be cropped.  No trained refiner's
+# centre on the dev benchmarks or the test split comes within 79 mm of the camera
+MIN_CENTRE_Z_MM = 50.0
 # once refined, a centre is refined again from itself and from RESTART_MM along each axis either side of it, and
 # the 7 results are averaged: the net's error depends on where it starts, and the mean of 7 starts halves some
 # of it.  On seed 2's dev benchmark (every 10th test frame, 985, refiner seed 0) the centre error went from a mean
@@ -562,11 +567,11 @@ class Refiner:
         patch = wide_patch(depth, anchor, self.cfg, intrinsics)
         k = len(starts)
         found = refine_batch(self.net, np.broadcast_to(patch, (k, *patch.shape)), np.broadcast_to(anchor, (k, 3)),
-                             starts, self.cfg, intrinsics)
+                             starts, self.cfg, intrinsics, min_z=MIN_CENTRE_Z_MM)
         fine = self.cfg.fine_stage()
         if fine is not None:
             patches = np.stack([wide_patch(depth, f, fine, intrinsics) for f in found])
-            found = refine_batch(self.net.fine, patches, found, found, fine, intrinsics)
+            found = refine_batch(self.net.fine, patches, found, found, fine, intrinsics, min_z=MIN_CENTRE_Z_MM)
         return found
 
 
@@ -577,8 +582,9 @@ def refine_in_patch(net: ComRefNet, patch: np.ndarray, anchor: np.ndarray, start
 
 
 def refine_batch(net: ComRefNet, patches: np.ndarray, anchors: np.ndarray, starts: np.ndarray, cfg: RefineConfig,
-                 intrinsics: Intrinsics, iterations: int | None = None) -> np.ndarray:
-    """``refine_in_patch`` for a batch: patches (B, P, P), anchors and starts (B, 3) -> (B, 3) mm."""
+                 intrinsics: Intrinsics, iterations: int | None = None, min_z: float | None = None) -> np.ndarray:
+    """``refine_in_patch`` for a batch: patches (B, P, P), anchors and starts (B, 3) -> (B, 3) mm; with
+    ``min_z``, no centre is moved nearer the camera than that (mm)."""
     net.eval()
     centres = np.asarray(starts, np.float64).copy()
     device = next(net.parameters()).device
@@ -590,6 +596,8 @@ def refine_batch(net: ComRefNet, patches: np.ndarray, anchors: np.ndarray, start
             moved = centres - starts
             far = np.linalg.norm(moved, axis=1, keepdims=True)
             centres = np.where(far > MAX_REFINE_MM, starts + moved * MAX_REFINE_MM / np.maximum(far, 1e-9), centres)
+            if min_z is not None:
+                centres[:, 2] = np.maximum(centres[:, 2], min_z)
     return centres
 
 

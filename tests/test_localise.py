@@ -22,7 +22,7 @@ from handfuse.config import get_preset
 from handfuse.errors import DataError
 from handfuse.fpha import FPHA, write_depth_png
 from handfuse.paths import ensure_synthetic
-from handfuse.preprocess import centre_from_depth, centre_from_joints
+from handfuse.preprocess import centre_from_depth, centre_from_joints, crop
 from handfuse.skeleton import CENTRE_JOINT
 
 HARD_SEEDS = range(12)  # the hard frames the tests use (the parameters were set on seeds 100 and up)
@@ -289,6 +289,29 @@ def test_refinement_training_is_deterministic_and_lowers_the_error_on_held_out_f
     np.testing.assert_allclose(each, alone, atol=1e-3)  # batching the restarts changes none of them
     assert np.ptp(each, axis=0).max() > 0.1  # they land apart: their mean is none of them
     np.testing.assert_allclose(loaded.refine(depths[0], start, fpha.intrinsics), each.mean(0), atol=1e-3)
+
+
+def test_however_the_net_pushes_a_refined_centre_stays_in_front_of_the_camera():
+    """A net that has not learned may push every step the same way.  With the restarts, a centre can then
+    travel twice as far as one refinement takes it, past the camera; in use it stops at MIN_CENTRE_Z_MM,
+    so that it can still be cropped."""
+    cfg = L.RefineConfig(size=32, channels=(4, 8), fc=16, **L.FINE, iterations=3)
+    torch.manual_seed(0)
+    net = L.ComRefNet(cfg).eval()
+    for stage in (net, net.fine):
+        torch.nn.init.zeros_(stage.head[-1].weight)
+        with torch.no_grad():
+            stage.head[-1].bias.copy_(torch.tensor([0.0, 0.0, -0.5]))  # half a cube nearer, every step
+    refiner = L.Refiner(net, cfg, "a net that always pushes towards the camera")
+    depth = np.full((480, 640), 300, np.uint16)
+    start = np.array([0.0, 0.0, 300.0])
+    found = refiner.refine(depth, start)
+    assert found[2] == pytest.approx(L.MIN_CENTRE_Z_MM)
+    assert crop(depth, found).shape == (64, 64)
+    first = refiner._refine(depth, start, start[None], K)[0]  # one refinement: 210 mm nearer
+    patch = L.wide_patch(depth, first, cfg, K)
+    with pytest.raises(ValueError, match="z > 0"):  # unfloored, a restart from there passes the camera
+        L.refine_batch(net, patch[None], first[None], first[None], cfg, K)
 
 
 def test_the_fine_stage_is_a_stage_of_its_own_and_its_bad_sizes_are_named():
