@@ -553,8 +553,9 @@ class Refiner:
                plane: tuple[np.ndarray, float] | None = None) -> np.ndarray:
         """``centre`` (3,) mm moved ``cfg.iterations`` times by the net's offset (at most ``MAX_REFINE_MM`` in
         all), then ``cfg.fine_iterations`` times by the fine stage's, when there is one; then refined so
-        again from the result and from :data:`RESTARTS` around it, the mean of those 7.  ``plane``: the
-        frame's table plane (:func:`table_plane`), removed first if the net was trained so."""
+        again from the result and from :data:`RESTARTS` around it, the mean of those 7; no step takes a
+        centre nearer the camera than ``MIN_CENTRE_Z_MM``.  ``plane``: the frame's table plane
+        (:func:`table_plane`), removed first if the net was trained so."""
         start = np.asarray(centre, np.float64)
         if self.cfg.without_table:
             depth = without_table(depth, plane, intrinsics)
@@ -575,16 +576,10 @@ class Refiner:
         return found
 
 
-def refine_in_patch(net: ComRefNet, patch: np.ndarray, anchor: np.ndarray, start: np.ndarray, cfg: RefineConfig,
-                    intrinsics: Intrinsics, iterations: int | None = None) -> np.ndarray:
-    """Iterated refinement of one estimate ``start`` inside a wide patch around ``anchor`` -> (3,) mm."""
-    return refine_batch(net, patch[None], anchor[None], start[None], cfg, intrinsics, iterations)[0]
-
-
 def refine_batch(net: ComRefNet, patches: np.ndarray, anchors: np.ndarray, starts: np.ndarray, cfg: RefineConfig,
                  intrinsics: Intrinsics, iterations: int | None = None, min_z: float | None = None) -> np.ndarray:
-    """``refine_in_patch`` for a batch: patches (B, P, P), anchors and starts (B, 3) -> (B, 3) mm; with
-    ``min_z``, no centre is moved nearer the camera than that (mm)."""
+    """Iterated refinement of a batch of estimates, each inside its wide patch: patches (B, P, P), anchors
+    and starts (B, 3) -> (B, 3) mm; with ``min_z``, no centre is moved nearer the camera than that (mm)."""
     net.eval()
     centres = np.asarray(starts, np.float64).copy()
     device = next(net.parameters()).device
