@@ -124,7 +124,7 @@ MAX_REFINE_MM = 110.0  # the learned refinement moves a centre at most this far 
 # nor, in use, nearer the camera than this (FPHA's sensor sees nothing within about 200 mm; the synthetic hands
 # come to 95 mm): with the restarts a centre may travel twice as far, and a net that has not learned (a refiner
 # whose training made no steps) may push every step the same way; its centre can still be cropped.  No trained refiner's
-# centre on the dev benchmarks or the test split comes within 79 mm of the camera
+# centre on the dev benchmarks (refiners 0-2) comes within 79 mm of the camera
 MIN_CENTRE_Z_MM = 50.0
 # once refined, a centre is refined again from itself and from RESTART_MM along each axis either side of it, and
 # the 7 results are averaged: the net's error depends on where it starts, and the mean of 7 starts halves some
