@@ -40,7 +40,14 @@ What a frame goes through (every step works on every ``STRIDE``-th pixel):
    ``MAX_HELD`` frames in a row (so it cannot drift along the arm or onto the table);
    then, or with nothing near the prior, the hand is detected afresh, and a frame where
    detection finds nothing is lost.
-5. *Learned refinement* (optional): DeepPrior++'s ComRefNet (Oberweger & Lepetit,
+5. *Learned detection* (with a refiner trained with one, as every preset's is): a small fully
+   convolutional net (:class:`HandDetector`) looks at the whole frame (every ``DETECT_STRIDE``-th
+   pixel) and scores where the middle MCP is, cell by cell, with its offset and depth.  It sees what
+   the rules above cannot: the fingers above a board held in front of the palm, a hand lowered beside
+   the object it put down.  Where its hand and the centre found so far lie more than ``SWITCH_MM``
+   apart and it finds the latter unlikely (:func:`overrules`), its hand is taken, and the track goes
+   on from there.  It is trained in the refiner's run, on whole training frames.
+6. *Learned refinement* (optional): DeepPrior++'s ComRefNet (Oberweger & Lepetit,
    "DeepPrior++", ICCV Workshops 2017, section 3.1): a small CNN that regresses, from a
    metric-cube crop around the current estimate, the offset to the middle MCP; applied
    ``iterations`` times; then, optionally, a second ComRefNet on a smaller cube at a finer
@@ -80,7 +87,8 @@ from .preprocess import SURFACE_TO_JOINT_MM, _arm_end, _arm_entry, _refine_com, 
 
 LOCATED, LOST = "located", "lost"
 DETECTED, TRACKED, HELD = "detected", "tracked", "held"  # how a located frame was found (Located.how)
-LOCALISER_VERSION = "tracker-6"  # bump when the localiser's code changes its centres (the crop cache keys on it)
+NET = "net"  # ... or taken from the learned detector over the tracker's choice (SWITCH_MM)
+LOCALISER_VERSION = "tracker-7"  # bump when the localiser's code changes its centres (the crop cache keys on it)
 
 STRIDE = 4  # work on every 4th pixel (160 x 120)
 MAX_RANGE_MM = 900.0  # an egocentric hand is within arm's reach: nothing farther is considered
@@ -133,6 +141,15 @@ MIN_CENTRE_Z_MM = 50.0
 # from the centre alone, 8.43 and 4.77; starts 3 mm off, 7.93 and 4.11; a second round, 7.97 and 4.09
 RESTART_MM = 6.0
 RESTARTS = np.vstack([np.zeros(3), np.eye(3), -np.eye(3)]) * RESTART_MM  # (7, 3)
+# the learned detector overrules the tracker when they put the hand more than SWITCH_MM apart, the detector gives
+# the tracker's cell (with its 8 neighbours) less than SWITCH_MASS of its probability, and its own peak's cells
+# SWITCH_RATIO times that.  Screened on the dev benchmarks (their test splits, generator seeds 1 and 2; refiners
+# 0-2 with one detector, trained alone, each frame decided on its own): a mean centre error of 7.53/7.27/7.59 mm
+# stayed 7.52/7.24/7.55 on seed 1's and 7.82/7.59/8.03 went to 7.24/7.05/7.17 on seed 2's (frames more than 80 mm
+# off 57/36/59 to 40/29/33); masses 0.02 and 0.1 and ratio 3 did no better (docs/benchmarks.md)
+SWITCH_MM = 80.0
+SWITCH_MASS = 0.05
+SWITCH_RATIO = 10.0
 
 
 @dataclass
@@ -140,9 +157,10 @@ class Located:
     """Per frame of a sequence: ``centres`` (T, 3) float32 mm (NaN where lost), ``uv`` (T, 2)
     float32 pixel column and row of the centre (NaN where lost), ``status`` (T,) of
     :data:`LOCATED` / :data:`LOST`, ``how`` (T,): how a located frame was found (:data:`DETECTED`
-    afresh, :data:`TRACKED` from the previous frame's centre, or :data:`HELD` there by the centre of
-    mass around it; "" where lost), ``localiser``: which localiser made them, and ``planes`` (T,): each
-    frame's table plane (:func:`table_plane`; None where there is none)."""
+    afresh, :data:`TRACKED` from the previous frame's centre, :data:`HELD` there by the centre of
+    mass around it, or :data:`NET`: the learned detector's, which overruled them; "" where lost),
+    ``localiser``: which localiser made them, and ``planes`` (T,): each frame's table plane
+    (:func:`table_plane`; None where there is none)."""
 
     centres: np.ndarray
     uv: np.ndarray
@@ -361,7 +379,8 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
                     refiner: "Refiner | None" = None, progress: bool = False) -> Located:
     """The hand centre of every frame of one sequence: ``depths`` (H, W) uint16 depth maps in mm, in
     order (a list, or any iterable).  With a ``refiner`` (:func:`load_refiner`) each centre found is
-    refined by the learned ComRefNet before it becomes the next frame's prior."""
+    refined by the learned ComRefNet before it becomes the next frame's prior; when the refiner has a
+    learned detector, the detector's hand replaces the centre found first where :func:`overrules` says so."""
     centres, status, hows, planes = [], [], [], []
     prior, held = None, 0
     for depth in tqdm(depths, desc="locating", unit="frame", disable=not progress):
@@ -376,6 +395,10 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
         if found is None:
             found = detect(reg, cube_mm)
             how = "" if found is None else DETECTED
+        if found is not None and refiner is not None and refiner.net.detector is not None:
+            point, prob = refiner.detect(depth, intrinsics)
+            if overrules(found, point, prob, intrinsics):
+                found, how = point, NET
         if found is not None and refiner is not None:
             found = refiner.refine(depth, found, intrinsics, reg.plane)
         prior = found
@@ -397,7 +420,8 @@ def describe(refiner: "Refiner | None") -> str:
         return base + ", no learned refinement"
     cfg = refiner.cfg
     fine = f", then x{cfg.fine_iterations} on a {cfg.fine_cube_mm:g} mm cube" if cfg.fine_cube_mm else ""
-    return base + (f" + ComRefNet refinement x{cfg.iterations}{fine}, the mean of {len(RESTARTS)} restarts"
+    net = ", overruled by a learned whole-frame detector where it disagrees" if refiner.net.detector is not None else ""
+    return base + (f"{net} + ComRefNet refinement x{cfg.iterations}{fine}, the mean of {len(RESTARTS)} restarts"
                    f" ({refiner.source})")
 
 
@@ -434,6 +458,10 @@ class RefineConfig:
     fine_max_offset_mm: float = 40.0
     fine_iterations: int = 2
     fine_share: float = 1.0  # the share of each training batch's frames that also train the fine stage
+    # the learned whole-frame detector (HandDetector; empty: none): its six layers' widths, trained in the same run
+    # on detect_batch whole frames beside each batch of crops
+    detector: tuple[int, ...] = ()
+    detect_batch: int = 16
 
     def __post_init__(self):
         check(self.size >= 8 and self.size % 2 ** len(self.channels) == 0, "refine.size", self.size,
@@ -452,6 +480,9 @@ class RefineConfig:
               (self.fine_sigma_mm, self.fine_max_offset_mm), "positive sizes in mm")
         check(self.fine_iterations >= 1, "refine.fine_iterations", self.fine_iterations, "an integer >= 1")
         check(0.0 < self.fine_share <= 1.0, "refine.fine_share", self.fine_share, "a share in (0, 1]")
+        check(len(self.detector) in (0, 6) and all(isinstance(w, int) and w >= 1 for w in self.detector),
+              "refine.detector", self.detector, "() or six positive layer widths")
+        check(self.detect_batch >= 1, "refine.detect_batch", self.detect_batch, "an integer >= 1")
 
     def fine_stage(self) -> "RefineConfig | None":
         """The fine stage as a one-stage config of its own (the same layers), or None without one."""
@@ -459,13 +490,14 @@ class RefineConfig:
             return None
         return replace(self, size=self.fine_size, cube_mm=self.fine_cube_mm, sigma_mm=self.fine_sigma_mm,
                        max_offset_mm=self.fine_max_offset_mm, iterations=self.fine_iterations, tracked=0.0,
-                       fine_cube_mm=0.0)
+                       fine_cube_mm=0.0, detector=())
 
 
 class ComRefNet(nn.Module):
     """(B, 1, S, S) normalised crop -> (B, 3) offset from the crop's centre to the hand centre, in
     cube half-sizes: conv blocks (3 x 3 conv, batch norm, ReLU, 2 x 2 max pool), then two FC layers.
-    With a fine stage (:meth:`RefineConfig.fine_stage`), ``fine`` is its own ComRefNet.  Built
+    With a fine stage (:meth:`RefineConfig.fine_stage`), ``fine`` is its own ComRefNet; with
+    ``cfg.detector``, ``detector`` is the learned whole-frame detector (:class:`HandDetector`).  Built
     channels_last, which suits CPU convolutions and pooling (docs/benchmarks.md); crops follow."""
 
     def __init__(self, cfg: RefineConfig):
@@ -482,6 +514,7 @@ class ComRefNet(nn.Module):
                                   nn.Linear(cfg.fc, 3))
         fine = cfg.fine_stage()
         self.fine = ComRefNet(fine) if fine is not None else None
+        self.detector = HandDetector(cfg.detector) if cfg.detector else None  # built last: the rest starts as without it
         self.to(memory_format=torch.channels_last)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
@@ -490,6 +523,124 @@ class ComRefNet(nn.Module):
     @staticmethod
     def loss(offsets: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.smooth_l1_loss(offsets.float(), targets, beta=0.05)
+
+
+# ----------------------------------------------------------------------------- learned detection
+
+DETECT_STRIDE = 8  # the detector sees every 8th pixel of a frame (80 x 60 of FPHA's 640 x 480) ...
+DETECT_CELL = 4 * DETECT_STRIDE  # ... and scores cells of 32 x 32 frame pixels (after two stride-2 layers)
+DETECT_FAR_M = 1.5  # depths beyond this (m) are clipped to it
+DETECT_SHIFT = 4  # training frames are shifted by up to this many of its pixels each way
+
+
+class HandDetector(nn.Module):
+    """A whole frame (:func:`detector_input`, (B, 2, h, w)) -> (B, 4, h / 4, w / 4): per cell of
+    ``DETECT_CELL`` frame pixels, the logit that the middle MCP projects into it, and the MCP's offset
+    from the cell's centre (columns, rows; in cells) and its depth (m).  Six 3 x 3 conv blocks (conv,
+    batch norm, ReLU) of the given widths: strides 2, 1, 2, 1, then dilations 2 and 4, so that a cell
+    sees about 40 cells around it: the whole forearm, or the board held in front of the palm.
+
+    Where the rule-based tracker follows the arm, this net is trained to point at the hand in the whole
+    frame (a CenterNet-style heat map: Zhou et al. 2019, "Objects as Points"); :func:`locate_sequence`
+    takes its hand where the two disagree and the net finds the tracker's choice unlikely."""
+
+    def __init__(self, widths: tuple[int, ...]):
+        super().__init__()
+
+        def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, dilation, dilation=dilation, bias=False),
+                                 nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+        w = widths
+        self.body = nn.Sequential(block(2, w[0], 2), block(w[0], w[1]), block(w[1], w[2], 2), block(w[2], w[3]),
+                                  block(w[3], w[4], dilation=2), block(w[4], w[5], dilation=4))
+        self.head = nn.Conv2d(w[5], 4, 1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(frames.contiguous(memory_format=torch.channels_last)))
+
+    @staticmethod
+    def loss(out: torch.Tensor, cell: torch.Tensor, offset: torch.Tensor, z_m: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the cells, plus the offset's and depth's smooth L1 at the true cell."""
+        b = len(out)
+        at = out.float()[torch.arange(b), 1:, cell // out.shape[3], cell % out.shape[3]]  # (B, 3)
+        f = nn.functional
+        return (f.cross_entropy(out.float()[:, 0].reshape(b, -1), cell) + f.smooth_l1_loss(at[:, :2], offset, beta=0.1)
+                + 10.0 * f.smooth_l1_loss(at[:, 2], z_m, beta=0.01))
+
+
+def detector_frame(depth: np.ndarray) -> np.ndarray:
+    """What the detector keeps of an (H, W) uint16 frame: every ``DETECT_STRIDE``-th pixel, (h, w) uint16."""
+    half = DETECT_STRIDE // 2
+    return np.ascontiguousarray(depth[..., half::DETECT_STRIDE, half::DETECT_STRIDE])
+
+
+def detector_input(frames: np.ndarray) -> torch.Tensor:
+    """(B, h, w) uint16 kept frames (:func:`detector_frame`) -> (B, 2, h, w) float32: depth in m, clipped
+    at ``DETECT_FAR_M`` (0 where missing), and whether it is valid."""
+    d = frames.astype(np.float32) / 1000.0
+    return torch.from_numpy(np.stack([np.minimum(d, DETECT_FAR_M), (frames > 0).astype(np.float32)], 1))
+
+
+def detector_targets(centres: np.ndarray, grid: tuple[int, int], intrinsics: Intrinsics,
+                     shift_px: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The detector's targets for centres (N, 3) mm on a (rows, columns) grid of cells, the frames moved
+    by ``shift_px`` (columns, rows; frame pixels): the cell index (N,) int64 (a centre off the frame
+    goes to the nearest border cell), the offset from its centre (N, 2) float32, in cells, and z (N,) m."""
+    u = intrinsics.fx * centres[:, 0] / centres[:, 2] + intrinsics.u0 + shift_px[0]
+    v = intrinsics.fy * centres[:, 1] / centres[:, 2] + intrinsics.v0 + shift_px[1]
+    gx = np.clip(np.floor(u / DETECT_CELL), 0, grid[1] - 1)
+    gy = np.clip(np.floor(v / DETECT_CELL), 0, grid[0] - 1)
+    offset = np.stack([u / DETECT_CELL - gx - 0.5, v / DETECT_CELL - gy - 0.5], 1).astype(np.float32)
+    return (gy * grid[1] + gx).astype(np.int64), offset, (centres[:, 2] / 1000.0).astype(np.float32)
+
+
+def detector_grid(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The detector's (rows, columns) of cells for kept frames of ``shape`` (h, w): two stride-2 layers."""
+    return tuple(-(-(-(-int(n) // 2)) // 2) for n in shape[-2:])
+
+
+def _shifted(frames: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Kept frames (B, h, w) moved ``dx`` columns right and ``dy`` rows down, missing (0) where nothing moved in."""
+    out = np.zeros_like(frames)
+    h, w = frames.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        frames[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def decode_detections(out: torch.Tensor, intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's output (B, 4, rows, columns) -> its hand (B, 3) mm (the likeliest cell, moved by its
+    offset, at its depth) and each frame's probabilities over the cells (B, rows, columns)."""
+    out = out.float()
+    b, _, rows, cols = out.shape
+    prob = out[:, 0].reshape(b, -1).softmax(1)
+    k = prob.argmax(1)
+    gy, gx = k // cols, k % cols
+    at = out[torch.arange(b), 1:, gy, gx].cpu().numpy().astype(np.float64)  # (B, 3)
+    u = (gx.cpu().numpy() + 0.5 + at[:, 0]) * DETECT_CELL
+    v = (gy.cpu().numpy() + 0.5 + at[:, 1]) * DETECT_CELL
+    z = np.maximum(at[:, 2] * 1000.0, MIN_CENTRE_Z_MM)
+    points = np.stack([(u - intrinsics.u0) * z / intrinsics.fx, (v - intrinsics.v0) * z / intrinsics.fy, z], 1)
+    return points, prob.reshape(b, rows, cols).cpu().numpy()
+
+
+def cell_mass(prob: np.ndarray, point: np.ndarray, intrinsics: Intrinsics) -> float:
+    """The detector's probability (one frame's (rows, columns)) of the cell ``point`` (3,) mm projects
+    into and its 8 neighbours (a point off the frame: the nearest border cell's)."""
+    u, v = intrinsics.project(np.asarray(point, np.float64)[None])[0]
+    gx = int(np.clip(np.floor(u / DETECT_CELL), 0, prob.shape[1] - 1))
+    gy = int(np.clip(np.floor(v / DETECT_CELL), 0, prob.shape[0] - 1))
+    return float(prob[max(gy - 1, 0):gy + 2, max(gx - 1, 0):gx + 2].sum())
+
+
+def overrules(found: np.ndarray, point: np.ndarray, prob: np.ndarray, intrinsics: Intrinsics) -> bool:
+    """Whether the detector's hand ``point`` (3,) mm replaces the centre ``found`` (3,) mm: they lie more than
+    ``SWITCH_MM`` apart, the detector's probabilities ``prob`` give ``found``'s cells less than ``SWITCH_MASS``,
+    and its own point's ``SWITCH_RATIO`` times as much."""
+    if np.linalg.norm(np.asarray(found, np.float64) - point) <= SWITCH_MM:
+        return False
+    mass = cell_mass(prob, found, intrinsics)
+    return mass < SWITCH_MASS and cell_mass(prob, point, intrinsics) > SWITCH_RATIO * mass
 
 
 WIDE = 2.0  # the patch a frame is kept as spans WIDE cubes ...
@@ -562,6 +713,16 @@ class Refiner:
         found = self._refine(depth, start, start[None], intrinsics)[0]
         return self._refine(depth, found, found + RESTARTS, intrinsics).mean(0).astype(np.float32)
 
+    def detect(self, depth: np.ndarray, intrinsics: Intrinsics = FPHA_DEPTH) -> tuple[np.ndarray, np.ndarray]:
+        """The learned detector's hand (3,) mm in a whole (H, W) uint16 frame, and its probabilities over
+        the frame's cells (rows, columns); the refiner must have a detector (``cfg.detector``)."""
+        net = self.net.detector
+        net.eval()
+        with torch.inference_mode():
+            out = net(detector_input(detector_frame(depth)[None]).to(next(self.net.parameters()).device))
+        points, prob = decode_detections(out, intrinsics)
+        return points[0], prob[0]
+
     def _refine(self, depth: np.ndarray, anchor: np.ndarray, starts: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
         """Both stages from each of ``starts`` (K, 3) mm, the first stage's crops cut from one wide patch
         around ``anchor`` -> (K, 3) mm."""
@@ -617,13 +778,18 @@ FINE = dict(fine_cube_mm=200.0, fine_size=40, fine_sigma_mm=12.0, fine_max_offse
 # for the fine one) 16 against 10 gave pose errors of 19.41, 18.77 and 18.76 mm against 20.81, 19.29 and 19.34
 # (-0.83 +- 1.21 mm, paired, 3 seeds, 95 % t-interval; every seed lower), centre errors of 7.3, 5.9 and 5.7 mm
 # against 9.6, 7.3 and 7.1 (-1.66 +- 1.40), frames more than 40 mm off 23, 4 and 9 against 41, 16 and 18
+# the learned detector: layers 8, 16, 32, 32, 32 and 32 wide, 16 whole frames beside each batch of crops (the cpu
+# preset: 84k frames over its 16 epochs, about a minute on one thread).  Screened alone on the cpu training split
+# (one seed; scored as at SWITCH_MM): 16-24-32-32-32-32 did no better (7.19-7.36 mm on seed 2's dev benchmark
+# against 7.05-7.24), nor 16-32-32-48-32-32 for 12 or 20 epochs' worth; 6 epochs' worth did worse (7.21-7.49)
+DETECTOR = dict(detector=(8, 16, 32, 32, 32, 32), detect_batch=16)
 REFINE_PRESETS: dict[str, tuple[RefineConfig, dict]] = {  # preset -> (refiner, TrainConfig fields)
-    "smoke": (RefineConfig(draws=8, test_stride=2, tracked=TRACKED_SHARE, **{**FINE, "fine_size": 32}),
+    "smoke": (RefineConfig(draws=8, test_stride=2, tracked=TRACKED_SHARE, **{**FINE, "fine_size": 32}, **DETECTOR),
               dict(epochs=6, batch_size=32, patience=6, lr=2e-3, schedule="cosine")),
-    "cpu": (RefineConfig(size=40, sigma_mm=30.0, max_offset_mm=100.0, draws=3, tracked=TRACKED_SHARE, **FINE),
+    "cpu": (RefineConfig(size=40, sigma_mm=30.0, max_offset_mm=100.0, draws=3, tracked=TRACKED_SHARE, **FINE, **DETECTOR),
             dict(epochs=16, batch_size=64, patience=16, lr=2e-3, schedule="cosine")),
     "paper": (RefineConfig(size=64, channels=(16, 32, 64, 64), frame_stride=2, tracked=TRACKED_SHARE,
-                           **{**FINE, "fine_size": 64, "fine_share": 1.0}),  # time is not short on a GPU
+                           **{**FINE, "fine_size": 64, "fine_share": 1.0}, **{**DETECTOR, "detect_batch": 32}),
               dict(epochs=20, batch_size=128, patience=6, lr=1e-3, schedule="cosine")),
 }
 RUN_PREFIX = "localise-comref"
@@ -632,13 +798,15 @@ RUN_PREFIX = "localise-comref"
 @dataclass
 class RefineFrames:
     """Frames kept for refinement training: wide patches (N, P, P) uint16 around the true centres (N, 3),
-    when kept, where the tracker (no refinement) put each frame's centre (N, 3; NaN where lost), and with
-    a fine stage, its own wide patches (N, Q, Q) around the true centres."""
+    when kept, where the tracker (no refinement) put each frame's centre (N, 3; NaN where lost), with
+    a fine stage, its own wide patches (N, Q, Q) around the true centres, and with a detector, the whole
+    frames as it sees them (N, h, w) uint16 (:func:`detector_frame`)."""
 
     patches: np.ndarray
     centres: np.ndarray
     tracked: np.ndarray | None = None
     fine_patches: np.ndarray | None = None
+    frames: np.ndarray | None = None
 
 
 def refine_frames(fpha, refs, cfg: RefineConfig, stride: int, progress: bool = True,
@@ -647,7 +815,7 @@ def refine_frames(fpha, refs, cfg: RefineConfig, stride: int, progress: bool = T
     the middle MCP (decoded once; a DataError names a bad file); with ``tracked``, also the tracker's
     centre of each (:func:`locate_sequence` without refinement, run over every frame of the sequence)."""
     fine = cfg.fine_stage()
-    patches, centres, found, fine_patches = [], [], [], []
+    patches, centres, found, fine_patches, frames = [], [], [], [], []
     for ref in tqdm(refs, desc="refiner frames", unit="sequence", disable=not progress):
         joints = fpha.read_skeleton(ref)
         depths = [fpha.read_depth(ref, t) for t in range(fpha.num_frames(ref))]
@@ -664,13 +832,16 @@ def refine_frames(fpha, refs, cfg: RefineConfig, stride: int, progress: bool = T
             centres.append(centre)
             if fine is not None:
                 fine_patches.append(wide_patch(depth, centre, fine, fpha.intrinsics))
+            if cfg.detector:
+                frames.append(detector_frame(depths[t]))
 
     def stacked(kept: list, stage: RefineConfig) -> np.ndarray:
         return np.stack(kept) if kept else np.zeros((0, _wide_size(stage), _wide_size(stage)), np.uint16)
 
     return RefineFrames(stacked(patches, cfg), np.stack(centres) if centres else np.zeros((0, 3)),
                         (np.concatenate(found).astype(np.float64) if found else np.zeros((0, 3))) if tracked else None,
-                        stacked(fine_patches, fine) if fine is not None else None)
+                        stacked(fine_patches, fine) if fine is not None else None,
+                        (np.stack(frames) if frames else np.zeros((0, 1, 1), np.uint16)) if cfg.detector else None)
 
 
 def perturb(centres: np.ndarray, cfg: RefineConfig, rng: np.random.Generator, near: float = 0.0) -> np.ndarray:
@@ -705,7 +876,10 @@ class RefineTask:
     as it is trained; the two losses add up); evaluated as the mean 3-D distance (mm) to the middle MCP
     after the whole refinement of fixed perturbed estimates (``error_mm``), beside the estimates' own
     distance (``initial_mm``), that after one refinement (``one_step_mm``) and, with a fine stage, that
-    before it (``coarse_mm``)."""
+    before it (``coarse_mm``).  With a detector, each batch also holds ``cfg.detect_batch`` whole frames
+    (drawn from their own random stream, so the refiner's batches are those it gets without one), shifted
+    together by up to ``DETECT_SHIFT`` of the detector's pixels; its hand's distance to the middle MCP is
+    reported as ``detect_mm`` (mean), ``detect_median_mm`` and ``detect_over_80mm`` (% of frames)."""
 
     data: dict[str, RefineFrames]
     cfg: RefineConfig
@@ -726,6 +900,10 @@ class RefineTask:
         fine = self.cfg.fine_stage()
         if fine is not None:
             fine_starts = perturb(frames.centres[index[order]], fine, rng, near=0.5)
+        detect = bool(self.cfg.detector) and frames.frames is not None and len(frames.frames) > 0
+        if detect:
+            drng = np.random.default_rng([train_cfg.seed, epoch, 37])
+            grid = detector_grid(frames.frames.shape[1:])
         n_batches = len(order) // train_cfg.batch_size
         for b in range(min(n_batches, train_cfg.max_batches or n_batches)):
             rows = slice(b * train_cfg.batch_size, (b + 1) * train_cfg.batch_size)
@@ -742,12 +920,21 @@ class RefineTask:
                 target = (frames.centres[idx] - start) / (fine.cube_mm / 2)
                 batch |= {"fine_crop": torch.from_numpy(x)[:, None],
                           "fine_target": torch.from_numpy(target.astype(np.float32))}
+            if detect:
+                pick = drng.integers(0, len(frames.frames), self.cfg.detect_batch)
+                dx, dy = (int(d) for d in drng.integers(-DETECT_SHIFT, DETECT_SHIFT + 1, 2))
+                cell, offset, z = detector_targets(frames.centres[pick], grid, self.intrinsics,
+                                                   (dx * DETECT_STRIDE, dy * DETECT_STRIDE))
+                batch |= {"frames": detector_input(_shifted(frames.frames[pick], dx, dy)),
+                          "cell": torch.from_numpy(cell), "offset": torch.from_numpy(offset), "z": torch.from_numpy(z)}
             yield batch
 
     def loss(self, model, batch):
         loss = model.loss(model(batch["crop"]), batch["target"])
         if "fine_crop" in batch:
             loss = loss + model.loss(model.fine(batch["fine_crop"]), batch["fine_target"])
+        if "frames" in batch:
+            loss = loss + model.detector.loss(model.detector(batch["frames"]), batch["cell"], batch["offset"], batch["z"])
         return loss
 
     def evaluate(self, model, split, train_cfg):
@@ -770,6 +957,15 @@ class RefineTask:
             out["coarse_mm"] = error(found)
             found = refined(model.fine, frames.fine_patches, fine, found)
         out["error_mm"] = error(found)
+        if self.cfg.detector and frames.frames is not None and len(frames.frames) > 0:
+            model.eval()
+            device = next(model.parameters()).device
+            with torch.inference_mode():
+                points = np.concatenate([decode_detections(model.detector(detector_input(frames.frames[s:s + 256]).to(device)),
+                                                           self.intrinsics)[0] for s in range(0, len(frames.frames), 256)])
+            far = np.linalg.norm(points - frames.centres, axis=1)
+            out |= {"detect_mm": float(far.mean()), "detect_median_mm": float(np.median(far)),
+                    "detect_over_80mm": float(100.0 * np.mean(far > 80.0))}
         return out
 
 
@@ -832,6 +1028,7 @@ def load_refiner(where: str | Path | None = None) -> Refiner | None:
         raise ValueError(f"{run / BEST}: not a ComRefNet run (no 'refine' in its config)")
     values = dict(config["refine"])
     values["channels"] = tuple(values["channels"])
+    values["detector"] = tuple(values.get("detector", ()))
     cfg = RefineConfig(**values)
     net = ComRefNet(cfg)
     net.load_state_dict(ck["model"])
@@ -896,7 +1093,8 @@ def _train(args) -> int:
     root = Path(args.runs) / preset.name / "models" if args.runs else None
     refiner, result = train_refiner(fpha, preset, args.seed, args.device, root)
     print(f"ComRefNet: {result.run_dir}")
-    print(json.dumps({k: v for k, v in result.test.items() if k in ("initial_mm", "one_step_mm", "coarse_mm", "error_mm")}))
+    print(json.dumps({k: v for k, v in result.test.items() if k in ("initial_mm", "one_step_mm", "coarse_mm", "error_mm",
+                                                                      "detect_mm", "detect_over_80mm")}))
     return 0
 
 

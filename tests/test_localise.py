@@ -8,6 +8,7 @@ not FPHA."""
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -387,6 +388,157 @@ def test_refiner_frames_keep_the_trackers_centre_of_every_kept_frame(smoke):
     np.testing.assert_array_equal(  # the fine stage's own patch: its cube, its resolution, around the truth
         with_fine.fine_patches[0], L.wide_patch(first, with_fine.centres[0], fine_cfg.fine_stage(), fpha.intrinsics))
     assert len(with_fine.fine_patches) == len(with_fine.centres)
+
+
+# ----------------------------------------------------------------------------- the learned detector
+
+
+def test_refiner_frames_keep_the_whole_frames_the_detector_sees(smoke):
+    fpha, _ = smoke
+    refs = fpha.train[:1]
+    kept = L.refine_frames(fpha, refs, L.RefineConfig(detector=(4, 4, 4, 4, 4, 4)), stride=3, progress=False)
+    assert kept.frames.shape == (len(kept.centres), 60, 80) and kept.frames.dtype == np.uint16
+    np.testing.assert_array_equal(kept.frames[1], fpha.read_depth(refs[0], 3)[4::8, 4::8])  # raw: the table stays
+    assert L.refine_frames(fpha, refs, L.RefineConfig(), stride=3, progress=False).frames is None
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (3, -2), (-4, 4)])
+def test_the_detectors_targets_follow_its_shifted_frames_and_decode_to_the_centre(shift):
+    centres = np.array([[10.0, -20.0, 400.0], [-150.0, 100.0, 700.0], [30.0, 5.0, 520.0]])
+    grid = L.detector_grid((60, 80))
+    assert grid == (15, 20)
+    dx, dy = shift
+    cell, offset, z = L.detector_targets(centres, grid, K, (dx * L.DETECT_STRIDE, dy * L.DETECT_STRIDE))
+    # the kept frame's pixel nearest each centre, marked and shifted as training shifts frames
+    uv = K.project(centres)
+    frames = np.zeros((3, 60, 80), np.uint16)
+    cols, rows = np.rint((uv[:, 0] - 4) / 8).astype(int), np.rint((uv[:, 1] - 4) / 8).astype(int)
+    frames[np.arange(3), rows, cols] = 500
+    moved = L._shifted(frames, dx, dy)
+    for i in range(3):
+        (r,), (c,) = np.nonzero(moved[i])
+        u = (cell[i] % grid[1] + 0.5 + offset[i, 0]) * L.DETECT_CELL
+        v = (cell[i] // grid[1] + 0.5 + offset[i, 1]) * L.DETECT_CELL
+        assert abs(8 * c + 4 - u) <= 4.01 and abs(8 * r + 4 - v) <= 4.01  # the target moved with the frame
+    # a net output that puts all its mass on each target's cell, with its offset and depth, decodes to the centre
+    cell, offset, z = L.detector_targets(centres, grid, K)
+    out = torch.full((3, 4, *grid), -30.0)
+    for i in range(3):
+        out[i, :, cell[i] // grid[1], cell[i] % grid[1]] = torch.tensor([30.0, *offset[i], z[i]])
+    points, prob = L.decode_detections(out, K)
+    np.testing.assert_allclose(points, centres, atol=0.05)
+    np.testing.assert_allclose(prob.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    off_frame = L.detector_targets(np.array([[0.0, -400.0, 300.0]]), grid, K)[0]  # above the frame: the top row
+    assert off_frame[0] // grid[1] == 0
+
+
+def test_the_detector_trains_beside_the_refiner_and_leaves_it_as_it_trains_alone():
+    """The detector's frames come from a random stream of their own and its weights are its own: the
+    refiner trained with it is, weight for weight, the refiner trained without it."""
+    from handfuse.train import TrainConfig, fit
+
+    rng = np.random.default_rng(0)
+    cfg = L.RefineConfig(size=16, channels=(4, 8), fc=16, draws=1, fine_cube_mm=200.0, fine_size=16,
+                         detector=(4, 4, 8, 8, 8, 8), detect_batch=4)
+    n = 12
+
+    def frames() -> L.RefineFrames:
+        centres = np.c_[rng.uniform(-80, 80, n), rng.uniform(-60, 60, n), rng.uniform(350, 600, n)]
+        return L.RefineFrames(rng.integers(0, 900, (n,) + (L._wide_size(cfg),) * 2).astype(np.uint16), centres, None,
+                              rng.integers(0, 900, (n,) + (L._wide_size(cfg.fine_stage()),) * 2).astype(np.uint16),
+                              rng.integers(0, 900, (n, 60, 80)).astype(np.uint16))
+    data = {split: frames() for split in ("train", "val", "test")}
+    train = TrainConfig(epochs=2, batch_size=4, patience=2, seed=3)
+    weights, results = {}, {}
+    for name, c in (("with", cfg), ("without", replace(cfg, detector=()))):
+        torch.manual_seed(0)
+        net = L.ComRefNet(c)
+        results[name] = fit(net, L.RefineTask(data, c), train, None, {}, progress=False)
+        weights[name] = net.state_dict()
+    assert any(k.startswith("detector.") for k in weights["with"])
+    for name, value in weights["without"].items():
+        assert torch.equal(weights["with"][name], value), name
+    assert set(results["with"].test) - set(results["without"].test) == {"detect_mm", "detect_median_mm", "detect_over_80mm"}
+    assert L.ComRefNet(cfg).fine.detector is None  # one detector, on the first stage
+    with pytest.raises(ValueError, match="refine.detector"):
+        L.RefineConfig(detector=(4, 4))
+
+
+def test_the_detector_learns_to_point_at_the_hand_in_a_whole_frame():
+    """Frames of a far wall with one near disc (the hand) anywhere: trained a few hundred steps, the
+    detector's hand lies much nearer the disc than the frames' centre does."""
+    rng = np.random.default_rng(0)
+    n = 240
+    centres = np.c_[rng.uniform(-120, 120, n), rng.uniform(-90, 90, n), rng.uniform(380, 520, n)]
+    uv = K.project(centres)
+    yy, xx = np.mgrid[0:480, 0:640]
+    frames = np.stack([L.detector_frame(np.where((xx - u) ** 2 + (yy - v) ** 2 < 40 ** 2, c[2], 900).astype(np.uint16))
+                       for (u, v), c in zip(uv, centres)])
+    torch.manual_seed(0)
+    net = L.HandDetector((8, 8, 16, 16, 16, 16))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    train, held = slice(0, 200), slice(200, n)
+    cell, offset, z = (torch.from_numpy(a) for a in L.detector_targets(centres[train], (15, 20), K))
+    x = L.detector_input(frames[train])
+    for step in range(300):
+        i = torch.from_numpy(rng.integers(0, 200, 16))
+        loss = net.loss(net(x[i]), cell[i], offset[i], z[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.inference_mode():
+        points, _ = L.decode_detections(net(L.detector_input(frames[held])), K)
+    error = np.linalg.norm(points - centres[held], axis=1)
+    frame_centre = np.linalg.norm(centres[held] - np.array([0.0, 0.0, 450.0]), axis=1)
+    assert np.median(error) < 0.35 * np.median(frame_centre), (np.median(error), np.median(frame_centre))
+
+
+def test_the_detector_overrules_the_tracker_only_far_off_and_where_it_finds_the_tracker_unlikely():
+    prob = np.full((15, 20), 1e-4)
+    prob[5, 12] = 0.9  # the detector's peak
+    net_point = np.array([0.0, 0.0, 450.0])
+    net_point[:2] = (np.array([12.5, 5.5]) * L.DETECT_CELL - [K.u0, K.v0]) * 450.0 / np.array([K.fx, K.fy])
+    far = net_point + [0.0, 150.0, 0.0]  # 4-5 cells below: the tracker on the table
+    assert L.overrules(far, net_point, prob, K)
+    assert not L.overrules(net_point + [0.0, 0.0, L.SWITCH_MM - 1], net_point, prob, K)  # near enough: kept
+    likely = prob.copy()
+    row, col = np.floor(K.project(far[None])[0][::-1] / L.DETECT_CELL).astype(int)
+    likely[row, col] = L.SWITCH_MASS  # the detector finds the tracker's cells likely enough
+    assert not L.overrules(far, net_point, likely, K)
+    flat = np.full((15, 20), 1 / 300)  # no peak SWITCH_RATIO times the tracker's cells
+    assert not L.overrules(far, net_point, flat, K)
+
+
+def test_locate_sequence_takes_the_detectors_hand_only_where_it_overrules(hard):
+    """A detector that always points at one place, and a refinement that moves nothing: pointing 130 mm
+    from the tracker's hand it is taken, pointing at the tracker's hand nothing changes."""
+    cfg = L.RefineConfig(size=16, channels=(4,), fc=8, detector=(4, 4, 4, 4, 4, 4))
+    torch.manual_seed(0)
+    net = L.ComRefNet(cfg)
+    torch.nn.init.zeros_(net.head[-1].weight)
+    torch.nn.init.zeros_(net.head[-1].bias)  # the refinement moves nothing: the centre is the one found
+    depths, _ = hard
+    net.detector = None
+    plain = L.locate_sequence(depths[:1], refiner=L.Refiner(net.eval(), cfg, "the same without its detector"))
+    assert "whole-frame" not in plain.localiser
+
+    class PointsAt(torch.nn.Module):
+        def __init__(self, point):
+            super().__init__()
+            self.cell, self.offset, self.z = L.detector_targets(point[None], (15, 20), K)
+
+        def forward(self, frames):
+            out = torch.full((len(frames), 4, 15, 20), -30.0)
+            out[:, :, self.cell[0] // 20, self.cell[0] % 20] = torch.tensor([30.0, *self.offset[0], self.z[0]])
+            return out
+    tracked = plain.centres[0].astype(np.float64)
+    for point, how in ((tracked + [120.0, -60.0, 0.0], L.NET), (tracked + [20.0, 10.0, 0.0], L.DETECTED)):
+        net.detector = PointsAt(point)
+        located = L.locate_sequence(depths[:1], refiner=L.Refiner(net.eval(), cfg, "a detector that points at one place"))
+        assert located.how == [how] and plain.how == [L.DETECTED]
+        np.testing.assert_allclose(located.centres[0], point if how == L.NET else tracked, atol=0.1)
+        assert "learned whole-frame detector" in located.localiser
 
 
 # ----------------------------------------------------------------------------- locate: CSV and bad input
