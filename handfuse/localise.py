@@ -779,9 +779,10 @@ FINE = dict(fine_cube_mm=200.0, fine_size=40, fine_sigma_mm=12.0, fine_max_offse
 # (-0.83 +- 1.21 mm, paired, 3 seeds, 95 % t-interval; every seed lower), centre errors of 7.3, 5.9 and 5.7 mm
 # against 9.6, 7.3 and 7.1 (-1.66 +- 1.40), frames more than 40 mm off 23, 4 and 9 against 41, 16 and 18
 # the learned detector: layers 8, 16, 32, 32, 32 and 32 wide, 16 whole frames beside each batch of crops (the cpu
-# preset: 84k frames over its 16 epochs, about a minute on one thread).  Screened alone on the cpu training split
-# (one seed; scored as at SWITCH_MM): 16-24-32-32-32-32 did no better (7.19-7.36 mm on seed 2's dev benchmark
-# against 7.05-7.24), nor 16-32-32-48-32-32 for 12 or 20 epochs' worth; 6 epochs' worth did worse (7.21-7.49)
+# preset: 84k frames over its 16 epochs).  Screened alone on the cpu training split (one seed each; scored as at
+# SWITCH_MM, mean centre error on seed 2's dev benchmark, refiners 0-2): 7.05-7.24 mm; 16-24-32-32-32-32 7.19-7.36;
+# 16-32-32-48-32-32 7.13-7.29, and 7.21-7.49 on half the frames; 24-48-48-64-48-48 on 211k frames 6.99-7.10, for
+# about 8 times the training time (docs/benchmarks.md)
 DETECTOR = dict(detector=(8, 16, 32, 32, 32, 32), detect_batch=16)
 REFINE_PRESETS: dict[str, tuple[RefineConfig, dict]] = {  # preset -> (refiner, TrainConfig fields)
     "smoke": (RefineConfig(draws=8, test_stride=2, tracked=TRACKED_SHARE, **{**FINE, "fine_size": 32}, **DETECTOR),
@@ -1106,7 +1107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the CSV to write: frame,u,v,z_mm,status")
     p.add_argument("--runs", default=None, help="where the trained refinement is: a run folder, a models folder or"
                                                 " a runs folder (default runs/ or $HANDFUSE_RUNS)")
-    p.add_argument("--no-refine", action="store_true", help="the tracker alone, without the learned refinement")
+    p.add_argument("--no-refine", action="store_true",
+                   help="the tracker alone, without the learned detector and refinement")
     p.add_argument("--cube-mm", type=float, default=250.0, help="the hand cube's edge (mm)")
     p.set_defaults(func=_locate)
     p = sub.add_parser("train", help="train the learned refinement (ComRefNet) of a preset")
