@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -596,7 +597,7 @@ def detector_targets(centres: np.ndarray, grid: tuple[int, int], intrinsics: Int
 
 def detector_grid(shape: tuple[int, ...]) -> tuple[int, int]:
     """The detector's (rows, columns) of cells for kept frames of ``shape`` (h, w): two stride-2 layers."""
-    return tuple(-(-(-(-int(n) // 2)) // 2) for n in shape[-2:])
+    return tuple(math.ceil(math.ceil(int(n) / 2) / 2) for n in shape[-2:])
 
 
 def _shifted(frames: np.ndarray, dx: int, dy: int) -> np.ndarray:
