@@ -587,8 +587,7 @@ def detector_targets(centres: np.ndarray, grid: tuple[int, int], intrinsics: Int
     """The detector's targets for centres (N, 3) mm on a (rows, columns) grid of cells, the frames moved
     by ``shift_px`` (columns, rows; frame pixels): the cell index (N,) int64 (a centre off the frame
     goes to the nearest border cell), the offset from its centre (N, 2) float32, in cells, and z (N,) m."""
-    u = intrinsics.fx * centres[:, 0] / centres[:, 2] + intrinsics.u0 + shift_px[0]
-    v = intrinsics.fy * centres[:, 1] / centres[:, 2] + intrinsics.v0 + shift_px[1]
+    u, v = (intrinsics.project(centres) + np.asarray(shift_px, np.float64)).T
     gx = np.clip(np.floor(u / DETECT_CELL), 0, grid[1] - 1)
     gy = np.clip(np.floor(v / DETECT_CELL), 0, grid[0] - 1)
     offset = np.stack([u / DETECT_CELL - gx - 0.5, v / DETECT_CELL - gy - 0.5], 1).astype(np.float32)
@@ -620,17 +619,15 @@ def decode_detections(out: torch.Tensor, intrinsics: Intrinsics) -> tuple[np.nda
     at = out[torch.arange(b), 1:, gy, gx].cpu().numpy().astype(np.float64)  # (B, 3)
     u = (gx.cpu().numpy() + 0.5 + at[:, 0]) * DETECT_CELL
     v = (gy.cpu().numpy() + 0.5 + at[:, 1]) * DETECT_CELL
-    z = np.maximum(at[:, 2] * 1000.0, MIN_CENTRE_Z_MM)
-    points = np.stack([(u - intrinsics.u0) * z / intrinsics.fx, (v - intrinsics.v0) * z / intrinsics.fy, z], 1)
+    points = intrinsics.backproject(np.stack([u, v], 1), np.maximum(at[:, 2] * 1000.0, MIN_CENTRE_Z_MM))
     return points, prob.reshape(b, rows, cols).cpu().numpy()
 
 
 def cell_mass(prob: np.ndarray, point: np.ndarray, intrinsics: Intrinsics) -> float:
     """The detector's probability (one frame's (rows, columns)) of the cell ``point`` (3,) mm projects
     into and its 8 neighbours (a point off the frame: the nearest border cell's)."""
-    u, v = intrinsics.project(np.asarray(point, np.float64)[None])[0]
-    gx = int(np.clip(np.floor(u / DETECT_CELL), 0, prob.shape[1] - 1))
-    gy = int(np.clip(np.floor(v / DETECT_CELL), 0, prob.shape[0] - 1))
+    cell = detector_targets(np.asarray(point, np.float64)[None], prob.shape, intrinsics)[0][0]
+    gy, gx = divmod(int(cell), prob.shape[1])
     return float(prob[max(gy - 1, 0):gy + 2, max(gx - 1, 0):gx + 2].sum())
 
 
