@@ -779,8 +779,8 @@ FINE = dict(fine_cube_mm=200.0, fine_size=40, fine_sigma_mm=12.0, fine_max_offse
 # the learned detector: layers 8, 16, 32, 32, 32 and 32 wide, 16 whole frames beside each batch of crops (the cpu
 # preset: 84k frames over its 16 epochs).  Screened alone on the cpu training split (one seed each; scored as at
 # SWITCH_MM, mean centre error on seed 2's dev benchmark, refiners 0-2): 7.05-7.24 mm; 16-24-32-32-32-32 7.19-7.36;
-# 16-32-32-48-32-32 7.13-7.29, and 7.21-7.49 on half the frames; 24-48-48-64-48-48 on 211k frames 6.99-7.10, for
-# about 8 times the training time (docs/benchmarks.md)
+# 16-32-32-48-32-32 7.13-7.29, and 7.21-7.49 on half the frames; 24-48-48-64-48-48 on 211k frames 6.99-7.10, a
+# far larger net on more frames (its cost: docs/benchmarks.md)
 DETECTOR = dict(detector=(8, 16, 32, 32, 32, 32), detect_batch=16)
 REFINE_PRESETS: dict[str, tuple[RefineConfig, dict]] = {  # preset -> (refiner, TrainConfig fields)
     "smoke": (RefineConfig(draws=8, test_stride=2, tracked=TRACKED_SHARE, **{**FINE, "fine_size": 32}, **DETECTOR),
