@@ -13,7 +13,9 @@ notebooks then only load finished runs: runs are keyed on disk by their configur
   ``<runs>/<preset>/train-all-logs``); a failed job stops the command with an error naming its run
   and its log.  Tests drive this path with submitit's local executor (``cluster="local"``).
 
-The data (and its crop caches) are built here once, before any job starts.
+The data and its crop cache are built here once, before any job starts; the depth-centred test
+crops, by the first job scored on them, once the localiser they come from is trained (the other
+jobs wait for them).
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from tqdm.auto import tqdm
 
 from .cache import get_cache
 from .config import get_preset
-from .finetune import test_sets
 from .fpha import FPHA
 from .grid import describe, grid_jobs, job, pretrain_jobs
 from .paths import ensure_synthetic
@@ -48,7 +49,6 @@ def train_all(preset: str, executor: str = "local", data_root: str | Path | None
     P = get_preset(preset)
     fpha = FPHA(Path(data_root) if data_root is not None else ensure_synthetic(preset))
     cache = get_cache(fpha, P.preprocess, progress=progress)
-    test_sets(fpha, P, cache, progress=progress)  # the depth-centred crops too: built once, here
     runs = runs if runs is not None else plan(P, seeds, seed, int(np.median(cache.lengths)), notebooks)
     tasks, after = jobs_of(runs, fpha, P, device, cache)
     lines = [describe(t) for t in tasks]
@@ -68,14 +68,32 @@ def train_all(preset: str, executor: str = "local", data_root: str | Path | None
 
 def jobs_of(runs: dict[str, NotebookRuns], fpha: FPHA, preset, device: str, cache) -> tuple[list[dict], list[list[int]]]:
     """The worker jobs of a plan not finished on disk (:func:`handfuse.grid.job`), pre-trainings
-    first, with each job's needs (indices of the jobs it waits for)."""
+    first, with each job's needs (indices of the jobs it waits for).  The localiser that the
+    depth-centred test crops come from goes first when it is not trained yet (the longest job), and
+    every fine-tuning waits for it: each is scored on those crops, and a worker that found no
+    localiser would train one of its own."""
     specs = {k: v for r in runs.values() for k, v in r.specs.items()}
     tasks, after, _ = grid_jobs(specs, [(k, s) for k, v in specs.items() for s in v["seeds"]], fpha, preset, CENTRES,
                                 device, cache)
+    depth = pretrain_jobs(fpha, preset, [DEPTH_LOCALISER], "cpu") if specs and "depth" in CENTRES else []
     requests = [req for r in runs.values() for req in r.pretrain]
     have = {t["pretrain"]["run"] for t in tasks if "pretrain" in t}
-    extra = [{"pretrain": j} for j in pretrain_jobs(fpha, preset, requests, device) if j["run"] not in have]
-    return extra + tasks, [[]] * len(extra) + [[i + len(extra) for i in need] for need in after]
+    extra = [{"pretrain": j} for j in _unique(depth + pretrain_jobs(fpha, preset, requests, device)) if j["run"] not in have]
+    first = [0] if depth else []  # the depth localiser's job is the first of `extra`
+    return extra + tasks, [[]] * len(extra) + [
+        sorted({i + len(extra) for i in need} | (set(first) if "run" in t else set())) for t, need in zip(tasks, after)]
+
+
+# the depth-centred test crops' localiser: seed 0, trained on CPU (handfuse.finetune.CentredTestSets)
+DEPTH_LOCALISER = ("localiser", {"seed": 0})
+
+
+def _unique(jobs: list[dict]) -> list[dict]:
+    """Pre-training jobs, each run folder once, where it first comes."""
+    seen: dict[str, dict] = {}
+    for j in jobs:
+        seen.setdefault(j["run"], j)
+    return list(seen.values())
 
 
 def stages(after: list[list[int]]) -> list[int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from handfuse import finetune, grid
+from handfuse.cache import get_cache
 from handfuse import train_all as ta
 from handfuse.__main__ import main
 from handfuse.config import get_preset
@@ -16,6 +17,7 @@ from handfuse.fpha import FPHA
 from handfuse.paths import REPO, ensure_synthetic
 from handfuse.plan import NOTEBOOKS, NotebookRuns, notebook_defaults, plan
 from handfuse.runs import finished
+from handfuse.standalone import localiser_run
 
 P = get_preset("smoke")
 
@@ -58,12 +60,13 @@ def test_train_all_through_submitit_trains_once(tmp_path, monkeypatch):
     tiny = {"02": NotebookRuns([], {"02:trained": spec})}
     logs = tmp_path / "logs"
     done = ta.train_all("smoke", "slurm", runs=tiny, cluster="local", logs=logs, progress=False)
-    assert len(done) == 3 and done[-1].startswith("fusion run") and all(d.startswith("pre-training") for d in done[:2])
+    assert len(done) == 4 and done[-1].startswith("fusion run") and all(d.startswith("pre-training") for d in done[:3])
+    assert done[0].startswith("pre-training localiser")  # the depth-centred test crops' localiser, a job of its own
     models = tmp_path / "runs" / P.name / "models"
     folders = sorted(p.name.split("-")[0] for p in models.iterdir() if finished(p))
-    assert folders == ["fuse", "har", "hpe", "localise"]  # the run's depth-centred test set trained the localiser
+    assert folders == ["fuse", "har", "hpe", "localise"]
     jobs = sorted(p.name for p in logs.iterdir() if p.name.isdigit())  # a folder per job, named by its id
-    assert len(jobs) == 3  # one submitit job each
+    assert len(jobs) == 4  # one submitit job each
     assert ta.train_all("smoke", "slurm", runs=tiny, cluster="local", logs=logs, progress=False) == []
     assert sorted(p.name for p in logs.iterdir() if p.name.isdigit()) == jobs  # nothing submitted the second time
 
@@ -78,6 +81,23 @@ def test_train_all_through_submitit_trains_once(tmp_path, monkeypatch):
     records = grid.run_many({"trained": {"method": "baseline"}}, fpha, P, [0], finetune.test_sets(fpha, P, progress=False),
                             progress=False, film=P.film, **options)
     assert records["trained"][0].history
+
+
+def test_every_fine_tuning_waits_for_the_localiser_of_the_depth_centred_crops(tmp_path, monkeypatch):
+    """Each fine-tuning is scored on the depth-centred test crops: it waits for their localiser, which goes
+    first, once (01 asks for the same run), so that no worker trains a localiser of its own beside it."""
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "runs"))
+    fpha = FPHA(ensure_synthetic("smoke"))
+    cache = get_cache(fpha, P.preprocess, progress=False)
+    depth = str(localiser_run(fpha, P, seed=0)[0])
+    for notebooks in (("01", "02"), ("02",)):
+        tasks, after = ta.jobs_of(plan(P, seeds=2, notebooks=notebooks), fpha, P, "cpu", cache)
+        runs = [t["pretrain"]["run"] for t in tasks if "pretrain" in t]
+        assert runs[0] == depth and runs.count(depth) == 1 and len(set(runs)) == len(runs)
+        fine = [i for i, t in enumerate(tasks) if "run" in t]
+        assert len(fine) == 4 and all(0 in after[i] for i in fine)  # 02's trained and pose-only runs, 2 seeds
+        assert not any(0 in after[i] for i, t in enumerate(tasks) if "pretrain" in t)
+    assert ta.jobs_of(plan(P, seeds=1, notebooks=("01",)), fpha, P, "cpu", cache)[1] == [[]] * 11  # no fine-tuning
 
 
 def test_a_failed_job_names_its_run_and_its_log(tmp_path):
