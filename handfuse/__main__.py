@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", nargs="*", action="extend", metavar="KEY=VALUE", help="TrainConfig overrides, e.g. epochs=3 batch_size=8")
     p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
     p.set_defaults(func=_train)
-    p = sub.add_parser("train-all", help="train every run notebooks 01-04 need as independent jobs, pre-trainings "
+    p = sub.add_parser("train-all", help="train every run notebooks 01-04 and 06 need as independent jobs, pre-trainings "
                                          "first (local workers, or Slurm through submitit); the notebooks then load them")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--executor", default="local", choices=["local", "slurm"],
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="model seeds per method (default: the notebooks', 3)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (every visible GPU)")
     p.add_argument("--notebooks", nargs="+", metavar="NN", default=None,
-                   help="only these notebooks' runs, e.g. --notebooks 01 02 (default: 01 02 03 04)")
+                   help="only these notebooks' runs, e.g. --notebooks 01 02 (default: 01 02 03 04 06)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs still to run, and run none")
     p.add_argument("--slurm-partition", default=None, help="slurm: the partition")
     p.add_argument("--slurm-time", type=int, default=None, help="slurm: each job's time limit in minutes (default 240)")

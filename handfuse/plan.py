@@ -1,4 +1,4 @@
-"""Every run a reproduction trains, in one place: what notebooks 01-04 ask for.
+"""Every run a reproduction trains, in one place: what notebooks 01-04 and 06 ask for.
 
 :func:`plan` returns, per notebook, the pre-trainings it requests (``study.pretrain``) and the
 fine-tunings its ``study.grid`` cells run, as :func:`handfuse.grid.run_many` specs with every field
@@ -6,13 +6,14 @@ resolved as the notebook's :class:`~handfuse.study.Study` resolves it.  The note
 come from their own ``parameters`` cells (:func:`notebook_defaults`), so a changed default there
 changes the plan; the spec dicts mirror the notebooks' cells (a test holds each notebook's spec
 names to its source).  ``python -m handfuse train-all`` (:mod:`handfuse.train_all`) trains the
-plan as independent jobs, so that the notebooks then only load finished runs.
+plan as independent jobs, so that the notebooks then only load finished runs; ``reproduce`` does
+so before its first notebook.
 
-Covered: ``01_standalone`` (its pre-trainings), ``02_baseline``, ``03_feedback`` and
-``04_ensemble`` (every fine-tuning, and the pre-trainings each starts from).  Not covered: the
+Covered: ``01_standalone`` (its pre-trainings), ``02_baseline``, ``03_feedback``, ``04_ensemble``
+and ``06_generality`` (every fine-tuning, and the pre-trainings each starts from).  Not covered: the
 untrained chains (short scorings the notebooks do themselves), 03's remedy runs of the seeds after
 the first (each remedy's setting is chosen on the validation split of finished runs: 03 trains those
-itself), and ``06_generality`` and ``08_when_fusion_helps`` (their own models and data).
+itself), and ``08_when_fusion_helps`` (its own benchmarks).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .grid import resolve_specs
 from .methods import headline, remedy_candidates
 from .paths import REPO
 
-NOTEBOOKS = ("01", "02", "03", "04")
+NOTEBOOKS = ("01", "02", "03", "04", "06")
 
 
 @dataclass
@@ -53,7 +54,7 @@ def plan(preset: Preset, seeds: int | None = None, seed: int | None = None, fram
     """The runs of ``notebooks`` with their default parameters, ``seeds`` and ``seed`` overriding
     theirs (as ``reproduce --seeds``, ``--seed`` do).  ``frames``: the data's median sequence length
     (03's ``late`` remedy candidates depend on it)."""
-    built = {"01": _standalone, "02": _baseline, "03": _feedback, "04": _ensemble}
+    built = {"01": _standalone, "02": _baseline, "03": _feedback, "04": _ensemble, "06": _generality}
     out = {}
     for nb in notebooks:
         params = {**notebook_defaults(nb), **({"seeds": seeds} if seeds is not None else {}),
@@ -110,4 +111,11 @@ def _ensemble(p: dict, film: str, frames: int) -> NotebookRuns:
     specs["feedback"] = {"method": "feedback", **headline("feedback", p_eq=p["p_eq"])}
     specs["noisy_feedback"] = {"method": "noisy_feedback",
                                **headline("noisy_feedback", noise=p["noise"], noise_level=p["noise_level"])}
+    return NotebookRuns([], specs)
+
+
+def _generality(p: dict, film: str, frames: int) -> NotebookRuns:
+    options = {name: headline(name, p_eq=p["p_eq"] if name in ("feedback", "ensemble") else None) for name in p["methods"]}
+    specs = {f"{name} {h}+{a}": {"method": name, "hpe_model": h, "har_model": a, **options[name]}
+             for h in p["hpe_models"] for a in p["har_models"] for name in p["methods"]}
     return NotebookRuns([], specs)

@@ -1,7 +1,7 @@
 """The main job: run the numbered notebooks headless with papermill, in order.
 
 ``python -m handfuse reproduce --preset cpu --out DIR`` generates the synthetic
-benchmark when no FPHA root is given, trains every run notebooks 01-04 need in one
+benchmark when no FPHA root is given, trains every run notebooks 01-04 and 06 need in one
 pool of workers (:func:`train_first`), then executes ``notebooks/NN_*.ipynb`` with
 the parameters injected (``out`` among them).  Everything the run produces lives
 under ``DIR``: the executed copies (never over the sources), ``results/`` (every
@@ -94,9 +94,9 @@ RUN_FILE = "run.json"
 
 
 def train_first(preset: str, root: Path, seed: int, seeds: int | None, device: str, numbers: list[str]) -> None:
-    """Train the runs of notebooks ``numbers`` (of 01-04) before any notebook starts:
+    """Train the runs of notebooks ``numbers`` (of 01-04 and 06) before any notebook starts:
     :func:`handfuse.train_all.train_all` with the local workers.  The notebooks then load them; the
-    runs they train themselves (untrained chains, 03's remedies of the later seeds, 06 and 08) are
+    runs they train themselves (untrained chains, 03's remedies of the later seeds, 08) are
     left to them."""
     from .train_all import train_all
 

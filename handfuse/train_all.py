@@ -1,7 +1,7 @@
 """Train every run a reproduction needs as independent jobs, on this machine or on a Slurm cluster.
 
 ``python -m handfuse train-all --preset cpu --executor local|slurm`` trains :func:`handfuse.plan.plan`
-(notebooks 01-04: their pre-trainings, then the fine-tunings that start from them), so that the
+(notebooks 01-04 and 06: their pre-trainings, then the fine-tunings that start from them), so that the
 notebooks then only load finished runs: runs are keyed on disk by their configuration and the code
 (:mod:`handfuse.runs`), and a run already finished there is skipped, so a second call trains nothing.
 

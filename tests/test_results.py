@@ -115,7 +115,7 @@ def test_reproduce_keeps_its_run_under_out_and_refuses_an_out_holding_another_ru
     monkeypatch.delenv("HANDFUSE_FIGURES", raising=False)
     out = tmp_path / "run-a"
     reproduce("smoke", out, data_root=str(tiny), seed=0, only=["05", "08", "03"])
-    assert calls.pop(0) == {"_train_all": ["03"], "root": str(tiny), "seed": 0}  # first; of 01-04, only 03 was asked for
+    assert calls.pop(0) == {"_train_all": ["03"], "root": str(tiny), "seed": 0}  # first; of those train-all knows, only 03 was asked for
     assert [c["out"] for c in calls] == [str(out.resolve())] * 3
     assert [c["_notebook"] for c in calls] == ["03_feedback", "08_when_fusion_helps", "05_summary"]  # the summary last
     assert calls[0]["data_root"] == str(Path(tiny).resolve())

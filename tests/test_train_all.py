@@ -1,4 +1,4 @@
-"""python -m handfuse train-all: the plan of notebooks 01-04, trained as independent jobs, stage by stage
+"""python -m handfuse train-all: the plan of notebooks 01-04 and 06, trained as independent jobs, stage by stage
 through submitit (its local executor here; Slurm on a cluster), and found finished the second time."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from handfuse.standalone import localiser_run
 P = get_preset("smoke")
 
 
-def test_the_plan_covers_notebooks_01_to_04_with_their_own_parameters():
+def test_the_plan_covers_the_notebooks_that_train_with_their_own_parameters():
     runs = plan(P)
     assert tuple(runs) == NOTEBOOKS
     # 3 HPEs, 4 HARs, 3 articulation readers and the localiser, as 01 asks, and the FiLM HPE and its oracle
@@ -46,6 +46,14 @@ def test_the_plan_covers_notebooks_01_to_04_with_their_own_parameters():
     assert {k.split(":")[1] for k in runs["04"].specs} == {"baseline", "baseline_att", "ensemble", "ensemble_att",
                                                             "feedback", "noisy_feedback"}
     assert plan(P, seeds=1, seed=4, notebooks=("02",))["02"].specs["02:trained"]["seeds"] == [4]
+    # 06: every pair of its models, each of its methods (the DeepPrior++ + LSTM ones are 02's and 03's runs)
+    p06 = notebook_defaults("06")
+    pairs = {(s["hpe_model"], s["har_model"], s["method"]) for s in runs["06"].specs.values()}
+    assert pairs == {(h, a, m) for h in p06["hpe_models"] for a in p06["har_models"] for m in p06["methods"]}
+    assert len(pairs) == len(runs["06"].specs) > 4
+    assert {(s["hpe_model"], s["har_model"]) for s in runs["06"].specs.values()} > {("deepprior", "lstm")}
+    assert next(s for s in runs["06"].specs.values() if s["method"] == "feedback")["p_eq"] == \
+        next(s for s in runs["03"].specs.values() if s["method"] == "feedback" and len(s["seeds"]) > 1)["p_eq"]
 
 
 def test_stages_follow_the_needs():
