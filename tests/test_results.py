@@ -132,6 +132,9 @@ def test_reproduce_keeps_its_run_under_out_and_refuses_an_out_holding_another_ru
     assert json.loads((out / "run.json").read_text())["complete"]
     assert calls[-1]["out"] == str(tmp_path / "run-b")  # absolute: the kernels run in notebooks/
     assert json.loads((tmp_path / "run-b" / "run.json").read_text())["figures"] == str(tmp_path / "figs")
+    calls.clear()
+    reproduce("smoke", Path("run-c"), data_root=str(tiny), seed=0, only=["06", "07"])  # they train their own runs
+    assert [c.get("_notebook") for c in calls] == ["06_generality", "07_explore"]
 
 
 def test_figures_of_a_data_root_never_go_to_the_checkout(tmp_path, tiny):
