@@ -6,8 +6,7 @@ resolved as the notebook's :class:`~handfuse.study.Study` resolves it.  The note
 come from their own ``parameters`` cells (:func:`notebook_defaults`), so a changed default there
 changes the plan; the spec dicts mirror the notebooks' cells (a test holds each notebook's spec
 names to its source).  ``python -m handfuse train-all`` (:mod:`handfuse.train_all`) trains the
-plan as independent jobs, so that the notebooks then only load finished runs; ``reproduce`` does
-so before its first notebook.
+plan as independent jobs, so that the notebooks then only load finished runs.
 
 Covered: ``01_standalone`` (its pre-trainings), ``02_baseline``, ``03_feedback``, ``04_ensemble``
 and ``06_generality`` (every fine-tuning, and the pre-trainings each starts from).  Not covered: the

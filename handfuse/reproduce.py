@@ -1,8 +1,7 @@
 """The main job: run the numbered notebooks headless with papermill, in order.
 
 ``python -m handfuse reproduce --preset cpu --out DIR`` generates the synthetic
-benchmark when no FPHA root is given, trains every run notebooks 01-04 need in one
-pool of workers (:func:`train_first`), then executes ``notebooks/NN_*.ipynb`` with
+benchmark when no FPHA root is given, then executes ``notebooks/NN_*.ipynb`` with
 the parameters injected (``out`` among them).  Everything the run produces lives
 under ``DIR``: the executed copies (never over the sources), ``results/`` (every
 notebook's numbers, ``summary.md`` and ``summary.json``), ``timings.json``,
@@ -65,11 +64,6 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
     run = _claim(out, root, params)  # refused here when out holds another run
     for stale in out.glob("*.running.ipynb"):  # left by a run that was killed: never a result
         stale.unlink()
-    trained = [n for n in TRAINED_FIRST if n in {nb.name[:2] for nb in chosen}]
-    if trained:  # every run these notebooks train, first, in one pool: no core idles between cells and notebooks
-        t0 = time.perf_counter()
-        train_first(preset, root, seed, seeds, device, trained)
-        seconds["train-all"] = time.perf_counter() - t0
     done = []
     saved = os.environ.get("HANDFUSE_FIGURES")
     os.environ["HANDFUSE_FIGURES"] = str(figures)  # the kernels inherit it
@@ -89,20 +83,6 @@ def reproduce(preset: str, out: Path, data_root: str | None = None, seed: int = 
 
 
 RUN_FILE = "run.json"
-# the notebooks whose runs train first (train-all knows 06's too).  On the AMD EPYC host (docs/benchmarks.md, the
-# 31caa17, cb07449 and 967562c rows) everything before 08 took 22.5 min with no step first, 22.3 with 01-04's runs
-# first and 24.4 with 06's in the same pool
-TRAINED_FIRST = ("01", "02", "03", "04")
-
-
-def train_first(preset: str, root: Path, seed: int, seeds: int | None, device: str, numbers: list[str]) -> None:
-    """Train the runs of notebooks ``numbers`` (of :data:`TRAINED_FIRST`) before any notebook starts:
-    :func:`handfuse.train_all.train_all` with the local workers.  The notebooks then load them; the
-    runs they train themselves (untrained chains, 03's remedies of the later seeds, 06, 08) are
-    left to them."""
-    from .train_all import train_all
-
-    train_all(preset, "local", data_root=root, seeds=seeds, seed=seed, device=device, notebooks=tuple(numbers))
 
 
 def _claim(out: Path, root: Path, params: dict) -> dict:

@@ -97,7 +97,6 @@ def test_reproduce_keeps_its_run_under_out_and_refuses_an_out_holding_another_ru
     says complete only at the end; another run into that out is refused before any notebook starts."""
     import papermill
 
-    from handfuse import reproduce as module
     from handfuse.reproduce import reproduce
 
     calls = []
@@ -107,15 +106,10 @@ def test_reproduce_keeps_its_run_under_out_and_refuses_an_out_holding_another_ru
         assert not json.loads((Path(target).parent / "run.json").read_text())["complete"]  # not while it runs
         shutil.copyfile(source, target)
 
-    def train_first(preset, root, seed, seeds, device, numbers):  # what train-all would train
-        calls.append({"_train_all": numbers, "root": str(root), "seed": seed})
-
     monkeypatch.setattr(papermill, "execute_notebook", fake)
-    monkeypatch.setattr(module, "train_first", train_first)
     monkeypatch.delenv("HANDFUSE_FIGURES", raising=False)
     out = tmp_path / "run-a"
     reproduce("smoke", out, data_root=str(tiny), seed=0, only=["05", "08", "03"])
-    assert calls.pop(0) == {"_train_all": ["03"], "root": str(tiny), "seed": 0}  # first; of those train-all knows, only 03 was asked for
     assert [c["out"] for c in calls] == [str(out.resolve())] * 3
     assert [c["_notebook"] for c in calls] == ["03_feedback", "08_when_fusion_helps", "05_summary"]  # the summary last
     assert calls[0]["data_root"] == str(Path(tiny).resolve())
@@ -132,9 +126,6 @@ def test_reproduce_keeps_its_run_under_out_and_refuses_an_out_holding_another_ru
     assert json.loads((out / "run.json").read_text())["complete"]
     assert calls[-1]["out"] == str(tmp_path / "run-b")  # absolute: the kernels run in notebooks/
     assert json.loads((tmp_path / "run-b" / "run.json").read_text())["figures"] == str(tmp_path / "figs")
-    calls.clear()
-    reproduce("smoke", Path("run-c"), data_root=str(tiny), seed=0, only=["06", "07"])  # they train their own runs
-    assert [c.get("_notebook") for c in calls] == ["06_generality", "07_explore"]
 
 
 def test_figures_of_a_data_root_never_go_to_the_checkout(tmp_path, tiny):
