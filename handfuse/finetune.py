@@ -199,6 +199,9 @@ def finetune(name: str, models: Pretrained, fpha: FPHA, preset: Preset, cfg: Fus
     return model, result
 
 
+DEPTH_LOCALISER_SEED = 0  # the localiser of the depth-centred test sets (one per dataset), trained on CPU
+
+
 class CentredTestSets(Mapping):
     """The test split cropped around each kind of centre (:data:`CENTRES`), each built on first use
     (and cached on disk): ``gt``, the middle MCP; ``depth``, found from depth alone by
@@ -223,7 +226,7 @@ class CentredTestSets(Mapping):
             return get_cache(self.fpha, self.preset.preprocess, progress=self.progress)
         from .standalone import pretrain_localiser
 
-        refiner = pretrain_localiser(self.fpha, self.preset, seed=0, progress=self.progress)[1].run_dir
+        refiner = pretrain_localiser(self.fpha, self.preset, seed=DEPTH_LOCALISER_SEED, progress=self.progress)[1].run_dir
         return get_cache(self.fpha, replace(self.preset.preprocess, centre="depth"), sequences=self.fpha.test,
                          progress=self.progress, refiner=refiner)
 

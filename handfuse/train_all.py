@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .cache import get_cache
 from .config import get_preset
+from .finetune import DEPTH_LOCALISER_SEED
 from .fpha import FPHA
 from .grid import describe, grid_jobs, job, pretrain_jobs
 from .paths import ensure_synthetic
@@ -75,25 +76,14 @@ def jobs_of(runs: dict[str, NotebookRuns], fpha: FPHA, preset, device: str, cach
     specs = {k: v for r in runs.values() for k, v in r.specs.items()}
     tasks, after, _ = grid_jobs(specs, [(k, s) for k, v in specs.items() for s in v["seeds"]], fpha, preset, CENTRES,
                                 device, cache)
-    depth = pretrain_jobs(fpha, preset, [DEPTH_LOCALISER], "cpu") if specs and "depth" in CENTRES else []
+    # the depth-centred crops' localiser, on CPU as CentredTestSets trains it
+    depth = pretrain_jobs(fpha, preset, [("localiser", {"seed": DEPTH_LOCALISER_SEED})], "cpu") if specs else []
     requests = [req for r in runs.values() for req in r.pretrain]
-    have = {t["pretrain"]["run"] for t in tasks if "pretrain" in t}
-    extra = [{"pretrain": j} for j in _unique(depth + pretrain_jobs(fpha, preset, requests, device)) if j["run"] not in have]
-    first = [0] if depth else []  # the depth localiser's job is the first of `extra`
+    have = {t["pretrain"]["run"] for t in tasks if "pretrain" in t} | {j["run"] for j in depth}
+    extra = [{"pretrain": j} for j in depth + [j for j in pretrain_jobs(fpha, preset, requests, device) if j["run"] not in have]]
+    wait = {0} if depth else set()  # the depth localiser's job, the first of `extra`
     return extra + tasks, [[]] * len(extra) + [
-        sorted({i + len(extra) for i in need} | (set(first) if "run" in t else set())) for t, need in zip(tasks, after)]
-
-
-# the depth-centred test crops' localiser: seed 0, trained on CPU (handfuse.finetune.CentredTestSets)
-DEPTH_LOCALISER = ("localiser", {"seed": 0})
-
-
-def _unique(jobs: list[dict]) -> list[dict]:
-    """Pre-training jobs, each run folder once, where it first comes."""
-    seen: dict[str, dict] = {}
-    for j in jobs:
-        seen.setdefault(j["run"], j)
-    return list(seen.values())
+        sorted({i + len(extra) for i in need} | (wait if "run" in t else set())) for t, need in zip(tasks, after)]
 
 
 def stages(after: list[list[int]]) -> list[int]:
