@@ -21,6 +21,14 @@ a table whose depth continues the hand's (no empty stretch in the histogram), th
 across the bottom of the frame beside the forearm, clutter, the sensor's holes, and in some the
 other hand entering at the bottom left.
 
+With ``--rolled`` it measures the tracker and the refined tracker, frame by frame, on the test
+sequences of the dev benchmark (``--dev-seed``) seen by a camera rolled about its optical axis by
+each of :data:`ROLLS_DEG` (:func:`rolled_sequences`): FPHA's camera sits on the shoulder, and
+as the body leans the forearm enters across the bottom right corner or from the right edge.  The
+frames are rendered as the generator renders them (at 0 degrees they are the benchmark's own), with
+the share of frames more than 100 mm from the middle MCP and the share whose centre lies more than
+40 mm from every joint (off the hand).
+
 With ``--dev`` it measures instead where the localiser's settings are chosen: the test split of the
 benchmark generated with another generator seed (``--dev-seed``, default 1; settings are also
 checked on 2), whose scenes and subjects no model here was trained on and which is not the test
@@ -52,6 +60,8 @@ from handfuse.preprocess import centre_from_depth, centre_from_joints, crop
 from handfuse.synth import render as R
 from handfuse.synth.hand import HandShape
 from handfuse.synth.sequence import frame_scene, make_sequence
+
+ROLLS_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)  # --rolled's camera rolls (positive: the image turns clockwise)
 
 OUT = Path(__file__).with_name("localise.json")
 HARD_ACTIONS = ("put_salt", "sprinkle", "pour_milk", "open_juice_bottle", "scratch_sponge", "use_calculator",
@@ -161,6 +171,71 @@ def hard_frames(seeds) -> tuple[list[np.ndarray], np.ndarray]:
     """One hard frame per seed: (frames, true centres (N, 3))."""
     depths, truth = zip(*(hard_sequence(s) for s in seeds))
     return [d[0] for d in depths], np.concatenate(truth)
+
+
+# ----------------------------------------------------------------------------- a rolled camera
+
+
+def roll_rotation(degrees: float) -> np.ndarray:
+    """(3, 3): camera coordinates -> those of the camera rolled by ``degrees`` about its optical axis."""
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+
+
+def rolled_sequences(preset, seed: int, degrees: float, every: int = 1):
+    """The test sequences (every ``every``-th) of ``preset``'s benchmark made with generator ``seed``,
+    rendered as :func:`handfuse.synth.generate.write_sequence` renders them but by a camera rolled by
+    ``degrees``: (depth frames [(H, W) uint16], annotated joints (T, 21, 3) mm in the rolled camera) each."""
+    from dataclasses import replace
+
+    from handfuse.synth.generate import annotate, render_frames, sequence_refs, sequence_rng, subject_shape
+
+    cfg = replace(preset.synth, seed=seed)
+    rotation = roll_rotation(degrees)
+    for ref in sequence_refs(cfg)[1][::every]:
+        rng = sequence_rng(cfg, ref)
+        shape = subject_shape(cfg, ref.subject)
+        frames = make_sequence(ref.action, shape, cfg, rng)
+        joints = annotate(frames, shape, cfg, rng)  # drawn first, as the generator does
+        depths = [depth for depth, _, _ in render_frames(frames, cfg, rng, rotation)]
+        yield depths, (joints @ rotation.T).astype(np.float32)
+
+
+def measure_rolled(preset, seed: int, refiner, every: int = 3, rolls=ROLLS_DEG, progress: bool = True) -> dict:
+    """Per roll of :data:`ROLLS_DEG`: the tracker's and the refined tracker's centre errors
+    (:func:`centre_errors`) on :func:`rolled_sequences`, with ``over_100mm_pct`` (frames more than
+    100 mm from the middle MCP) and ``off_hand_pct`` (more than 40 mm from every joint)."""
+    out = {}
+    for degrees in rolls:
+        found = {"tracker": [], "tracker+comref": []}
+        joints = []
+        for depths, j in tqdm(rolled_sequences(preset, seed, degrees, every), desc=f"rolled {degrees:+g} deg",
+                              total=len(range(0, len(fpha_test_refs(preset, seed)), every)), unit="seq",
+                              disable=not progress):
+            found["tracker"].append(locate_sequence(depths).centres)
+            found["tracker+comref"].append(locate_sequence(depths, refiner=refiner).centres)
+            joints.append(j)
+        j = np.concatenate(joints)
+        truth = centre_from_joints(j)
+        out[f"{degrees:+g}"] = {}
+        for name, c in found.items():
+            c = np.concatenate(c).astype(np.float64)
+            err = np.linalg.norm(c - truth, axis=1)
+            off = np.min(np.linalg.norm(j - c[:, None], axis=2), axis=1)
+            ok = np.isfinite(err)
+            out[f"{degrees:+g}"][name] = {**centre_errors(c, truth),
+                                          "over_100mm_pct": float(100 * (err[ok] > 100).mean()),
+                                          "off_hand_pct": float(100 * (off[ok] > 40).mean())}
+    return out
+
+
+def fpha_test_refs(preset, seed: int) -> list:
+    """The test sequences' references of ``preset``'s benchmark made with generator ``seed``."""
+    from dataclasses import replace
+
+    from handfuse.synth.generate import sequence_refs
+
+    return sequence_refs(replace(preset.synth, seed=seed))[1]
 
 
 # ----------------------------------------------------------------------------- the measurement
@@ -346,6 +421,47 @@ def run(preset_name: str = "cpu", scene: str = "v2", seed: int = 0, hard: int = 
     return record
 
 
+def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every: int = 3,
+               progress: bool = True) -> dict:
+    """``--rolled`` (module docstring): the preset's refiner of ``seed`` (trained when missing) on
+    :func:`rolled_sequences` of generator ``dev_seed``; written into :data:`OUT` under
+    ``<preset>/<scene>-dev<dev_seed>-rolled``."""
+    from handfuse.fpha import FPHA
+    from handfuse.localise import train_refiner
+    from handfuse.paths import ensure_synthetic
+    from handfuse.pool import one_thread
+
+    preset = get_preset(preset_name)
+    if dev_seed == preset.synth.seed:
+        raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
+    start = time.perf_counter()
+    refiner, fitted = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress)
+    with one_thread():
+        results = measure_rolled(preset, dev_seed, refiner, every, progress=progress)
+    record = {
+        "note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
+        "scene": preset.synth.scene, "split": f"dev (every {every}th test sequence of generator seed {dev_seed},"
+                                              " rendered by a rolled camera)",
+        "preset": preset_name, "seed": seed, "refiner_run": fitted.run_dir, "rolls_deg": results,
+        "seconds": time.perf_counter() - start,
+    }
+    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    everything.setdefault(preset_name, {})[f"{preset.synth.scene}-dev{dev_seed}-rolled"] = record
+    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    return record
+
+
+def report_rolled(record: dict) -> str:
+    """A rolled-camera record as a small table."""
+    lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split']}; SYNTHETIC, not FPHA",
+             f"{'roll':>6} {'localiser':<16} {'mean':>7} {'p90':>7} {'max':>7} {'lost':>5} {'>100 mm %':>10} {'off hand %':>11}"]
+    for roll, by in record["rolls_deg"].items():
+        for name, r in by.items():
+            lines.append(f"{roll:>6} {name:<16} {r['mean_mm']:7.1f} {r['p90_mm']:7.1f} {r['max_mm']:7.1f} {r['lost']:5d}"
+                         f" {r['over_100mm_pct']:10.2f} {r['off_hand_pct']:11.2f}")
+    return "\n".join(lines)
+
+
 def report(record: dict) -> str:
     """The record as a small table."""
     lines = [f"{record['preset']} preset, scene {record['scene']}, {'test split' if record['split'] == 'test' else record['split']}"
@@ -377,7 +493,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", action="store_true", help="measure where settings are chosen: the test split of the"
                                                            " benchmark generated with --dev-seed, not the study's test")
     parser.add_argument("--dev-seed", type=int, default=1, help="the generator seed of --dev's benchmark (default 1)")
+    parser.add_argument("--rolled", action="store_true", help="the tracker on --dev-seed's test sequences seen by a"
+                                                              " camera rolled about its optical axis")
+    parser.add_argument("--every", type=int, default=3, help="--rolled: every N-th test sequence (default 3)")
     args = parser.parse_args(argv)
+    if args.rolled:
+        print(report_rolled(run_rolled(args.preset, args.seed, args.dev_seed, args.every)))
+        return 0
     if args.dev and args.dev_seed == get_preset(args.preset).synth.seed:
         parser.error(f"--dev-seed {args.dev_seed} is the preset's own benchmark: its test split is the study's")
     print(report(run(args.preset, args.scene, args.seed, args.hard, pose=not args.no_pose,

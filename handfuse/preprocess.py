@@ -196,13 +196,14 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
-def _arm_end(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Hand centre (3,) from a blob's points (N, 3) and image rows (N,) entering from the bottom.
+def _arm_end(points: np.ndarray, rows: np.ndarray | None, entry: np.ndarray | None = None) -> np.ndarray:
+    """Hand centre (3,) from a blob's points (N, 3) and image rows (N,) entering from the bottom,
+    or entering the frame at ``entry`` (3,) where given.
 
     The forearm's direction is the mean direction from the entry (its bottom rows) to the
     blob points within ``ARM_AXIS_MM`` of it; the hand is the far end of the points within
     ``ARM_RADIUS_MM`` of that axis."""
-    entry = _arm_entry(points, rows)
+    entry = _arm_entry(points, rows) if entry is None else entry
     rel = points - entry  # (N, 3)
     near = rel[np.linalg.norm(rel, axis=1) <= ARM_AXIS_MM]
     axis = (near if len(near) >= 10 else rel).mean(0)

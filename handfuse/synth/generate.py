@@ -84,15 +84,10 @@ def visibility(zbuf: np.ndarray, ids: np.ndarray, joints: np.ndarray, radius: np
 
 def write_sequence(root: Path, cfg: SynthConfig, ref: SequenceRef) -> int:
     """Render and write one sequence; returns its number of frames."""
-    global _renderer
-    _renderer = _renderer or R.Renderer(FPHA_DEPTH)
     rng = sequence_rng(cfg, ref)
     shape = subject_shape(cfg, ref.subject)
     frames = make_sequence(ref.action, shape, cfg, rng)
-    if cfg.scene == "v1":
-        noisy = frames.joints + rng.normal(0.0, cfg.pose_noise_mm, frames.joints.shape)
-    else:  # joint-angle noise: the subject's bones stay rigid
-        noisy = angle_noise(shape, frames.posture, frames.hand_rot, frames.wrist, cfg.pose_noise_mm, rng)
+    noisy = annotate(frames, shape, cfg, rng)
     pose_dir = root / POSE_DIR / ref.key
     pose_dir.mkdir(parents=True, exist_ok=True)
     write_skeleton_file(pose_dir / "skeleton.txt", noisy)
@@ -101,20 +96,43 @@ def write_sequence(root: Path, cfg: SynthConfig, ref: SequenceRef) -> int:
         extras_dir = root / EXTRAS_DIR / ref.key
         depth_dir.mkdir(parents=True, exist_ok=True)
         extras_dir.mkdir(parents=True, exist_ok=True)
-        sensor = R.SensorModel(jitter=cfg.depth_noise, dropout=cfg.dropout, dark_patches=cfg.scene == "v1")
         radius, vis = joint_radius(shape), []
-        background = _renderer.render(frames.clutter)  # the static table and clutter, once per sequence
-        backdrop = sensor.backdrop(background[0])  # and the sensor's terms of it
-        holes = None if cfg.scene == "v1" else static_holes(background, rng, cfg.dropout)  # v2: the static scene's zeros
-        for t in range(len(frames)):
-            zbuf, ids, changed = _renderer.render_over(frame_scene(frames, t), background)
+        for t, (depth, zbuf, ids) in enumerate(render_frames(frames, cfg, rng)):
             vis.append(visibility(zbuf, ids, frames.joints[t], radius))
-            depth = sensor.measure(zbuf, rng, backdrop=backdrop, changed=changed)
-            if holes is not None:
-                depth[holes & (zbuf == background[0])] = 0
             write_depth_png(depth_dir / f"depth_{t:04d}.png", depth, cfg.png_compression)
         (extras_dir / "visibility.txt").write_text("\n".join(vis) + "\n", encoding="ascii")
     return len(frames)
+
+
+def annotate(frames, shape: HandShape, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """The skeleton written for a sequence (``make_sequence``'s, of ``shape``): its joints (T, 21, 3)
+    with the annotation noise of ``cfg``'s scene."""
+    if cfg.scene == "v1":
+        return frames.joints + rng.normal(0.0, cfg.pose_noise_mm, frames.joints.shape)
+    return angle_noise(shape, frames.posture, frames.hand_rot, frames.wrist, cfg.pose_noise_mm, rng)  # rigid bones
+
+
+def render_frames(frames, cfg: SynthConfig, rng: np.random.Generator, rotation: np.ndarray | None = None):
+    """Each frame of a sequence (``make_sequence``'s) as the sensor reads it: (depth (H, W) uint16 mm,
+    the clean z-buffer (H, W) float32 mm, the label map (H, W)) per frame, in order.  With ``rotation``
+    (3, 3) the scene is seen by a camera turned by it (:meth:`handfuse.synth.render.Scene.turned`; the
+    joints are then ``frames.joints @ rotation.T``)."""
+    global _renderer
+    _renderer = _renderer or R.Renderer(FPHA_DEPTH)
+
+    def seen(scene: R.Scene) -> R.Scene:
+        return scene if rotation is None else scene.turned(rotation)
+
+    sensor = R.SensorModel(jitter=cfg.depth_noise, dropout=cfg.dropout, dark_patches=cfg.scene == "v1")
+    background = _renderer.render(seen(frames.clutter))  # the static table and clutter, once per sequence
+    backdrop = sensor.backdrop(background[0])  # and the sensor's terms of it
+    holes = None if cfg.scene == "v1" else static_holes(background, rng, cfg.dropout)  # v2: the static scene's zeros
+    for t in range(len(frames)):
+        zbuf, ids, changed = _renderer.render_over(seen(frame_scene(frames, t)), background)
+        depth = sensor.measure(zbuf, rng, backdrop=backdrop, changed=changed)
+        if holes is not None:
+            depth[holes & (zbuf == background[0])] = 0
+        yield depth, zbuf, ids
 
 
 def _write_sequence_job(args):

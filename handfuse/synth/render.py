@@ -37,6 +37,17 @@ class Scene:
     plane: tuple[np.ndarray, float] | None = None  # (unit normal n, offset d): points with n . p = d
     walls: list[tuple[np.ndarray, float, int]] = field(default_factory=list)  # more planes: (n, d, label)
 
+    def turned(self, rotation: np.ndarray) -> "Scene":
+        """The same scene seen by a camera turned about its centre by ``rotation`` (3, 3), which maps
+        this camera's coordinates to the new one's (about the optical axis: the camera rolled)."""
+        def turn(p):
+            return rotation @ p
+        return Scene([(turn(a), turn(b), r, label) for a, b, r, label in self.capsules],
+                     [(turn(a), turn(b), r, label) for a, b, r, label in self.cylinders],
+                     [(turn(c), rotation @ axes, half, label) for c, axes, half, label in self.boxes],
+                     None if self.plane is None else (turn(self.plane[0]), self.plane[1]),
+                     [(turn(n), d, label) for n, d, label in self.walls])
+
 
 class Renderer:
     """Casts rays for one camera; ``render(scene)`` -> (depth float mm with inf = no hit, label map).
