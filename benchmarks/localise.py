@@ -440,7 +440,7 @@ def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
         results = measure_rolled(preset, dev_seed, refiner, every, progress=progress)
     record = {
         "note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
-        "scene": preset.synth.scene, "split": f"dev (every {every}th test sequence of generator seed {dev_seed},"
+        "scene": preset.synth.scene, "split": f"dev (1 in {every} test sequences of generator seed {dev_seed},"
                                               " rendered by a rolled camera)",
         "preset": preset_name, "seed": seed, "refiner_run": fitted.run_dir, "rolls_deg": results,
         "seconds": time.perf_counter() - start,
