@@ -186,13 +186,11 @@ def rolled_sequences(preset, seed: int, degrees: float, every: int = 1):
     """The test sequences (every ``every``-th) of ``preset``'s benchmark made with generator ``seed``,
     rendered as :func:`handfuse.synth.generate.write_sequence` renders them but by a camera rolled by
     ``degrees``: (depth frames [(H, W) uint16], annotated joints (T, 21, 3) mm in the rolled camera) each."""
-    from dataclasses import replace
+    from handfuse.synth.generate import annotate, render_frames, sequence_rng, subject_shape
 
-    from handfuse.synth.generate import annotate, render_frames, sequence_refs, sequence_rng, subject_shape
-
-    cfg = replace(preset.synth, seed=seed)
+    cfg, refs = _test_refs(preset, seed)
     rotation = roll_rotation(degrees)
-    for ref in sequence_refs(cfg)[1][::every]:
+    for ref in refs[::every]:
         rng = sequence_rng(cfg, ref)
         shape = subject_shape(cfg, ref.subject)
         frames = make_sequence(ref.action, shape, cfg, rng)
@@ -210,7 +208,7 @@ def measure_rolled(preset, seed: int, refiner, every: int = 3, rolls=ROLLS_DEG, 
         found = {"tracker": [], "tracker+comref": []}
         joints = []
         for depths, j in tqdm(rolled_sequences(preset, seed, degrees, every), desc=f"rolled {degrees:+g} deg",
-                              total=len(range(0, len(fpha_test_refs(preset, seed)), every)), unit="seq",
+                              total=len(_test_refs(preset, seed)[1][::every]), unit="seq",
                               disable=not progress):
             found["tracker"].append(locate_sequence(depths).centres)
             found["tracker+comref"].append(locate_sequence(depths, refiner=refiner).centres)
@@ -229,13 +227,15 @@ def measure_rolled(preset, seed: int, refiner, every: int = 3, rolls=ROLLS_DEG, 
     return out
 
 
-def fpha_test_refs(preset, seed: int) -> list:
-    """The test sequences' references of ``preset``'s benchmark made with generator ``seed``."""
+def _test_refs(preset, seed: int) -> tuple:
+    """(the generator config, the test sequences' references) of ``preset``'s benchmark made with
+    generator ``seed``."""
     from dataclasses import replace
 
     from handfuse.synth.generate import sequence_refs
 
-    return sequence_refs(replace(preset.synth, seed=seed))[1]
+    cfg = replace(preset.synth, seed=seed)
+    return cfg, sequence_refs(cfg)[1]
 
 
 # ----------------------------------------------------------------------------- the measurement

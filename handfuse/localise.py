@@ -318,14 +318,15 @@ def _far_end(points: np.ndarray, entering: np.ndarray | None) -> np.ndarray:
     held object beside the hand is left out); else its centre of mass."""
     if entering is None:
         return points.mean(0)
-    return _arm_end(points, None, points[entering].mean(0))
+    return _arm_end(points, points[entering].mean(0))
 
 
 def _reach(points: np.ndarray, entering: np.ndarray) -> tuple[np.ndarray, float]:
     """A region's far end (3,) (:func:`_far_end`) and how far (mm) it lies from where the region
     enters the frame."""
-    end = _far_end(points, entering)
-    return end, float(np.linalg.norm(end - points[entering].mean(0)))
+    entry = points[entering].mean(0)
+    end = _arm_end(points, entry)
+    return end, float(np.linalg.norm(end - entry))
 
 
 def _upright(points: np.ndarray, rows: np.ndarray, entering: np.ndarray | None, end: np.ndarray,

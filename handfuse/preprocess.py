@@ -144,7 +144,7 @@ def centre_from_depth(depth: np.ndarray, intrinsics: Intrinsics = FPHA_DEPTH, cu
     points = intrinsics.backproject(np.stack([u, v], -1) * stride, d[v, u])  # (N, 3) all foreground
     blob = _largest_component(fg)[v, u]  # (N,) bool
     if v[blob].max() >= fg.shape[0] * (1 - BOTTOM_BAND):
-        surface = _arm_end(points[blob], v[blob])
+        surface = _arm_end(points[blob], _arm_entry(points[blob], v[blob]))
     else:
         surface = _refine_com(points, points[blob].mean(0), cube_mm, iterations)
     return (surface + np.array([0.0, 0.0, SURFACE_TO_JOINT_MM])).astype(np.float32)
@@ -196,14 +196,12 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
-def _arm_end(points: np.ndarray, rows: np.ndarray | None, entry: np.ndarray | None = None) -> np.ndarray:
-    """Hand centre (3,) from a blob's points (N, 3) and image rows (N,) entering from the bottom,
-    or entering the frame at ``entry`` (3,) where given.
+def _arm_end(points: np.ndarray, entry: np.ndarray) -> np.ndarray:
+    """Hand centre (3,) from a blob's points (N, 3) entering the frame at ``entry`` (3,) (for a blob
+    entering from the bottom, :func:`_arm_entry`).
 
-    The forearm's direction is the mean direction from the entry (its bottom rows) to the
-    blob points within ``ARM_AXIS_MM`` of it; the hand is the far end of the points within
-    ``ARM_RADIUS_MM`` of that axis."""
-    entry = _arm_entry(points, rows) if entry is None else entry
+    The forearm's direction is the mean direction from the entry to the blob points within
+    ``ARM_AXIS_MM`` of it; the hand is the far end of the points within ``ARM_RADIUS_MM`` of that axis."""
     rel = points - entry  # (N, 3)
     near = rel[np.linalg.norm(rel, axis=1) <= ARM_AXIS_MM]
     axis = (near if len(near) >= 10 else rel).mean(0)
