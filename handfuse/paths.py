@@ -67,7 +67,8 @@ def synthetic_root(preset: str, seed: int | None = None, overrides: dict | None 
 def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None = None,
                      overrides: dict | None = None) -> Path:
     """The synthetic benchmark of a preset (with generator knobs ``overrides``, e.g.
-    ``{"action_pose_coupling": 0.5}``): generated on first use, then reused.  A folder whose recorded
+    ``{"action_pose_coupling": 0.5}``): generated on first use, then reused.  Knobs that all equal the
+    preset's own ask for the preset's benchmark itself, not a copy under another name.  A folder whose recorded
     parameters differ from these (an older generator, say) is refused, not reused; a knob added since
     it was made counts as its default, which generates exactly what the folder holds."""
     from .config import get_preset
@@ -79,7 +80,10 @@ def ensure_synthetic(preset: str, seed: int | None = None, workers: int | None =
     if overrides:
         from .dataconfig import from_dict
 
+        base = cfg
         cfg = from_dict(SynthConfig, {**asdict(cfg), **overrides}, prefix="synth.")  # unknown knobs refused by name
+        if cfg == base:  # knobs that all equal the preset's own ask for its benchmark: not a copy of it
+            overrides = None
     root = synthetic_root(preset, cfg.seed, overrides)
     if root.exists():
         return _made_with(root, cfg)

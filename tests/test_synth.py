@@ -270,6 +270,14 @@ def test_a_knob_gets_its_own_benchmark_folder_and_an_unknown_knob_is_refused(tmp
     assert made[0][1].action_pose_coupling == 0.5 and made[0][1].subjects == 1
     with pytest.raises(ConfigError, match="synth.coupling"):
         paths.ensure_synthetic("smoke", overrides={"coupling": 0.5})
+    # knobs that all equal the preset's own (08's sweep at coupling 1 with the smoke preset's 2 subjects) ask
+    # for the preset's benchmark, which the study's notebooks have generated and trained on already
+    own = get_preset("smoke").synth
+    assert paths.ensure_synthetic("smoke", overrides={"action_pose_coupling": own.action_pose_coupling,
+                                                      "subjects": own.subjects}) == tmp_path / "synth" / "smoke-seed0"
+    assert made[-1] == (tmp_path / "synth" / "smoke-seed0", own)
+    assert paths.ensure_synthetic("smoke", overrides={"subjects": own.subjects + 1}).name == \
+        f"smoke-seed0-subjects{own.subjects + 1}"
     # a folder made before a knob existed counts as the knob's default (which generates the same data)
     from dataclasses import asdict
 
