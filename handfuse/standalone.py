@@ -22,9 +22,9 @@ from torch import nn
 
 from .cache import CropCache, get_cache
 from .config import Preset
-from .errors import check
+from .errors import DataError, check
 from .datasets import PoseSequenceDataset
-from .fpha import FPHA
+from .fpha import FPHA, SPLIT_FILE
 from .metrics import accuracy, group_accuracy
 from .models.interfaces import ActionRecogniser, PoseEstimator, PosePrior
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
@@ -37,8 +37,12 @@ from .train import FitResult, TrainConfig, fit
 
 
 def splits(fpha: FPHA, preset: Preset, seed: int) -> dict[str, list]:
-    """train / val (held out from the action split's training side, per class) / test."""
+    """train / val (held out from the action split's training side, per class) / test.  A DataError names
+    the split file when no action has two training sequences: nothing could be held out to validate on."""
     train, val = split_train_val(fpha.train, preset.train_hpe.val_fraction, seed)
+    if not val:
+        raise DataError(fpha.root / SPLIT_FILE, f"no action has two training sequences ({len(fpha.train)} in all), so "
+                        "none can be held out for validation: the training split needs two or more of some action")
     return {"train": train, "val": val, "test": fpha.test}
 
 

@@ -4,6 +4,7 @@ Python process the tests start."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,25 @@ def random_fusion_models(seed: int, attention: bool, film: str = "both", preset:
             torch.nn.init.normal_(m.linear.weight, std=2.0)
     har = make_har.build(replace(make_har.config(P), attention=attention))
     return Pretrained(hpe, hpe_film, har, {}, hpe_model, har_model)
+
+
+@pytest.fixture(scope="session")
+def smoke_localiser() -> Path:
+    """The smoke benchmark's localiser run (seed 0: the depth-centred test sets'), trained once per test
+    process into that process's runs folder, or found there.  A test that gives itself a fresh runs folder
+    and does not test the localiser's training copies it in (:func:`copy_smoke_localiser`)."""
+    from handfuse.config import get_preset
+    from handfuse.finetune import DEPTH_LOCALISER_SEED
+    from handfuse.paths import ensure_synthetic
+    from handfuse.standalone import pretrain_localiser
+
+    fpha = FPHA(ensure_synthetic("smoke"))
+    return Path(pretrain_localiser(fpha, get_preset("smoke"), seed=DEPTH_LOCALISER_SEED, progress=False)[1].run_dir)
+
+
+def copy_smoke_localiser(run: Path, runs: Path) -> None:
+    """A copy of the localiser ``run`` (:func:`smoke_localiser`) into the smoke models folder of ``runs``."""
+    shutil.copytree(run, Path(runs) / "smoke" / "models" / run.name)
 
 
 @pytest.fixture(scope="session")

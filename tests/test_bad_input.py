@@ -298,3 +298,13 @@ def test_check_command_as_a_process(root):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert_reports(done.stdout, root, THREE_FAULTS)
+
+
+def test_a_training_split_with_nothing_to_validate_on_is_refused_naming_the_split_file(root, capsys):
+    """The tiny tree trains on one sequence of each action, so none can be held out for validation: training a
+    recogniser on it stops with one error naming the split file, before any epoch (it used to stop at the first
+    validation, on an empty set, in words that named nothing)."""
+    assert main(["train", "har", "--preset", "smoke", "--data-root", str(root), "--runs", str(root.parent / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / SPLIT_FILE}: no action has two training sequences (2 in all)" in err, err
+    assert not (root.parent / "runs").exists() or not any((root.parent / "runs").rglob("*.pt"))

@@ -27,6 +27,8 @@ from handfuse.paths import ensure_synthetic
 from handfuse.standalone import pretrain_har, pretrain_hpe, splits
 from handfuse.tasks import HPETask
 
+from conftest import copy_smoke_localiser
+
 
 @pytest.fixture(scope="module")
 def smoke():
@@ -196,11 +198,12 @@ def test_with_no_op_optimiser_steps_the_pretraining_checks_fail(smoke, tmp_path,
 
 
 @pytest.fixture(scope="module")
-def pretrained_runs(smoke, tmp_path_factory):
+def pretrained_runs(smoke, smoke_localiser, tmp_path_factory):
     """The pre-trained models of seed 0 that every fusion method starts from, trained into a temporary
-    runs folder: (the models, that folder)."""
+    runs folder, and a copy of the localiser of the depth-centred test set: (the models, that folder)."""
     fpha, preset, cache = smoke
     runs = tmp_path_factory.mktemp("runs")
+    copy_smoke_localiser(smoke_localiser, runs)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HANDFUSE_RUNS", str(runs))
         return pretrained(fpha, preset, 0, film=preset.film, cache=cache, progress=False), runs
@@ -284,8 +287,12 @@ def _run_no_op(notebook: str, tmp_path, runs, monkeypatch, **parameters):
     return failed.value, cell.source
 
 
-def test_with_no_op_optimiser_steps_01s_checks_fail(tmp_path, monkeypatch):
-    error, cell = _run_no_op("01_standalone", tmp_path, tmp_path / "runs", monkeypatch)
+def test_with_no_op_optimiser_steps_01s_checks_fail(smoke_localiser, tmp_path, monkeypatch):
+    """01 with every step a no-op: the checks cell fails on the first model that did not learn.  The localiser,
+    01's one job that the checks do not read, is copied in as a run that learned (so it is loaded, not
+    trained), and one seed spares the other seeds' pose estimators, which the checks do not read either."""
+    copy_smoke_localiser(smoke_localiser, tmp_path / "runs")
+    error, cell = _run_no_op("01_standalone", tmp_path, tmp_path / "runs", monkeypatch, seeds=1)
     assert error.ename == "AssertionError" and "the HPE, plain did not learn" in error.evalue, error.evalue
     assert cell.endswith('print("standalone checks passed")')  # the checks cell, and no cell before it, failed
 

@@ -17,6 +17,8 @@ from handfuse.config import get_preset
 from handfuse.fpha import FPHA
 from handfuse.paths import ensure_synthetic
 
+from conftest import copy_smoke_localiser
+
 P = get_preset("smoke")
 
 
@@ -176,16 +178,20 @@ def test_one_worker_runs_in_this_process(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """(fpha, cache, test sets, a models folder holding the pre-trained models of seeds 0 and 1)."""
+def smoke(tmp_path_factory, smoke_localiser):
+    """(fpha, cache, test sets, a models folder holding the pre-trained models of seeds 0 and 1 and the
+    localiser of the depth-centred test set, which each test copies rather than trains again)."""
     fpha = FPHA(ensure_synthetic("smoke"))
     cache = get_cache(fpha, P.preprocess, progress=False)
     runs = tmp_path_factory.mktemp("pretrained")
+    copy_smoke_localiser(smoke_localiser, runs)
     with pytest.MonkeyPatch.context() as m:
         m.setenv("HANDFUSE_RUNS", str(runs))
         for seed in (0, 1):
             finetune.pretrained(fpha, P, seed, False, P.film, cache=cache, progress=False)
-    return fpha, cache, finetune.test_sets(fpha, P, cache, progress=False), runs / P.name / "models"
+        tests = finetune.test_sets(fpha, P, cache, progress=False)
+        tests["depth"]  # built now, by the localiser in this folder
+    return fpha, cache, tests, runs / P.name / "models"
 
 
 def _runs_with_pretrained(smoke, folder: Path, monkeypatch) -> Path:
@@ -300,11 +306,13 @@ def test_two_specs_naming_one_run_train_it_once_and_spec_seeds_win(smoke, tmp_pa
     assert handed == [] and _scores(again) == _scores({"a": out["a"]})
 
 
-def test_pretrainings_go_to_the_workers_first_and_give_the_records_of_one_after_the_other(smoke, tmp_path, monkeypatch):
+def test_pretrainings_go_to_the_workers_first_and_give_the_records_of_one_after_the_other(smoke, smoke_localiser, tmp_path,
+                                                                                          monkeypatch):
     fpha, cache, tests, _ = smoke
     specs = {"chain": {"method": "baseline", "trained": False}, "tuned": {"method": "baseline", "w_nll": 0.5},
              "att": {"method": "baseline", "attention": True, "seeds": [1]}}
-    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "pooled"))  # nothing pre-trained yet
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "pooled"))  # nothing pre-trained yet but the localiser
+    copy_smoke_localiser(smoke_localiser, tmp_path / "pooled")  # of the depth-centred test set (built here)
     monkeypatch.setenv("HANDFUSE_WORKERS", "2")
     handed = []
     real = grid.map_jobs

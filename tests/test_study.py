@@ -20,13 +20,17 @@ from handfuse.records import RunRecord
 from handfuse.study import Study
 from handfuse.train import FitResult
 
+from conftest import copy_smoke_localiser
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, smoke_localiser):
+    runs = tmp_path_factory.mktemp("study-runs")
+    copy_smoke_localiser(smoke_localiser, runs)  # of the depth-centred test set: a copy, not trained again
     with pytest.MonkeyPatch.context() as m:
-        m.setenv("HANDFUSE_RUNS", str(tmp_path_factory.mktemp("study-runs")))
+        m.setenv("HANDFUSE_RUNS", str(runs))
         m.setenv("HANDFUSE_WORKERS", "1")
         yield Study("smoke", seeds=2, progress=False)
 
@@ -214,7 +218,7 @@ def test_data_regenerated_at_the_same_path_trains_anew(tmp_path):
     trains a new run and leaves the old one alone."""
     from handfuse.synth import generate
 
-    cfg = get_preset("smoke").synth
+    cfg = replace(get_preset("smoke").synth, fps=2.0, duration_s=1.0)  # shorter sequences: any data will do
     root, runs = tmp_path / "data", tmp_path / "runs"
     generate(root, cfg, workers=2)
     (root / "synth_info.json").unlink()  # an FPHA-format root: the command reads it as it would read yours
