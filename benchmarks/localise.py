@@ -29,6 +29,12 @@ frames are rendered as the generator renders them (at 0 degrees they are the ben
 the share of frames more than 100 mm from the middle MCP and the share whose centre lies more than
 40 mm from every joint (off the hand).
 
+With ``--predict`` it measures what ``python -m handfuse predict`` gives a user: the trained baseline of
+each seed (:func:`handfuse.predict.load_pipeline`, as ``make reproduce`` trained it) on the dev benchmark's
+test sequences (``--dev-seed``, every ``--every``-th), cropped as ``predict`` crops them around the tracker's
+centres alone, the refined ones, and the ground truth: the pose error of each against the annotation,
+with the refined minus the tracker-alone error paired by seed (95 % t-interval).
+
 With ``--dev`` it measures instead where the localiser's settings are chosen: the test split of the
 benchmark generated with another generator seed (``--dev-seed``, default 1; settings are also
 checked on 2), whose scenes and subjects no model here was trained on and which is not the test
@@ -451,6 +457,100 @@ def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
     return record
 
 
+def measure_predict(preset, dev, pipelines, refiner, every: int = 3, progress: bool = True) -> dict:
+    """Per localiser (``ground truth``, ``tracker``, ``tracker+comref``), the pose error (mm, mean over every
+    joint of every frame) of each pipeline of ``pipelines`` (seed -> :class:`handfuse.predict.Pipeline`) on
+    every ``every``-th test sequence of ``dev``, cropped as :func:`handfuse.predict.predict_folder` crops
+    (a lost frame around the nearest located frame's centre)."""
+    from handfuse.predict import crop_centres, run_pipeline
+
+    pre = preset.preprocess
+    sums = {name: {seed: 0.0 for seed in pipelines} for name in ("ground truth", "tracker", "tracker+comref")}
+    frames, lost = 0, {"tracker": 0, "tracker+comref": 0}
+    refs = dev.test[::every]
+    for ref in tqdm(refs, desc="predict on the dev benchmark", unit="seq", disable=not progress):
+        joints = dev.read_skeleton(ref)
+        depths = [dev.read_depth(ref, t) for t in range(len(joints))]
+        paths = [dev.depth_path(ref, t) for t in range(len(joints))]
+        centres = {"ground truth": centre_from_joints(joints).astype(np.float32)}
+        for name, r in (("tracker", None), ("tracker+comref", refiner)):
+            located = locate_sequence(depths, FPHA_DEPTH, pre.cube_mm, r)
+            lost[name] += len(located.lost)
+            centres[name] = crop_centres(located.centres, located.status, "fallback", paths, located.localiser)[0]
+        for name, c in centres.items():
+            crops = np.stack([crop(d, x, FPHA_DEPTH, pre.cube_mm, pre.crop) for d, x in zip(depths, c)])
+            crops = crops.astype(np.float16).astype(np.float32)  # as predict crops them
+            for seed, pipeline in pipelines.items():
+                pred = run_pipeline(pipeline.model, crops, c)["joints_mm"]
+                sums[name][seed] += float(np.linalg.norm(pred - joints, axis=-1).mean(1).sum())
+        frames += len(joints)
+    from handfuse.metrics import mean_ci95
+
+    out = {"sequences": len(refs), "frames": frames, "lost": lost}
+    for name, by_seed in sums.items():
+        errors = [v / frames for v in by_seed.values()]
+        mean, half = mean_ci95(errors)
+        out[name] = {"pose_error_mm_by_seed": errors, "pose_error_mm": mean, "ci95_mm": half}
+    diff = [a - b for a, b in zip(out["tracker+comref"]["pose_error_mm_by_seed"], out["tracker"]["pose_error_mm_by_seed"])]
+    mean, half = mean_ci95(diff)
+    out["refined_minus_tracker_mm"] = {"mean": mean, "ci95": half, "seeds": len(diff)}
+    for name in ("tracker", "tracker+comref"):
+        out[name]["x_ground_truth"] = out[name]["pose_error_mm"] / out["ground truth"]["pose_error_mm"]
+    return out
+
+
+def run_predict(preset_name: str = "cpu", dev_seed: int = 1, seeds=(0, 1, 2), every: int = 3,
+                progress: bool = True) -> dict:
+    """``--predict`` (module docstring): the trained baselines of ``seeds`` and the refinement of the preset's
+    depth-centred test sets, as ``make reproduce`` trained them (nothing is trained here), on generator
+    ``dev_seed``'s test sequences; written into :data:`OUT` under ``<preset>/<scene>-dev<dev_seed>-predict``."""
+    from handfuse.finetune import DEPTH_LOCALISER_SEED
+    from handfuse.fpha import FPHA
+    from handfuse.localise import load_refiner, refiner_run
+    from handfuse.paths import ensure_synthetic
+    from handfuse.pool import one_thread
+    from handfuse.predict import load_pipeline
+    from handfuse.train import finished
+
+    preset = get_preset(preset_name)
+    if dev_seed == preset.synth.seed:
+        raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
+    start = time.perf_counter()
+    fpha = FPHA(ensure_synthetic(preset_name))
+    folder = refiner_run(fpha, preset, DEPTH_LOCALISER_SEED)[0]
+    if not finished(folder):
+        raise FileNotFoundError(f"{folder}: no trained localiser refinement; make reproduce trains it")
+    pipelines = {seed: load_pipeline("baseline", preset=preset_name, seed=seed) for seed in seeds}
+    with one_thread():
+        results = measure_predict(preset, FPHA(ensure_synthetic(preset_name, dev_seed)), pipelines,
+                                  load_refiner(folder), every, progress)
+    record = {
+        "note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
+        "scene": preset.synth.scene, "split": f"dev (1 in {every} test sequences of generator seed {dev_seed})",
+        "preset": preset_name, "method": "baseline (trained)", "seeds": list(seeds), "refiner_run": str(folder),
+        "fused_runs": {seed: p.runs["fused"] for seed, p in pipelines.items()}, **results,
+        "seconds": time.perf_counter() - start,
+    }
+    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    everything.setdefault(preset_name, {})[f"{preset.synth.scene}-dev{dev_seed}-predict"] = record
+    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    return record
+
+
+def report_predict(record: dict) -> str:
+    """A ``--predict`` record as a small table."""
+    lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split']}, {record['frames']} frames;"
+             f" the trained baseline of seeds {record['seeds']}; SYNTHETIC, not FPHA",
+             f"{'crop centre':<16} {'pose error (mm)':>16} {'x ground truth':>15} {'lost':>5}"]
+    for name in ("ground truth", "tracker", "tracker+comref"):
+        r = record[name]
+        ratio = f"{r['x_ground_truth']:15.2f}" if "x_ground_truth" in r else f"{'':>15}"
+        lines.append(f"{name:<16} {r['pose_error_mm']:9.2f} +-{r['ci95_mm']:5.2f}{ratio} {record['lost'].get(name, 0):5d}")
+    d = record["refined_minus_tracker_mm"]
+    lines.append(f"refined minus tracker alone: {d['mean']:+.2f} +- {d['ci95']:.2f} mm ({d['seeds']} seeds, paired, 95 % t)")
+    return "\n".join(lines)
+
+
 def report_rolled(record: dict) -> str:
     """A rolled-camera record as a small table."""
     lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split']}; SYNTHETIC, not FPHA",
@@ -495,8 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-seed", type=int, default=1, help="the generator seed of --dev's benchmark (default 1)")
     parser.add_argument("--rolled", action="store_true", help="the tracker on --dev-seed's test sequences seen by a"
                                                               " camera rolled about its optical axis")
-    parser.add_argument("--every", type=int, default=3, help="--rolled: every N-th test sequence (default 3)")
+    parser.add_argument("--predict", action="store_true", help="predict's trained baselines on --dev-seed's test"
+                                                               " sequences, the tracker alone against the refined")
+    parser.add_argument("--every", type=int, default=3, help="--rolled, --predict: every N-th test sequence (default 3)")
     args = parser.parse_args(argv)
+    if args.predict:
+        print(report_predict(run_predict(args.preset, args.dev_seed, every=args.every)))
+        return 0
     if args.rolled:
         print(report_rolled(run_rolled(args.preset, args.seed, args.dev_seed, args.every)))
         return 0

@@ -1105,12 +1105,136 @@ def write_centres_csv(path: str | Path, located: Located) -> None:
             out.writerow([t, *(f"{x:.2f}" if np.isfinite(x) else "nan" for x in (u, v, z)), s])
 
 
+# ----------------------------------------------------------------------------- the contact sheet
+
+SHEET_TILES = 120  # a contact sheet shows at most this many frames: every k-th of a longer sequence
+SHEET_SCALE = 4  # its tiles are the frames' every SHEET_SCALE-th pixel (160 x 120 of FPHA's 640 x 480)
+SHEET_COLUMNS = 10
+SHEET_NEAR_MM, SHEET_FAR_MM = 150.0, 1200.0  # the depth colours' range (as handfuse.plots.show_depth's)
+SHEET_CAPTION_PX = 16  # the strip above each tile that names its frame
+SHEET_GAP_PX = 2  # grey between tiles side by side
+SHEET_RED = (0, 0, 255)  # BGR: the centre's cross, and a lost frame's border and caption (no depth colour is red)
+SHEET_WHITE = (255, 255, 255)  # the hand cube's outline (nor is any depth colour white)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def sheet_step(frames: int, tiles: int = SHEET_TILES) -> int:
+    """Every how many frames a contact sheet of a ``frames``-frame sequence shows one (``tiles`` at most)."""
+    return max(1, math.ceil(frames / tiles))
+
+
+def sheet_thumbnail(depth: np.ndarray) -> np.ndarray:
+    """What a contact sheet keeps of an (H, W) frame: every ``SHEET_SCALE``-th pixel, (H / 4, W / 4)."""
+    return np.ascontiguousarray(depth[::SHEET_SCALE, ::SHEET_SCALE])
+
+
+def depth_colours(depth: np.ndarray) -> np.ndarray:
+    """(h, w) depth in mm -> (h, w, 3) uint8 BGR: viridis from ``SHEET_NEAR_MM`` (dark) to ``SHEET_FAR_MM``
+    (yellow), black where the sensor measured nothing (0)."""
+    scale = 255.0 / (SHEET_FAR_MM - SHEET_NEAR_MM)
+    level = np.clip((depth.astype(np.float32) - SHEET_NEAR_MM) * scale, 0, 255).astype(np.uint8)
+    out = cv2.applyColorMap(level, cv2.COLORMAP_VIRIDIS)
+    out[depth == 0] = 0
+    return out
+
+
+def _text_lines(text: str, width: int, scale: float) -> list[str]:
+    """``text`` wrapped into lines no wider than ``width`` pixels in ``_FONT`` at ``scale``."""
+    lines: list[str] = []
+    for word in text.split():
+        line = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(line, _FONT, scale, 1)[0][0] <= width:
+            lines[-1] = line
+        else:
+            lines.append(word)
+    return lines
+
+
+def _tile(thumb: np.ndarray, t: int, located: Located, intrinsics: Intrinsics, cube_mm: float) -> np.ndarray:
+    """One frame's tile: its caption strip over its depth colours, with the centre's red cross and the
+    hand cube's white outline, or a red border where the frame was lost."""
+    h, w = thumb.shape
+    tile = np.zeros((SHEET_CAPTION_PX + h, w, 3), np.uint8)
+    image = tile[SHEET_CAPTION_PX:]
+    image[:] = depth_colours(thumb)
+    if located.status[t] == LOST:
+        cv2.rectangle(image, (0, 0), (w - 1, h - 1), SHEET_RED, 2)
+        caption, colour = f"{t} lost", SHEET_RED
+    else:
+        (u, v), z = located.uv[t] / SHEET_SCALE, float(located.centres[t, 2])
+        half = intrinsics.fx * cube_mm / 2 / z / SHEET_SCALE  # the cube's half width, in tile pixels
+        cv2.rectangle(image, (round(u - half), round(v - half)), (round(u + half), round(v + half)), SHEET_WHITE, 1)
+        cv2.drawMarker(image, (round(u), round(v)), SHEET_RED, cv2.MARKER_CROSS, 11, 2)
+        how = f" {located.how[t]}" if located.how else ""
+        caption, colour = f"{t}{how} {z:.0f} mm", SHEET_WHITE
+    cv2.putText(tile, caption, (3, SHEET_CAPTION_PX - 4), _FONT, 0.4, colour, 1, cv2.LINE_AA)
+    return tile
+
+
+def centre_sheet(thumbs: dict[int, np.ndarray], located: Located, title: str, intrinsics: Intrinsics = FPHA_DEPTH,
+                 cube_mm: float = 250.0) -> np.ndarray:
+    """A contact sheet (BGR uint8 image) of where :func:`locate_sequence` put the hand: one tile per frame of
+    ``thumbs`` (frame index -> :func:`sheet_thumbnail`, in order), ``SHEET_COLUMNS`` to a row, under a
+    header that says what it shows (``title``, the counts, the localiser, the colours)."""
+    frames = sorted(thumbs)
+    tiles = [_tile(thumbs[t], t, located, intrinsics, cube_mm) for t in frames]
+    th, tw = tiles[0].shape[:2]
+    pitch = tw + SHEET_GAP_PX
+    columns = min(SHEET_COLUMNS, len(tiles))
+    rows = math.ceil(len(tiles) / columns)
+    width = columns * pitch - SHEET_GAP_PX
+    lost = located.lost
+    shown = "every frame" if len(frames) == len(located.status) else \
+        f"1 frame in {frames[1] - frames[0]} ({len(frames)} of {len(located.status)})"
+    lines = [title,
+             f"{len(located.status)} frames: {len(located.status) - len(lost)} located, {len(lost)} lost"
+             + (f" (frames {', '.join(map(str, lost[:20]))}{' ...' if len(lost) > 20 else ''})" if lost else "")
+             + f"; {shown}",
+             f"localiser: {located.localiser}",
+             f"red cross: the hand centre (caption: frame, how it was found: detected, tracked, held, or net for the"
+             f" learned detector's; its depth); white square: the"
+             f" {cube_mm:g} mm hand cube at that depth; red border: lost; black: no depth; colours from"
+             f" {SHEET_NEAR_MM:g} mm (dark) to {SHEET_FAR_MM:g} mm (yellow)"]
+    wrapped = [part for line in lines for part in _text_lines(line, width - 8, 0.45)]
+    header = np.zeros((8 + 18 * len(wrapped), width, 3), np.uint8)
+    for k, line in enumerate(wrapped):
+        cv2.putText(header, line, (4, 18 * (k + 1)), _FONT, 0.45, SHEET_WHITE, 1, cv2.LINE_AA)
+    grid = np.full((rows * th, width, 3), 96, np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        grid[r * th:(r + 1) * th, c * pitch:c * pitch + tw] = tile
+    return np.vstack([header, grid])
+
+
+def write_centre_sheet(path: str | Path, image: np.ndarray) -> None:
+    """Write a contact sheet (:func:`centre_sheet`) as a PNG, atomically."""
+    ok, png = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"{path}: could not encode the contact sheet as PNG")
+    with atomic_path(path, "the contact sheet") as tmp:
+        tmp.write_bytes(png.tobytes())
+
+
 def _locate(args) -> int:
     paths = read_depth_folder(args.depth_dir)
+    if args.sheet is not None:
+        check(Path(args.sheet).suffix.lower() == ".png", "--sheet", args.sheet, "a path ending in .png")
     refiner = None if args.no_refine else load_refiner(args.runs)
-    depths = (read_depth_png(p) for p in paths)  # decoded one at a time; a bad PNG is named when reached
-    located = locate_sequence(depths, FPHA_DEPTH, args.cube_mm, refiner, progress=True)
+    step, thumbs = sheet_step(len(paths)), {}
+
+    def depths():  # decoded one at a time (a bad PNG is named when reached); the sheet keeps thumbnails only
+        for t, path in enumerate(paths):
+            depth = read_depth_png(path)
+            if args.sheet is not None and t % step == 0:
+                thumbs[t] = sheet_thumbnail(depth)
+            yield depth
+
+    located = locate_sequence(depths(), FPHA_DEPTH, args.cube_mm, refiner, progress=True)
     write_centres_csv(args.out, located)
+    if args.sheet is not None:
+        write_centre_sheet(args.sheet, centre_sheet(thumbs, located, f"{Path(args.depth_dir).resolve()}",
+                                                    FPHA_DEPTH, args.cube_mm))
+        print(f"wrote the contact sheet {args.sheet}")
     print(f"localiser: {located.localiser}")
     print(f"{len(paths)} frames: {len(paths) - len(located.lost)} located, {len(located.lost)} lost"
           + (f" (frames {', '.join(map(str, located.lost[:10]))}{' ...' if len(located.lost) > 10 else ''})"
@@ -1146,6 +1270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-refine", action="store_true",
                    help="the tracker alone, without the learned detector and refinement")
     p.add_argument("--cube-mm", type=float, default=250.0, help="the hand cube's edge (mm)")
+    p.add_argument("--sheet", default=None, metavar="PNG",
+                   help=f"also draw a contact sheet: every frame (every k-th beyond {SHEET_TILES}) with its centre")
     p.set_defaults(func=_locate)
     p = sub.add_parser("train", help="train the learned refinement (ComRefNet) of a preset")
     p.add_argument("--preset", default="cpu", choices=sorted(REFINE_PRESETS))

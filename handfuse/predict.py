@@ -6,7 +6,11 @@ the workbook (:func:`load_pipeline`: default the trained baseline of the cpu pre
 under the runs folder the workbook trains into; nothing is trained here) runs on the whole sequence:
 
 1. every frame is read with :func:`handfuse.fpha.read_depth_png` (a bad frame is one DataError naming it);
-2. the hand is found in every frame from depth alone (:func:`handfuse.localise.locate_sequence`);
+2. the hand is found in every frame from depth alone (:func:`handfuse.localise.locate_sequence`) by the
+   localiser the workbook's depth-centred test sets use: the tracker with the preset's learned refinement
+   (seed :data:`~handfuse.finetune.DEPTH_LOCALISER_SEED`, trained on the same data, found beside the
+   method's weights); ``refine=False`` (``--no-refine``) runs the tracker alone, whose centres lie
+   several times farther from the hand (docs/benchmarks.md);
 3. each frame is cropped in the preset's metric cube around its centre (:func:`handfuse.preprocess.crop`,
    stored as float16 like the crop cache the models were trained on) and the method predicts the pose
    of every frame and its action after every frame.
@@ -20,7 +24,7 @@ lost frames.  A sequence with no located frame is always refused.
 It writes into ``out`` (:data:`FILES`): the poses as FPHA's ``skeleton.txt`` (frame index, then 21 x 3
 camera-frame mm; :func:`handfuse.fpha.read_skeleton_file` reads it), the action probabilities after
 every frame (``actions.csv``: ``frame`` then the 45 actions of :data:`handfuse.skeleton.ACTIONS`), the
-centre of every frame (``centres.csv``), an animation of crop, pose and action (``animation.gif``, and
+centre of every frame (``centres.csv``, and drawn on the frames in ``centres.png``), an animation of crop, pose and action (``animation.gif``, and
 ``animation.mp4`` where ffmpeg exists) and ``predict.json``: the method, its weights (run folders),
 the data they were trained on, the localiser, how many frames were located, the sequence's predicted
 action and the recording's source ("your recording", unless the folder is a sequence of a synthetic or
@@ -48,10 +52,11 @@ from tqdm.auto import tqdm
 from .camera import FPHA_DEPTH, Intrinsics
 from .config import Preset, get_preset
 from .errors import ConfigError, DataError, check
-from .finetune import Pretrained, build_method, finetune_run, pretrained_requests, resolved_config
+from .finetune import DEPTH_LOCALISER_SEED, Pretrained, build_method, finetune_run, pretrained_requests, resolved_config
 from .fpha import (FPHA, POSE_DIR, VIDEO_DIR, depth_frame_indices, read_depth_png, read_skeleton_file,
                    write_skeleton_file)
-from .localise import LOCATED, locate_sequence
+from .localise import (LOCATED, Refiner, centre_sheet, load_refiner, locate_sequence, refiner_run, sheet_step,
+                       sheet_thumbnail, write_centre_sheet)
 from .methods import FusionConfig, headline, method_config
 from .methods.common import see_labels
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
@@ -62,8 +67,8 @@ from .skeleton import ACTIONS
 from .standalone import PRETRAIN
 from .train import BEST, RESULT, FitResult, load_checkpoint
 
-FILES = {"skeleton": "skeleton.txt", "actions": "actions.csv", "centres": "centres.csv", "gif": "animation.gif",
-         "mp4": "animation.mp4", "record": "predict.json"}
+FILES = {"skeleton": "skeleton.txt", "actions": "actions.csv", "centres": "centres.csv", "sheet": "centres.png",
+         "gif": "animation.gif", "mp4": "animation.mp4", "record": "predict.json"}
 ON_LOST = ("fallback", "refuse")
 FALLBACK = "fallback"
 YOUR_RECORDING = "your recording"
@@ -76,8 +81,10 @@ class WeightsNotFound(FileNotFoundError):
 @dataclass
 class Pipeline:
     """A fine-tuned fusion method loaded for prediction (:func:`load_pipeline`), with where it came from:
-    ``runs`` maps each part (``fused``, ``hpe``, ``hpe_film``, ``har``) to its run folder and ``digests``
-    to a digest of that folder's ``best.pt``; ``data_root`` and ``data_source`` say what it was trained on."""
+    ``runs`` maps each part (``fused``, ``hpe``, ``hpe_film``, ``har``, and ``localiser`` where there is a
+    ``refiner``) to its run folder and ``digests`` to a digest of that folder's ``best.pt``; ``data_root``
+    and ``data_source`` say what it was trained on.  ``refiner``: the localiser's learned refinement
+    (None: the tracker alone)."""
 
     model: nn.Module
     method: str
@@ -90,6 +97,7 @@ class Pipeline:
     digests: dict[str, str] = field(default_factory=dict)
     data_root: str = ""
     data_source: str = ""
+    refiner: Refiner | None = None
 
     def record(self) -> dict:
         """What ``predict.json`` says about the weights."""
@@ -125,7 +133,7 @@ def train_command(method: str, preset: str, seed: int, options: dict | None = No
 def load_pipeline(method: str = "baseline", runs: str | Path | None = None, preset: str = "cpu", seed: int = 0,
                   device: str = "cpu", data_root: str | Path | None = None, options: dict | None = None,
                   hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
-                  trained_on: str | None = None) -> Pipeline:
+                  trained_on: str | None = None, refine: bool = True) -> Pipeline:
     """Method ``method`` as the workbook fine-tuned it: its headline options
     (:data:`handfuse.methods.HEADLINE`) overridden by ``options``, the pre-trained models of ``seed``,
     on ``data_root`` (default the preset's synthetic benchmark), found under ``runs`` (the runs folder:
@@ -133,8 +141,11 @@ def load_pipeline(method: str = "baseline", runs: str | Path | None = None, pres
 
     The run folders are those the training code names (:func:`handfuse.finetune.finetune_run`,
     :func:`handfuse.standalone.hpe_run`, ``har_run``), so they are the weights trained on ``trained_on``
-    (``"cpu"`` or ``"cuda"``; default: ``device``'s kind) with this very code.  Nothing is trained:
-    missing weights raise :class:`WeightsNotFound` naming the command that trains them."""
+    (``"cpu"`` or ``"cuda"``; default: ``device``'s kind) with this very code.  With ``refine`` the
+    localiser's learned refinement is loaded too: the run the depth-centred test sets of this data use
+    (:func:`handfuse.localise.refiner_run`, seed :data:`~handfuse.finetune.DEPTH_LOCALISER_SEED`, trained
+    on CPU).  Nothing is trained: missing weights raise :class:`WeightsNotFound` naming the command that
+    trains them."""
     from .reproduce import check_device, check_seed
 
     check_seed(seed, "seed")
@@ -163,10 +174,29 @@ def load_pipeline(method: str = "baseline", runs: str | Path | None = None, pres
     from .plots import data_source
 
     done = {"fused": fused, **models.results}
+    refiner = _load_refiner(fpha, P, root, preset, runs, data_root) if refine else None
+    if refiner is not None:
+        done["localiser"] = FitResult(**{**json.loads((Path(refiner.source) / RESULT).read_text()),
+                                         "run_dir": refiner.source})
     return Pipeline(model.to(device).eval(), method, cfg, P, seed, hpe_model, har_model,
                     runs={k: r.run_dir for k, r in done.items()},
                     digests={k: weights_digest(r) for k, r in done.items()},
-                    data_root=str(fpha.root), data_source=data_source(fpha.root))
+                    data_root=str(fpha.root), data_source=data_source(fpha.root), refiner=refiner)
+
+
+def _load_refiner(fpha: FPHA, P: Preset, root: Path, preset: str, runs: str | Path | None,
+                  data_root: str | Path | None) -> Refiner:
+    """The localiser's learned refinement the depth-centred test sets of ``fpha`` use, from ``root``."""
+    folder = refiner_run(fpha, P, DEPTH_LOCALISER_SEED, "cpu", root)[0]
+    if not finished(folder):
+        command = " ".join(["python -m handfuse.localise train", f"--preset {preset}"]
+                           + [f"--data-root {data_root}"] * (data_root is not None)
+                           + [f"--runs {runs}"] * (runs is not None))
+        raise WeightsNotFound(f"{folder}: no trained weights of the localiser's learned refinement (the one the"
+                              " depth-centred test sets use; without it the hand's centre lies several times"
+                              f" farther off). Train them with:\n  {command}\nor predict with the tracker alone"
+                              " (--no-refine, refine=False)")
+    return load_refiner(folder)
 
 
 def _training_data(preset: str, data_root: str | Path | None, command: str) -> FPHA:
@@ -299,11 +329,11 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
                    options: dict | None = None, hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
                    trained_on: str | None = None, on_lost: str = "fallback", animate: bool = True, fps: float = 10.0,
                    force: bool = False, pipeline: Pipeline | None = None, intrinsics: Intrinsics = FPHA_DEPTH,
-                   progress: bool = True) -> Prediction:
+                   progress: bool = True, refine: bool = True) -> Prediction:
     """Run a trained pipeline on a folder of FPHA-named depth frames and write its outputs into ``out``
     (module docstring).  ``pipeline`` (from :func:`load_pipeline`) is used as given; otherwise it is loaded
     from ``method``, ``runs``, ``preset``, ``seed``, ``device``, ``data_root``, ``options``, the models and
-    ``trained_on`` (:func:`load_pipeline`).  An ``out`` that holds the predictions of another folder or other
+    ``trained_on`` and ``refine`` (:func:`load_pipeline`).  An ``out`` that holds the predictions of another folder or other
     weights is refused unless ``force``."""
     t0 = time.perf_counter()
     check(on_lost in ON_LOST, "on_lost", on_lost, f"one of {ON_LOST}")
@@ -311,7 +341,7 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
     paths = depth_paths(depth_dir)  # the folder's names are checked before any weights are loaded
     if pipeline is None:
         pipeline = load_pipeline(method, runs, preset, seed, device, data_root, options, hpe_model, har_model,
-                                 trained_on)
+                                 trained_on, refine)
     device = next(pipeline.model.parameters()).device
     out = Path(out)
     record = {"depth_dir": str(Path(depth_dir).resolve()), **pipeline.record()}
@@ -320,10 +350,12 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
               for p in tqdm(paths, desc="reading depth", unit="frame", disable=not progress)]
     pre = pipeline.preset.preprocess
     located = locate_sequence(tqdm(depths, desc="locating the hand", unit="frame", disable=not progress), intrinsics,
-                              pre.cube_mm)
+                              pre.cube_mm, pipeline.refiner)
     centres, status, source = crop_centres(located.centres, located.status, on_lost, paths, located.localiser)
     crops = np.stack([crop(d, c, intrinsics, pre.cube_mm, pre.crop) for d, c in zip(depths, centres)])  # (T, S, S)
     crops = crops.astype(np.float16).astype(np.float32)  # as the crop cache stores them for training
+    step = sheet_step(len(depths))
+    thumbs = {t: sheet_thumbnail(d) for t, d in enumerate(depths) if t % step == 0}
     del depths
     result = run_pipeline(pipeline.model, crops, centres, device)
     action = ACTIONS[int(result["sequence_probs"].argmax())]
@@ -335,6 +367,9 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
     _write_csv(files["centres"], ["frame", "centre", "x_mm", "y_mm", "z_mm", "from_frame"],
                [[t, s, *(f"{v:.3f}" for v in c), f] for t, (s, c, f) in enumerate(zip(status, centres, source))])
     data, annotation = recording_source(depth_dir)
+    files["sheet"] = out / FILES["sheet"]
+    write_centre_sheet(files["sheet"], centre_sheet(thumbs, located, f"{data}: where the crops are centred", intrinsics,
+                                                    pre.cube_mm))
     title = f"{pipeline.method} ({pipeline.data_source} training data, {pipeline.preset.name} preset) on {data}"
     if animate:
         from .animate import Exported
@@ -475,7 +510,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("depth_dir", metavar="DEPTH_DIR",
                    help="a folder of depth_0000.png, depth_0001.png, ... (640x480, 16-bit, mm)")
     p.add_argument("--out", required=True,
-                   help="folder for skeleton.txt, actions.csv, centres.csv, animation.gif, predict.json")
+                   help="folder for skeleton.txt, actions.csv, centres.csv and .png, animation.gif, predict.json")
     p.add_argument("--method", default="baseline", help="a registered fusion method, fine-tuned (default: baseline)")
     p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE",
                    help="method options the weights were trained with (default: the workbook's headline options)")
@@ -493,6 +528,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--on-lost", default="fallback", choices=ON_LOST,
                    help="a frame where no hand is found: crop it around the nearest located frame's centre and mark"
                         " it (fallback), or stop (refuse)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="locate the hand with the tracker alone, without the learned refinement (farther off)")
     p.add_argument("--no-animation", action="store_true", help="skip animation.gif")
     p.add_argument("--fps", type=float, default=10.0, help="frames per second of the animation")
     p.add_argument("--force", action="store_true", help="overwrite an --out that holds another run's predictions")
@@ -512,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
             options["attention"] = True
         prediction = predict_folder(args.depth_dir, args.out, args.method, args.runs, args.preset, args.seed,
                                     args.device, args.data_root, options, args.hpe_model, args.har_model,
-                                    args.trained_on, args.on_lost, not args.no_animation, args.fps, args.force)
+                                    args.trained_on, args.on_lost, not args.no_animation, args.fps, args.force,
+                                    refine=not args.no_refine)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -624,6 +624,64 @@ def test_locate_writes_one_row_per_frame(smoke, tmp_path, capsys):
         assert np.linalg.norm(found - centre) < 60, (row, centre)
 
 
+def _red(image: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the contact sheet's red (its centre crosses and lost frames' borders; no depth colour)."""
+    return (image[..., 2] > 200) & (image[..., 1] < 80) & (image[..., 0] < 80)
+
+
+def test_locate_draws_each_frames_centre_on_a_contact_sheet(smoke, tmp_path, capsys):
+    """``--sheet``: one tile per frame, the red cross where the CSV puts the centre, a red border on a lost frame."""
+    fpha, _ = smoke
+    _copy_frames(fpha, fpha.test[3], 4, tmp_path / "depth")
+    write_depth_png(tmp_path / "depth" / "depth_0004.png", np.zeros((K.height, K.width), np.uint16))  # lost
+    out, sheet = tmp_path / "centres.csv", tmp_path / "sheet.png"
+    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(out), "--sheet", str(sheet), "--no-refine"]) == 0
+    assert f"wrote the contact sheet {sheet}" in capsys.readouterr().out
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    image = cv2.imread(str(sheet))
+    h, w = K.height // L.SHEET_SCALE, K.width // L.SHEET_SCALE
+    top = image.shape[0] - (L.SHEET_CAPTION_PX + h)  # one row of five tiles under the header
+    pitch = w + L.SHEET_GAP_PX
+    assert image.shape[1] == 5 * pitch - L.SHEET_GAP_PX and top > 0
+    for t, row in enumerate(rows):
+        red = _red(image[top + L.SHEET_CAPTION_PX:, t * pitch:t * pitch + w])  # the frame's picture, caption left out
+        if row["status"] == L.LOST:
+            assert red[:2].all() and red[-2:].all() and red[:, :2].all() and red[:, -2:].all(), "a lost frame's border"
+            assert not red[3:-3, 3:-3].any(), "a lost frame has no centre"
+            continue
+        v, u = np.nonzero(red)
+        assert len(u) > 10, f"frame {t}: no cross"
+        assert abs(u.mean() - float(row["u"]) / L.SHEET_SCALE) < 1.5 and abs(v.mean() - float(row["v"]) / L.SHEET_SCALE) < 1.5
+        assert np.ptp(u) <= 12 and np.ptp(v) <= 12, f"frame {t}: red beyond the cross"
+    assert [r["status"] for r in rows].count(L.LOST) == 1
+
+
+def test_a_long_sequences_contact_sheet_shows_every_kth_frame_and_bad_sheet_paths_are_refused(tmp_path, capsys):
+    frames = 250
+    step = L.sheet_step(frames)
+    assert L.sheet_step(L.SHEET_TILES) == 1 and step * L.SHEET_TILES >= frames > (step - 1) * L.SHEET_TILES
+    thumbs = {t: L.sheet_thumbnail(np.full((K.height, K.width), 600 + t, np.uint16)) for t in range(0, frames, step)}
+    centres = np.tile(np.array([[0.0, 0.0, 500.0]], np.float32), (frames, 1))
+    located = L.Located(centres, np.tile(np.array([[K.u0, K.v0]], np.float32), (frames, 1)), [L.LOCATED] * frames,
+                        "a test", [L.TRACKED] * frames)
+    image = L.centre_sheet(thumbs, located, "a long sequence")
+    tile_h = L.SHEET_CAPTION_PX + K.height // L.SHEET_SCALE
+    shown = len(range(0, frames, step))
+    grid_rows = -(-shown // L.SHEET_COLUMNS)
+    assert image.shape[1] == L.SHEET_COLUMNS * (K.width // L.SHEET_SCALE + L.SHEET_GAP_PX) - L.SHEET_GAP_PX
+    assert image.shape[0] - grid_rows * tile_h > 0 and (image.shape[0] - grid_rows * tile_h) < tile_h  # the header
+    assert _red(image).sum() > shown * 10  # a cross in every tile
+    folder = tmp_path / "depth"
+    folder.mkdir()
+    write_depth_png(folder / "depth_0000.png", np.full((K.height, K.width), 700, np.uint16))
+    code = L.main(["locate", str(folder), "--out", str(tmp_path / "c.csv"), "--sheet", str(tmp_path / "s.jpg"),
+                   "--no-refine"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'--sheet'" in err[0] and ".png" in err[0], err
+    assert not (tmp_path / "c.csv").exists()
+
+
 def _png8(path: Path) -> None:
     cv2.imwrite(str(path), np.zeros((K.height, K.width), np.uint8))
 

@@ -18,11 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import random_fusion_models
+from conftest import copy_smoke_localiser, random_fusion_models
 from handfuse.config import get_preset
 from handfuse.errors import ConfigError, DataError
 from handfuse.finetune import build_method, finetune, pretrained, resolved_config
 from handfuse.fpha import read_skeleton_file, write_depth_png
+from handfuse import localise as L
+from handfuse.localise import load_refiner, locate_sequence
 from handfuse.methods import headline
 from handfuse.predict import FILES, WeightsNotFound, load_pipeline, main, predict_folder
 from handfuse.skeleton import ACTIONS
@@ -31,11 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(smoke_fusion_data, tmp_path_factory):
-    """The smoke preset's trained baseline of seed 0 in a temporary runs folder (also $HANDFUSE_RUNS while
-    this module runs): (runs folder, the smoke data, one test sequence, the fine-tuned model)."""
+def trained(smoke_fusion_data, smoke_localiser, tmp_path_factory):
+    """The smoke preset's trained baseline of seed 0 and the localiser of its depth-centred test sets in a
+    temporary runs folder (also $HANDFUSE_RUNS while this module runs): (runs folder, the smoke data, one
+    test sequence, the fine-tuned model)."""
     fpha, cache, _, _ = smoke_fusion_data
     runs = tmp_path_factory.mktemp("runs")
+    copy_smoke_localiser(smoke_localiser, runs)
     preset = get_preset("smoke")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HANDFUSE_RUNS", str(runs))
@@ -101,6 +105,35 @@ def test_predict_writes_poses_actions_and_record(trained, tmp_path):
         centres = list(csv.DictReader(f))
     assert record["located"] == sum(c["centre"] == "located" for c in centres) == T - len(record["fallback_frames"])
     assert Image.open(out / FILES["gif"]).n_frames == T
+    sheet = Image.open(out / FILES["sheet"])  # one tile per frame, SHEET_COLUMNS to a row
+    assert sheet.width == min(T, L.SHEET_COLUMNS) * (640 // L.SHEET_SCALE + L.SHEET_GAP_PX) - L.SHEET_GAP_PX
+    assert record["files"]["sheet"] == FILES["sheet"]
+
+
+def test_predict_locates_the_hand_as_the_depth_centred_test_sets_do(trained, smoke_localiser, tmp_path):
+    """The crops are centred by the tracker with the learned refinement of the workbook's depth-centred test
+    sets, found beside the method's weights; --no-refine runs the tracker alone, and says so."""
+    runs, fpha, ref, _ = trained
+    folder = runs / "smoke" / "models" / smoke_localiser.name
+    depths = [fpha.read_depth(ref, t) for t in range(fpha.num_frames(ref))]
+    p = predict_folder(fpha.depth_dir(ref), tmp_path / "refined", preset="smoke", runs=runs, animate=False,
+                       progress=False)
+    assert p.record["weights"]["localiser"] == str(folder) and str(folder) in p.record["localiser"]
+    assert "ComRefNet" in p.record["localiser"]
+
+    def centres(out: Path) -> np.ndarray:
+        with open(out / FILES["centres"]) as f:
+            return np.array([[float(r[k]) for k in ("x_mm", "y_mm", "z_mm")] for r in csv.DictReader(f)])
+
+    refined = locate_sequence(depths, refiner=load_refiner(folder)).centres
+    np.testing.assert_allclose(centres(tmp_path / "refined"), refined, atol=1e-3)
+    q = main([str(fpha.depth_dir(ref)), "--out", str(tmp_path / "alone"), "--preset", "smoke", "--runs", str(runs),
+              "--no-animation", "--no-refine"])
+    assert q == 0
+    record = json.loads((tmp_path / "alone" / FILES["record"]).read_text())
+    assert "no learned refinement" in record["localiser"] and "localiser" not in record["weights"]
+    np.testing.assert_allclose(centres(tmp_path / "alone"), locate_sequence(depths).centres, atol=1e-3)
+    assert not np.allclose(refined, locate_sequence(depths).centres, atol=1.0)  # the two localisers differ here
 
 
 def test_your_recording_and_lost_frames(trained, tmp_path):
@@ -141,6 +174,28 @@ def test_missing_weights_name_the_training_command(trained, tmp_path, monkeypatc
     command = f"python -m handfuse train fusion --preset smoke --method feedback --seed 0 --set p_eq=0.5 --runs {runs}"
     assert command in message
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the method's weights are there, the localiser's refinement is not: its own training command, or --no-refine
+    bare = tmp_path / "bare"
+    shutil.copytree(runs, bare, ignore=shutil.ignore_patterns("localise-comref-*"))
+    with pytest.raises(WeightsNotFound) as e:
+        predict_folder(fpha.depth_dir(ref), tmp_path / "d", preset="smoke", runs=bare, progress=False)
+    assert "localise-comref-" in str(e.value) and "no trained weights of the localiser's learned refinement" in str(e.value)
+    assert f"python -m handfuse.localise train --preset smoke --runs {bare}" in str(e.value) and "--no-refine" in str(e.value)
+    assert not (tmp_path / "d").exists()
+    # the command is one the CLI takes, and trains into the folder predict looked for
+
+    asked = {}
+
+    def train_refiner(*args):
+        asked["folder"] = L.refiner_run(*args)[0]
+        return None, dataclasses.make_dataclass("Result", ["run_dir", "test"])(str(asked["folder"]), {})
+
+    monkeypatch.setattr(L, "train_refiner", train_refiner)
+    assert L.main(f"python -m handfuse.localise train --preset smoke --runs {bare}".split()[3:]) == 0
+    assert str(asked["folder"]) == str(e.value).split(":")[0]
+    p = predict_folder(fpha.depth_dir(ref), tmp_path / "d", preset="smoke", runs=bare, refine=False, animate=False,
+                       progress=False)
+    assert "no learned refinement" in p.record["localiser"]
     if not torch.cuda.is_available():  # --device cuda where there is none: refused by name, before any work
         with pytest.raises(ConfigError, match="'device'.*CUDA is not available"):
             predict_folder(fpha.depth_dir(ref), tmp_path / "c", preset="smoke", runs=runs, device="cuda")
