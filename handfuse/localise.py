@@ -1044,7 +1044,8 @@ def train_refiner(fpha, preset, seed: int = 0, device: str = "cpu", root=None, p
 def load_refiner(where: str | Path | None = None) -> Refiner | None:
     """The trained refiner at ``where``: a run folder (holding ``best.pt``), or a folder searched for
     the newest finished ``localise-comref-*`` run (a preset's models folder, or a runs folder with
-    ``<preset>/models`` below it); default the runs folder (:func:`handfuse.paths.runs_dir`).  None
+    ``<preset>/models`` below it, where any other preset's run goes before the smoke preset's, which
+    is trained for tests, not for use); default the runs folder (:func:`handfuse.paths.runs_dir`).  None
     when there is none.  Weights load with ``weights_only=True``; the refiner's config comes from the
     checkpoint."""
     from .paths import runs_dir
@@ -1058,7 +1059,8 @@ def load_refiner(where: str | Path | None = None) -> Refiner | None:
                  for p in where.glob(pattern) if (p.parent / "result.json").is_file()]
         if not found:
             return None
-        run = max(found, key=lambda p: ((p / BEST).stat().st_mtime_ns, str(p)))
+        run = max(found, key=lambda p: (p.parent.parent.name != "smoke" or p.parent.name != "models",
+                                        (p / BEST).stat().st_mtime_ns, str(p)))
     ck = load_checkpoint(run / BEST)
     config = json.loads(ck["config"])
     if "refine" not in config:

@@ -8,6 +8,8 @@ not FPHA."""
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -622,6 +624,16 @@ def test_locate_writes_one_row_per_frame(smoke, tmp_path, capsys):
         u, v, z = map(float, row[1:4])
         found = K.backproject(np.array([u, v]), z)
         assert np.linalg.norm(found - centre) < 60, (row, centre)
+
+
+def test_a_runs_folder_gives_another_presets_refiner_before_the_smoke_one(smoke_localiser, tmp_path):
+    runs = tmp_path / "runs"
+    for preset in ("cpu", "smoke"):  # the smoke run written last: the newer one
+        shutil.copytree(smoke_localiser, runs / preset / "models" / smoke_localiser.name)
+    os.utime(runs / "smoke" / "models" / smoke_localiser.name / "best.pt", ns=(2**62, 2**62))
+    assert Path(L.load_refiner(runs).source) == runs / "cpu" / "models" / smoke_localiser.name
+    shutil.rmtree(runs / "cpu")
+    assert Path(L.load_refiner(runs).source) == runs / "smoke" / "models" / smoke_localiser.name  # if it is all there is
 
 
 def _red(image: np.ndarray) -> np.ndarray:
