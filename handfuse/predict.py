@@ -24,12 +24,13 @@ lost frames.  A sequence with no located frame is always refused.
 It writes into ``out`` (:data:`FILES`): the poses as FPHA's ``skeleton.txt`` (frame index, then 21 x 3
 camera-frame mm; :func:`handfuse.fpha.read_skeleton_file` reads it), the action probabilities after
 every frame (``actions.csv``: ``frame`` then the 45 actions of :data:`handfuse.skeleton.ACTIONS`), the
-centre of every frame (``centres.csv``, and drawn on the frames in ``centres.png``), an animation of crop, pose and action (``animation.gif``, and
-``animation.mp4`` where ffmpeg exists) and ``predict.json``: the method, its weights (run folders),
-the data they were trained on, the localiser, how many frames were located, the sequence's predicted
-action and the recording's source ("your recording", unless the folder is a sequence of a synthetic or
-FPHA data root).  For the ensemble the per-frame actions are its first pass's (the second pass only
-starts once the whole sequence is seen); the sequence's action is the ensemble's.
+centre of every frame (``centres.csv``; drawn on the frames in ``centres.png``), an animation of crop,
+pose and action (``animation.gif``, and ``animation.mp4`` where ffmpeg exists) and ``predict.json``: the
+method, its weights (run folders, the localiser's among them), the data they were trained on, the
+localiser, how many frames were located, the sequence's predicted action and the recording's source
+("your recording", unless the folder is a sequence of a synthetic or FPHA data root).  For the ensemble
+the per-frame actions are its first pass's (the second pass only starts once the whole sequence is
+seen); the sequence's action is the ensemble's.
 
 A notebook calls :func:`predict_folder`, or :func:`load_pipeline` once and ``predict_folder(...,
 pipeline=p)`` per recording.
@@ -176,8 +177,7 @@ def load_pipeline(method: str = "baseline", runs: str | Path | None = None, pres
     done = {"fused": fused, **models.results}
     refiner = _load_refiner(fpha, P, root, preset, runs, data_root) if refine else None
     if refiner is not None:
-        done["localiser"] = FitResult(**{**json.loads((Path(refiner.source) / RESULT).read_text()),
-                                         "run_dir": refiner.source})
+        done["localiser"] = _result(Path(refiner.source))
     return Pipeline(model.to(device).eval(), method, cfg, P, seed, hpe_model, har_model,
                     runs={k: r.run_dir for k, r in done.items()},
                     digests={k: weights_digest(r) for k, r in done.items()},
@@ -228,6 +228,11 @@ def _load(folder: Path, net: nn.Module, what: str, command: str) -> FitResult:
                               f" named by the preset, seed, options, training data and the code under handfuse/."
                               f" Train them with:\n  {command}")
     net.load_state_dict(load_checkpoint(folder / BEST)["model"])
+    return _result(folder)
+
+
+def _result(folder: Path) -> FitResult:
+    """A finished run's result (its ``result.json``), naming the folder."""
     return FitResult(**{**json.loads((folder / RESULT).read_text()), "run_dir": str(folder)})
 
 
@@ -333,8 +338,8 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
     """Run a trained pipeline on a folder of FPHA-named depth frames and write its outputs into ``out``
     (module docstring).  ``pipeline`` (from :func:`load_pipeline`) is used as given; otherwise it is loaded
     from ``method``, ``runs``, ``preset``, ``seed``, ``device``, ``data_root``, ``options``, the models and
-    ``trained_on`` and ``refine`` (:func:`load_pipeline`).  An ``out`` that holds the predictions of another folder or other
-    weights is refused unless ``force``."""
+    ``trained_on`` and ``refine`` (:func:`load_pipeline`).  An ``out`` that holds the predictions of another
+    folder or other weights is refused unless ``force``."""
     t0 = time.perf_counter()
     check(on_lost in ON_LOST, "on_lost", on_lost, f"one of {ON_LOST}")
     check(fps > 0, "fps", fps, "frames per second > 0")
