@@ -114,12 +114,15 @@ def har_learned(accuracy: float, classes: int = NUM_ACTIONS, factor: float = HAR
 def losses_fall(history: list[dict], min_drop: float = LOSS_DROP, what: str = "the fine-tuning") -> None:
     """A fine-tuning learned: its losses are finite at every epoch, its training loss at the last
     epoch lies at least ``min_drop`` (a fraction) below the first epoch's, and its validation loss,
-    where the history records one, falls below the first epoch's at some later epoch.
+    where the history records one, differs from the first epoch's at some later epoch.
 
-    The two falls fail for different reasons.  With every optimiser step a no-op the validation
+    The two checks fail for different reasons.  With every optimiser step a no-op the validation
     loss is the same at every epoch, bit for bit (evaluation is deterministic and the weights do not
-    move), so it cannot fall; the training loss, averaged over differently composed batches, may
-    still move by a percent or two, hence ``min_drop``.  Needs two epochs or more: one cannot show a fall."""
+    move); the training loss, averaged over differently composed batches, may still move by a percent
+    or two, hence ``min_drop``.  The validation loss need not fall: on the smoke preset's few validation
+    sequences it can be lowest after the first epoch while training goes on learning (the feedback
+    fine-tuning of seed 1 on a CPU without AVX-512: 0.0354246, then 0.035566, its training loss falling
+    past ``min_drop``).  Needs two epochs or more: one cannot show a fall."""
     assert len(history) >= 2, f"{what}: {len(history)} epoch(s) in its history; a fall needs at least 2"
     for h in history:
         for key in ("train_loss", "val_loss"):
@@ -132,9 +135,9 @@ def losses_fall(history: list[dict], min_drop: float = LOSS_DROP, what: str = "t
         f"{history[-1]['epoch']} (ratio {last / first:.3f}); it must fall to at most {bound:.5g} ({1 - min_drop:.2f} x)")
     val = [h["val_loss"] for h in history if "val_loss" in h]
     if len(val) == len(history):
-        assert min(val[1:]) < val[0], (
-            f"{what} did not learn: validation loss {val[0]:.6g} at the first epoch, never lower after it "
-            f"(lowest later: {min(val[1:]):.6g})")
+        assert any(v != val[0] for v in val[1:]), (
+            f"{what} did not learn: validation loss {val[0]!r} at the first epoch and the same at every later one"
+            " (the weights never moved)")
 
 
 # ----------------------------------------------------------------------------- over a notebook's run records
