@@ -52,12 +52,18 @@ class Preset:
     # the second pose estimator and action recogniser (handfuse.models.registry: "resnet", "transformer")
     resnet_hpe: ResNetHPEConfig = field(default_factory=ResNetHPEConfig)
     transformer_har: TransformerHARConfig = field(default_factory=TransformerHARConfig)
+    # the action_pose_coupling values 08_when_fusion_helps sweeps by default, one synthetic benchmark each
+    sweep_couplings: tuple[float, ...] = (0.0, 0.5, 1.0)
 
     def __post_init__(self):
         _check(self.film in CONDITIONED, "film", self.film, f"one of {CONDITIONED}")
         _check(is_int(self.activation_checkpoint) and self.activation_checkpoint >= 0, "activation_checkpoint",
                self.activation_checkpoint, "an integer >= 0 (frames per checkpointed chunk; 0: off)")
         _check(self.fuse_jitter_mm >= 0, "fuse_jitter_mm", self.fuse_jitter_mm, "a std in mm >= 0 (0: off)")
+        couplings = self.sweep_couplings
+        _check(len(couplings) >= 2 and len(set(couplings)) == len(couplings)
+               and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in couplings), "sweep_couplings", couplings,
+               "at least 2 distinct couplings in [0, 1]")
         for name in ("hpe", "resnet_hpe"):
             _check(getattr(self, name).crop == self.preprocess.crop, f"{name}.crop", getattr(self, name).crop,
                    f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")
@@ -84,6 +90,9 @@ PRESETS: dict[str, Preset] = {
         train_fuse=TrainConfig(epochs=3, patience=3, batch_size=5, lr=1e-3, weight_decay=1e-5),
         resnet_hpe=ResNetHPEConfig(crop=32, stem_channels=8, widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), fc=64),
         transformer_har=TransformerHARConfig(d_model=32, heads=2, layers=1, ff=64, dropout=0.0),
+        # 08's sweep at its two ends only: the middle benchmark, generated and trained on every seed, was a
+        # tenth of the test suite's work, and the ends run every code path the middle runs
+        sweep_couplings=(0.0, 1.0),
     ),
     "cpu": Preset(
         "cpu",

@@ -30,3 +30,15 @@ def test_a_bad_notebook_parameter_stops_the_notebook_before_any_work(tmp_path, m
                                    progress_bar=False, kernel_name="python3")
     assert f"parameter '{name}'" in failed.value.evalue and failed.value.ename == "ConfigError", failed.value.evalue
     assert not (tmp_path / "runs").exists(), "a refused parameter must not start any work"
+
+
+@pytest.mark.parametrize("couplings", [(0.5,), (0.0, 0.0), (0.0, 1.5), ("0", 1.0)])
+def test_a_presets_bad_sweep_couplings_are_refused_by_name(couplings):
+    """08's default couplings are its preset's (``couplings = None``): a preset cannot hold a sweep 08
+    would refuse as a parameter."""
+    from handfuse.config import Preset
+    from handfuse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="parameter 'sweep_couplings'"):
+        Preset("mine", sweep_couplings=couplings)
+    assert Preset("mine", sweep_couplings=(0.0, 1.0)).sweep_couplings == (0.0, 1.0)
