@@ -60,13 +60,17 @@ class Preset:
         _check(is_int(self.activation_checkpoint) and self.activation_checkpoint >= 0, "activation_checkpoint",
                self.activation_checkpoint, "an integer >= 0 (frames per checkpointed chunk; 0: off)")
         _check(self.fuse_jitter_mm >= 0, "fuse_jitter_mm", self.fuse_jitter_mm, "a std in mm >= 0 (0: off)")
-        couplings = self.sweep_couplings
-        _check(len(couplings) >= 2 and len(set(couplings)) == len(couplings)
-               and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in couplings), "sweep_couplings", couplings,
+        _check(valid_couplings(self.sweep_couplings), "sweep_couplings", self.sweep_couplings,
                "at least 2 distinct couplings in [0, 1]")
         for name in ("hpe", "resnet_hpe"):
             _check(getattr(self, name).crop == self.preprocess.crop, f"{name}.crop", getattr(self, name).crop,
                    f"the crop size of the data, preprocess.crop = {self.preprocess.crop}")
+
+
+def valid_couplings(couplings) -> bool:
+    """At least 2 distinct action_pose_coupling values, each a number in [0, 1]: a sweep 08 can run."""
+    return (len(couplings) >= 2 and len(set(couplings)) == len(couplings)
+            and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in couplings))
 
 
 _HAR_TRAIN = dict(batch_size=20, lr=3e-3)  # the original's HAR optimiser settings (Adam)
