@@ -31,9 +31,13 @@ env: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/python -m handfuse reproduce --preset $(PRESET) --out $(OUT) --figures figures
 
+# the suite trains into a temporary folder (runs/ and figures/ are never touched): removed after a run that
+# passed, kept and named after one that did not, so that a failure can be looked into
 test: $(STAMP)
 	bash scripts/ensure-test-tools.sh  # Debian's chromium (tests/test_browser.py) and ffmpeg (the MP4 export; once, no-op after)
-	HANDFUSE_PRESET=smoke HANDFUSE_FIGURES=$$(mktemp -d) HANDFUSE_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests --nbval-lax --nbval-cell-timeout=900 notebooks -p no:cacheprovider
+	tmp=$$(mktemp -d) && mkdir $$tmp/figures $$tmp/runs && \
+	HANDFUSE_PRESET=smoke HANDFUSE_FIGURES=$$tmp/figures HANDFUSE_RUNS=$$tmp/runs $(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests --nbval-lax --nbval-cell-timeout=900 notebooks -p no:cacheprovider; \
+	rc=$$?; if [ $$rc -eq 0 ]; then rm -rf $$tmp; else echo "make test: this run's trained models and figures are kept in $$tmp"; fi; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
