@@ -29,6 +29,16 @@ frames are rendered as the generator renders them (at 0 degrees they are the ben
 the share of frames more than 100 mm from the middle MCP and the share whose centre lies more than
 40 mm from every joint (off the hand).
 
+With ``--sensor`` it measures the same two, on the same kind of sequences (unrolled, every ``--every``-th,
+rendered at ``--fps`` frames a second: FPHA records 30, the cpu preset renders 6), with every frame
+changed in one of the ways a real recording may differ from the synthetic sensor model
+(:data:`SENSOR_CHANGES`): wider projector shadows, the far return lost in patches, depth smoothed
+across silhouettes (mixed depths), more noise, more speckle, the whole scene nearer and smaller or
+farther and larger (depths scaled), the camera moved nearer or farther (:data:`CAMERA_MOVES`: the scene
+rendered anew, its sizes kept), and, as a stress beyond real frames, holes cut across the hand itself.  Beside each it gives the change of the
+mean centre error against the frames as rendered, paired by sequence (95 % t-interval over sequences,
+one refiner).
+
 With ``--predict`` it measures what ``python -m handfuse predict`` gives a user: the trained baseline of
 each seed (:func:`handfuse.predict.load_pipeline`, as ``make reproduce`` trained it) on the dev benchmark's
 test sequences (``--dev-seed``, every ``--every``-th), cropped as ``predict`` crops them around the tracker's
@@ -188,27 +198,29 @@ def roll_rotation(degrees: float) -> np.ndarray:
     return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
 
 
-def rolled_sequences(preset, seed: int, degrees: float, every: int = 1):
+def rolled_sequences(preset, seed: int, degrees: float, every: int = 1, nearer_mm: float = 0.0):
     """The test sequences (every ``every``-th) of ``preset``'s benchmark made with generator ``seed``,
     rendered as :func:`handfuse.synth.generate.write_sequence` renders them but by a camera rolled by
-    ``degrees``: (depth frames [(H, W) uint16], annotated joints (T, 21, 3) mm in the rolled camera) each."""
+    ``degrees`` and moved ``nearer_mm`` along its optical axis toward the scene (negative: away):
+    (depth frames [(H, W) uint16], annotated joints (T, 21, 3) mm in the moved camera) each."""
     from handfuse.synth.generate import annotate, render_frames, sequence_rng, subject_shape
 
     cfg, refs = _test_refs(preset, seed)
     rotation = roll_rotation(degrees)
+    shift = None if nearer_mm == 0 else np.array([0.0, 0.0, -float(nearer_mm)])
     for ref in refs[::every]:
         rng = sequence_rng(cfg, ref)
         shape = subject_shape(cfg, ref.subject)
         frames = make_sequence(ref.action, shape, cfg, rng)
         joints = annotate(frames, shape, cfg, rng)  # drawn first, as the generator does
-        depths = [depth for depth, _, _ in render_frames(frames, cfg, rng, rotation)]
-        yield depths, (joints @ rotation.T).astype(np.float32)
+        depths = [depth for depth, _, _ in render_frames(frames, cfg, rng, rotation, shift)]
+        joints = joints @ rotation.T if shift is None else joints @ rotation.T + shift
+        yield depths, joints.astype(np.float32)
 
 
 def measure_rolled(preset, seed: int, refiner, every: int = 3, rolls=ROLLS_DEG, progress: bool = True) -> dict:
     """Per roll of :data:`ROLLS_DEG`: the tracker's and the refined tracker's centre errors
-    (:func:`centre_errors`) on :func:`rolled_sequences`, with ``over_100mm_pct`` (frames more than
-    100 mm from the middle MCP) and ``off_hand_pct`` (more than 40 mm from every joint)."""
+    (:func:`on_hand_errors`) on :func:`rolled_sequences`."""
     out = {}
     for degrees in rolls:
         found = {"tracker": [], "tracker+comref": []}
@@ -220,17 +232,146 @@ def measure_rolled(preset, seed: int, refiner, every: int = 3, rolls=ROLLS_DEG, 
             found["tracker+comref"].append(locate_sequence(depths, refiner=refiner).centres)
             joints.append(j)
         j = np.concatenate(joints)
-        truth = centre_from_joints(j)
-        out[f"{degrees:+g}"] = {}
-        for name, c in found.items():
-            c = np.concatenate(c).astype(np.float64)
-            err = np.linalg.norm(c - truth, axis=1)
-            off = np.min(np.linalg.norm(j - c[:, None], axis=2), axis=1)
-            ok = np.isfinite(err)
-            out[f"{degrees:+g}"][name] = {**centre_errors(c, truth),
-                                          "over_100mm_pct": float(100 * (err[ok] > 100).mean()),
-                                          "off_hand_pct": float(100 * (off[ok] > 40).mean())}
+        out[f"{degrees:+g}"] = {name: on_hand_errors(np.concatenate(c), j) for name, c in found.items()}
     return out
+
+
+def on_hand_errors(found: np.ndarray, joints: np.ndarray) -> dict:
+    """:func:`centre_errors` of the found centres (N, 3) (NaN: lost) against the middle MCP of the
+    annotated ``joints`` (N, 21, 3), with ``over_100mm_pct``, the share (%) of found frames more than
+    100 mm from it, and ``off_hand_pct``, of those more than 40 mm from every joint (off the hand)."""
+    c, j = np.asarray(found, np.float64), np.asarray(joints, np.float64)
+    truth = centre_from_joints(j)
+    err = np.linalg.norm(c - truth, axis=1)
+    off = np.min(np.linalg.norm(j - c[:, None], axis=2), axis=1)
+    ok = np.isfinite(err)
+    return {**centre_errors(c, truth), "over_100mm_pct": float(100 * (err[ok] > 100).mean()),
+            "off_hand_pct": float(100 * (off[ok] > 40).mean())}
+
+
+# ----------------------------------------------------------------------------- another sensor
+# What a real recording may do that the synthetic sensor model does not, one change at a time, applied to the
+# rendered (H, W) uint16 depth frames of --sensor's sequences: (the change, how it scales the scene: the joints
+# move with it).  Each draws from the sequence's own generator, so a run gives the same frames every time.
+
+
+def _patches(shape: tuple[int, int], rng: np.random.Generator, cell: int) -> np.ndarray:
+    """(H, W) float32 uniform draws, one per ``cell`` x ``cell`` pixels, smoothly resized to the frame."""
+    coarse = rng.random((shape[0] // cell, shape[1] // cell), dtype=np.float32)
+    return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def wider_shadows(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Every large hole (200 pixels or more: projector shadows, dark patches) 3 pixels wider on
+    each side along the row (a sensor with a wider projector baseline); small dropouts stay."""
+    zero = (depth == 0).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(zero, connectivity=8)
+    large = np.isin(labels, np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= 200)) & (zero > 0)
+    return np.where(cv2.dilate(large.astype(np.uint8), np.ones((1, 7), np.uint8)) > 0, 0, depth).astype(np.uint16)
+
+
+def far_return_lost(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Half of everything beyond 800 mm (the far wall, the back of the table) reads zero, in patches."""
+    return np.where((depth > 800) & (_patches(depth.shape, rng, 16) < 0.5), 0, depth).astype(np.uint16)
+
+
+def smoothed_edges(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each valid pixel the mean of the valid pixels of its 5 x 5 window: a sensor's own filtering,
+    which leaves mixed depths along every silhouette; holes stay holes."""
+    valid = (depth > 0).astype(np.float32)
+    total = cv2.boxFilter(depth.astype(np.float32), -1, (5, 5), normalize=False)
+    count = cv2.boxFilter(valid, -1, (5, 5), normalize=False)
+    return np.where(depth > 0, np.rint(total / np.maximum(count, 1.0)), 0).astype(np.uint16)
+
+
+def more_noise(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Added depth noise, correlated over 4 pixels, with a standard deviation of 0.5 % of the depth
+    (2.5 mm at 500 mm: about 3 times the synthetic sensor's there)."""
+    coarse = rng.standard_normal((depth.shape[0] // 4, depth.shape[1] // 4)).astype(np.float32)
+    noise = cv2.resize(coarse, (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_LINEAR)
+    z = depth.astype(np.float32)
+    return np.where(depth > 0, np.rint(z * (1 + 0.005 * noise)), 0).astype(np.uint16)
+
+
+def speckle(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """5 % more pixels, anywhere, read zero."""
+    return np.where(rng.random(depth.shape) < 0.05, 0, depth).astype(np.uint16)
+
+
+def holes_on_the_skin(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A stress, beyond what real frames show: every hole, the sensor's scattered dropouts on the hand
+    included, 3 pixels wider on each side along the row, which cuts the hand into strips."""
+    zero = (depth == 0).astype(np.uint8)
+    return np.where(cv2.dilate(zero, np.ones((1, 7), np.uint8)) > 0, 0, depth).astype(np.uint16)
+
+
+def scaled(factor: float):
+    """The whole scene ``factor`` times as far from the camera (every depth times ``factor``; the
+    image is unchanged, so the scene is ``factor`` times its size too)."""
+    def change(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.where(depth > 0, np.minimum(np.rint(depth.astype(np.float32) * factor), 65535), 0).astype(np.uint16)
+    return change
+
+
+SENSOR_CHANGES = {
+    "as rendered": (lambda depth, rng: depth, 1.0),
+    "wider shadows": (wider_shadows, 1.0),
+    "far return lost": (far_return_lost, 1.0),
+    "smoothed edges": (smoothed_edges, 1.0),
+    "more noise": (more_noise, 1.0),
+    "speckle": (speckle, 1.0),
+    "scene 15 % nearer, smaller": (scaled(0.85), 0.85),
+    "scene 10 % farther, larger": (scaled(1.1), 1.1),
+    "holes on the skin (stress)": (holes_on_the_skin, 1.0),
+}
+# ... and the camera moved along its optical axis, the scene rendered anew (its sizes kept): mm toward the scene
+CAMERA_MOVES = {"camera 50 mm nearer": 50.0, "camera 50 mm farther": -50.0}
+
+
+def measure_sensor(preset, seed: int, refiner, every: int = 6, changes=(*SENSOR_CHANGES, *CAMERA_MOVES),
+                   progress: bool = True) -> dict:
+    """Per change of :data:`SENSOR_CHANGES` and :data:`CAMERA_MOVES`: the tracker's and the refined
+    tracker's centre errors (:func:`on_hand_errors`) on the test sequences (every ``every``-th) of
+    ``preset``'s benchmark made with generator ``seed``, each frame changed so; and, for every change but
+    the first, the change of the mean error against the first, per sequence, as a mean with its 95 %
+    t-interval over the sequences."""
+    from handfuse.metrics import mean_ci95
+
+    per_seq = {c: {"tracker": [], "tracker+comref": []} for c in changes}
+    joints = {c: [] for c in changes}
+    moves = sorted({CAMERA_MOVES.get(c, 0.0) for c in changes})  # each camera position rendered once
+    total = len(_test_refs(preset, seed)[1][::every])
+    rendered = zip(*(rolled_sequences(preset, seed, 0.0, every, nearer_mm=m) for m in moves))
+    for k, views in enumerate(tqdm(rendered, desc="sensor changes", total=total, unit="seq", disable=not progress)):
+        view = dict(zip(moves, views))
+        for name in changes:
+            change, factor = SENSOR_CHANGES.get(name, (lambda depth, rng: depth, 1.0))
+            depths, j = view[CAMERA_MOVES.get(name, 0.0)]
+            rng = np.random.default_rng([seed, k, 7001])  # every change of a sequence draws the same numbers
+            changed = [change(d, rng) for d in depths]
+            per_seq[name]["tracker"].append(locate_sequence(changed).centres.astype(np.float64))
+            per_seq[name]["tracker+comref"].append(locate_sequence(changed, refiner=refiner).centres.astype(np.float64))
+            joints[name].append(j.astype(np.float64) * factor)
+    out = {}
+    base = changes[0]
+    for name in changes:
+        out[name] = {}
+        for loc, found in per_seq[name].items():
+            row = on_hand_errors(np.concatenate(found), np.concatenate(joints[name]))
+            if name != base:
+                diffs = np.array([_seq_mean(f, jn) - _seq_mean(f0, jb) for f, jn, f0, jb in
+                                  zip(found, joints[name], per_seq[base][loc], joints[base])])
+                diffs = diffs[np.isfinite(diffs)]
+                mean, half = mean_ci95(diffs)
+                row["mean_change_mm"] = {"mean": mean, "ci95": half, "sequences": int(len(diffs))}
+            out[name][loc] = row
+    return out
+
+
+def _seq_mean(found: np.ndarray, joints: np.ndarray) -> float:
+    """One sequence's mean centre error (mm) over its located frames (NaN when none was)."""
+    err = np.linalg.norm(found - centre_from_joints(joints), axis=1)
+    return float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")
 
 
 def _test_refs(preset, seed: int) -> tuple:
@@ -457,6 +598,44 @@ def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
     return record
 
 
+def run_sensor(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every: int = 6, fps: float | None = None,
+               progress: bool = True) -> dict:
+    """``--sensor`` (module docstring): the preset's refiner of ``seed`` (trained when missing) on
+    --dev-seed's test sequences changed by each of :data:`SENSOR_CHANGES`, rendered at ``fps`` frames a
+    second (default the preset's); written into :data:`OUT` under ``<preset>/<scene>-dev<dev_seed>-sensor``
+    (``-fps<fps>`` added with ``fps``)."""
+    from dataclasses import replace
+
+    from handfuse.fpha import FPHA
+    from handfuse.localise import train_refiner
+    from handfuse.paths import ensure_synthetic
+    from handfuse.pool import one_thread
+
+    preset = get_preset(preset_name)
+    if dev_seed == preset.synth.seed:
+        raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"--fps must be a positive number of frames a second, got {fps}")
+    start = time.perf_counter()
+    refiner, fitted = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress)
+    rendered = preset if fps is None else replace(preset, synth=replace(preset.synth, fps=float(fps)))
+    with one_thread():
+        results = measure_sensor(rendered, dev_seed, refiner, every, progress=progress)
+    record = {
+        "note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
+        "scene": preset.synth.scene, "fps": rendered.synth.fps,
+        "split": f"dev (1 in {every} test sequences of generator seed {dev_seed}, at {rendered.synth.fps:g} frames a"
+                 " second, each frame changed as a real sensor might)",
+        "preset": preset_name, "seed": seed, "refiner_run": fitted.run_dir, "changes": results,
+        "seconds": time.perf_counter() - start,
+    }
+    key = f"{preset.synth.scene}-dev{dev_seed}-sensor" + ("" if fps is None else f"-fps{fps:g}")
+    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    everything.setdefault(preset_name, {})[key] = record
+    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    return record
+
+
 def measure_predict(preset, dev, pipelines, refiner, every: int = 3, progress: bool = True) -> dict:
     """Per localiser (``ground truth``, ``tracker``, ``tracker+comref``), the pose error (mm, mean over every
     joint of every frame) of each pipeline of ``pipelines`` (seed -> :class:`handfuse.predict.Pipeline`) on
@@ -562,6 +741,20 @@ def report_rolled(record: dict) -> str:
     return "\n".join(lines)
 
 
+def report_sensor(record: dict) -> str:
+    """A sensor-change record as a small table."""
+    lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split']}; SYNTHETIC, not FPHA",
+             f"{'change':<27} {'localiser':<15} {'mean':>6} {'p90':>6} {'max':>6} {'lost':>4} {'>100 mm %':>9}"
+             f" {'off hand %':>10}  mean change (95 % t over sequences)"]
+    for change, by in record["changes"].items():
+        for name, r in by.items():
+            d = r.get("mean_change_mm")
+            delta = "" if d is None else f"  {d['mean']:+6.2f} +- {d['ci95']:.2f} mm ({d['sequences']} sequences)"
+            lines.append(f"{change:<27} {name:<15} {r['mean_mm']:6.1f} {r['p90_mm']:6.1f} {r['max_mm']:6.1f} {r['lost']:4d}"
+                         f" {r['over_100mm_pct']:9.2f} {r['off_hand_pct']:10.2f}{delta}")
+    return "\n".join(lines)
+
+
 def report(record: dict) -> str:
     """The record as a small table."""
     lines = [f"{record['preset']} preset, scene {record['scene']}, {'test split' if record['split'] == 'test' else record['split']}"
@@ -597,13 +790,30 @@ def main(argv: list[str] | None = None) -> int:
                                                               " camera rolled about its optical axis")
     parser.add_argument("--predict", action="store_true", help="predict's trained baselines on --dev-seed's test"
                                                                " sequences, the tracker alone against the refined")
-    parser.add_argument("--every", type=int, default=3, help="--rolled, --predict: every N-th test sequence (default 3)")
+    parser.add_argument("--sensor", action="store_true", help="the tracker on --dev-seed's test sequences with each"
+                                                              " frame changed as another sensor might change it")
+    parser.add_argument("--fps", type=float, default=None, help="--sensor: render at this many frames a second"
+                                                                " (default the preset's; FPHA records 30)")
+    parser.add_argument("--every", type=int, default=None, help="--rolled, --predict: every N-th test sequence"
+                                                                " (default 3); --sensor: (default 6)")
     args = parser.parse_args(argv)
+    if args.every is not None and args.every < 1:
+        parser.error(f"--every must be a whole number >= 1, got {args.every}")
+    if args.fps is not None and not args.sensor:
+        parser.error("--fps goes with --sensor")
+    if args.sensor:
+        try:
+            record = run_sensor(args.preset, args.seed, args.dev_seed, args.every or 6, args.fps)
+        except ValueError as e:
+            parser.error(str(e))
+        print(report_sensor(record))
+        return 0
+    every = args.every or 3
     if args.predict:
-        print(report_predict(run_predict(args.preset, args.dev_seed, every=args.every)))
+        print(report_predict(run_predict(args.preset, args.dev_seed, every=every)))
         return 0
     if args.rolled:
-        print(report_rolled(run_rolled(args.preset, args.seed, args.dev_seed, args.every)))
+        print(report_rolled(run_rolled(args.preset, args.seed, args.dev_seed, every)))
         return 0
     if args.dev and args.dev_seed == get_preset(args.preset).synth.seed:
         parser.error(f"--dev-seed {args.dev_seed} is the preset's own benchmark: its test split is the study's")

@@ -284,6 +284,91 @@ def test_the_dev_benchmark_refuses_the_studys_own_benchmark(capsys):
     assert "is the preset's own benchmark" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- another sensor
+
+
+def _frame_with_holes() -> np.ndarray:
+    """A 480 x 640 frame: a hand-like block at 400 mm on a 600 mm table, a far wall at 900 mm, one large
+    hole (40 x 40 pixels) and one pixel-sized dropout."""
+    d = np.full((K.height, K.width), 600, np.uint16)
+    d[:120] = 900
+    d[200:300, 250:350] = 400
+    d[300:340, 100:140] = 0  # large
+    d[250, 300] = 0  # a dropout on the "hand"
+    return d
+
+
+def test_each_sensor_change_changes_the_frame_as_it_says():
+    from benchmarks import localise as B
+
+    d, rng = _frame_with_holes(), np.random.default_rng(0)
+    wide = B.wider_shadows(d, rng)
+    assert np.all(wide[300:340, 97:143] == 0) and np.all(wide[300:340, 96] == 600) and np.all(wide[300:340, 143] == 600)
+    assert wide[250, 299] == 400 and wide[250, 301] == 400  # a dropout is no shadow: it stays one pixel
+    skin = B.holes_on_the_skin(d, rng)
+    assert np.all(skin[250, 297:304] == 0) and skin[250, 296] == 400 and skin[250, 304] == 400
+    far = B.far_return_lost(d, rng)
+    lost = (far == 0) & (d > 0)
+    assert np.all(d[lost] > 800) and 0.2 < lost[:120].mean() < 0.8  # half the far wall, in patches
+    smooth = B.smoothed_edges(d, rng)
+    assert np.all((smooth == 0) == (d == 0))  # holes stay holes
+    assert smooth[250, 260] == 400 and smooth[100, 600] == 900  # flat surfaces stay as they were
+    assert 400 < smooth[250, 249] < 600  # a mixed depth on the silhouette
+    noisy = B.more_noise(d, rng).astype(np.float64)
+    rel = (noisy - d)[d > 0] / d[d > 0]
+    assert np.all(noisy[d == 0] == 0) and 0.003 < rel.std() < 0.006
+    spec = B.speckle(d, rng)
+    assert 0.04 < ((spec == 0) & (d > 0)).mean() < 0.06 and np.all(spec[spec > 0] == d[spec > 0])
+    near = B.scaled(0.85)(d, rng)
+    assert near[250, 260] == 340 and near[0, 0] == 765 and np.all((near == 0) == (d == 0))
+    assert B.SENSOR_CHANGES["scene 15 % nearer, smaller"][1] == 0.85  # the joints move with the scene
+
+
+def test_the_sensor_benchmark_pairs_each_change_with_the_frames_as_rendered(smoke_localiser, monkeypatch):
+    """The frames as rendered give the rolled benchmark's numbers at no roll; a change that changes nothing
+    differs from them by exactly 0 in every sequence; the scene scaled nearer and the camera moved are scored
+    against joints moved with them, so the tracker stays on the hand."""
+    from benchmarks import localise as B
+
+    monkeypatch.setitem(B.SENSOR_CHANGES, "a copy", (lambda depth, rng: depth.copy(), 1.0))
+    preset, refiner = get_preset("smoke"), L.load_refiner(smoke_localiser)
+    changes = ("as rendered", "a copy", "scene 15 % nearer, smaller", "camera 50 mm nearer")
+    got = B.measure_sensor(preset, 1, refiner, every=30, changes=changes, progress=False)
+    rolled = B.measure_rolled(preset, 1, refiner, every=30, rolls=(0.0,), progress=False)["+0"]
+    for loc in ("tracker", "tracker+comref"):
+        assert got["as rendered"][loc] == rolled[loc]
+        assert got["a copy"][loc]["mean_change_mm"] == {"mean": 0.0, "ci95": 0.0, "sequences": 3}
+        assert got["a copy"][loc]["mean_mm"] == got["as rendered"][loc]["mean_mm"]
+        assert got["camera 50 mm nearer"][loc]["frames"] == got["as rendered"][loc]["frames"]
+    for change in changes[2:]:
+        assert got[change]["tracker"]["off_hand_pct"] < 50.0
+
+
+def test_a_camera_moved_nearer_sees_the_same_sequence_50_mm_nearer():
+    from benchmarks.localise import rolled_sequences
+
+    preset = get_preset("smoke")
+    (d0, j0), = rolled_sequences(preset, 1, 0.0, every=10**6)
+    (d1, j1), = rolled_sequences(preset, 1, 0.0, every=10**6, nearer_mm=50.0)
+    np.testing.assert_allclose(j1, j0 - np.array([0.0, 0.0, 50.0], np.float32), atol=1e-3)
+    assert all(a.shape == b.shape and not np.array_equal(a, b) for a, b in zip(d0, d1))
+    near0 = np.percentile(np.concatenate([d[d > 0] for d in d0]), 5)
+    near1 = np.percentile(np.concatenate([d[d > 0] for d in d1]), 5)
+    assert 30.0 < near0 - near1 < 70.0  # the nearest surfaces (the forearm) 50 mm nearer
+
+
+def test_the_sensor_benchmark_refuses_bad_parameters_by_name(capsys):
+    from benchmarks.localise import main
+
+    for argv, words in ((["--fps", "30"], "--fps goes with --sensor"),
+                        (["--sensor", "--fps", "0"], "--fps must be a positive number"),
+                        (["--sensor", "--every", "0"], "--every must be a whole number"),
+                        (["--sensor", "--dev-seed", str(get_preset("smoke").synth.seed)], "is the preset's own benchmark")):
+        with pytest.raises(SystemExit):
+            main(["--preset", "smoke", *argv])
+        assert words in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- lost frames
 
 

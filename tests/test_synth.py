@@ -323,3 +323,33 @@ def test_two_processes_asking_for_one_benchmark_at_once_generate_it_once(tmp_pat
     roots = {Path(out.strip().splitlines()[-1]) for out, _ in outs}
     assert len(roots) == 1 and FPHA(roots.pop()).sequences
     assert log.read_text().count("generated") == 1
+
+
+def test_a_turned_and_moved_scene_keeps_every_surface_where_the_camera_moved_it():
+    """``Scene.turned(rotation, shift)``: every point p of a primitive goes to rotation @ p + shift, planes
+    included (their offsets move with the shift), so a camera moved 50 mm toward the scene sees each surface
+    50 mm nearer; with no shift it is the rotation alone."""
+    from handfuse.synth import render as R
+
+    rng = np.random.default_rng(3)
+    n = np.array([0.0, -0.6, 0.8])
+    scene = R.Scene(capsules=[(np.array([0.0, 0.0, 500.0]), np.array([30.0, 0.0, 520.0]), 25.0, R.HAND)],
+                    plane=(n, 600.0), walls=[(np.array([0.0, 0.0, 1.0]), 900.0, R.WALL)])
+    a = np.radians(20.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    shift = np.array([10.0, -5.0, -50.0])
+    moved = scene.turned(rot, shift)
+    side = np.cross(n, [1.0, 0.0, 0.0])
+    points = n * 600.0 + rng.normal(size=(20, 1)) * side + rng.normal(size=(20, 1)) * np.cross(n, side) * 100
+    (n2, d2), (w2, e2, _) = moved.plane, moved.walls[0]
+    np.testing.assert_allclose((points @ rot.T + shift) @ n2, d2, atol=1e-9)  # the plane's points stay on it
+    assert abs(e2 - (900.0 + w2 @ shift)) < 1e-9 and np.allclose(w2, [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(moved.capsules[0][0], rot @ scene.capsules[0][0] + shift)
+    still = scene.turned(rot)
+    assert still.plane[1] == 600.0 and np.allclose(still.capsules[0][0], rot @ scene.capsules[0][0])
+    renderer = R.Renderer(FPHA_DEPTH)
+    front = R.Scene(capsules=scene.capsules, walls=scene.walls)
+    z, labels = renderer.render(front)
+    z2, labels2 = renderer.render(front.turned(np.eye(3), np.array([0.0, 0.0, -50.0])))
+    assert abs(z2[labels2 == R.WALL].min() - (z[labels == R.WALL].min() - 50.0)) < 1e-3  # a wall facing the camera
+    assert abs(z2[labels2 == R.HAND].min() - (z[labels == R.HAND].min() - 50.0)) < 1.0  # the capsule's nearest point

@@ -112,16 +112,19 @@ def annotate(frames, shape: HandShape, cfg: SynthConfig, rng: np.random.Generato
     return angle_noise(shape, frames.posture, frames.hand_rot, frames.wrist, cfg.pose_noise_mm, rng)  # rigid bones
 
 
-def render_frames(frames, cfg: SynthConfig, rng: np.random.Generator, rotation: np.ndarray | None = None):
+def render_frames(frames, cfg: SynthConfig, rng: np.random.Generator, rotation: np.ndarray | None = None,
+                  shift: np.ndarray | None = None):
     """Each frame of a sequence (``make_sequence``'s) as the sensor reads it: (depth (H, W) uint16 mm,
     the clean z-buffer (H, W) float32 mm, the label map (H, W)) per frame, in order.  With ``rotation``
-    (3, 3) the scene is seen by a camera turned by it (:meth:`handfuse.synth.render.Scene.turned`; the
-    joints are then ``frames.joints @ rotation.T``)."""
+    (3, 3) and ``shift`` (3,) mm the scene is seen by a camera turned and moved by them
+    (:meth:`handfuse.synth.render.Scene.turned`; the joints are then ``frames.joints @ rotation.T + shift``)."""
     global _renderer
     _renderer = _renderer or R.Renderer(FPHA_DEPTH)
 
     def seen(scene: R.Scene) -> R.Scene:
-        return scene if rotation is None else scene.turned(rotation)
+        if rotation is None and shift is None:
+            return scene
+        return scene.turned(np.eye(3) if rotation is None else rotation, shift)
 
     sensor = R.SensorModel(jitter=cfg.depth_noise, dropout=cfg.dropout, dark_patches=cfg.scene == "v1")
     background = _renderer.render(seen(frames.clutter))  # the static table and clutter, once per sequence

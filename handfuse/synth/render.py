@@ -37,16 +37,22 @@ class Scene:
     plane: tuple[np.ndarray, float] | None = None  # (unit normal n, offset d): points with n . p = d
     walls: list[tuple[np.ndarray, float, int]] = field(default_factory=list)  # more planes: (n, d, label)
 
-    def turned(self, rotation: np.ndarray) -> "Scene":
+    def turned(self, rotation: np.ndarray, shift: np.ndarray | None = None) -> "Scene":
         """The same scene seen by a camera turned about its centre by ``rotation`` (3, 3), which maps
-        this camera's coordinates to the new one's (about the optical axis: the camera rolled)."""
+        this camera's coordinates to the new one's (about the optical axis: the camera rolled), and
+        then, with ``shift`` (3,) mm, moved: a point p of this camera is ``rotation @ p + shift`` in the
+        new one (a shift of (0, 0, -60): the camera 60 mm nearer the scene)."""
         def turn(p):
-            return rotation @ p
+            return rotation @ p if shift is None else rotation @ p + shift
+
+        def plane(n, d):  # n . p = d becomes n' . p' = d + n' . shift, with n' = rotation @ n
+            n = rotation @ n
+            return n, d if shift is None else d + float(n @ shift)
         return Scene([(turn(a), turn(b), r, label) for a, b, r, label in self.capsules],
                      [(turn(a), turn(b), r, label) for a, b, r, label in self.cylinders],
                      [(turn(c), rotation @ axes, half, label) for c, axes, half, label in self.boxes],
-                     None if self.plane is None else (turn(self.plane[0]), self.plane[1]),
-                     [(turn(n), d, label) for n, d, label in self.walls])
+                     None if self.plane is None else plane(*self.plane),
+                     [(*plane(n, d), label) for n, d, label in self.walls])
 
 
 class Renderer:
