@@ -286,7 +286,7 @@ def smoothed_edges(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def more_noise(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Added depth noise, correlated over 4 pixels, with a standard deviation of 0.5 % of the depth
-    (2.5 mm at 500 mm: about 3 times the synthetic sensor's there)."""
+    (2.5 mm at 500 mm, where the synthetic sensor model's jitter is 0.7 mm: ``SensorModel.jitter``)."""
     coarse = rng.standard_normal((depth.shape[0] // 4, depth.shape[1] // 4)).astype(np.float32)
     noise = cv2.resize(coarse, (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_LINEAR)
     z = depth.astype(np.float32)
