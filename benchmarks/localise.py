@@ -313,8 +313,13 @@ def scaled(factor: float):
     return change
 
 
+def as_rendered(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The frame as the synthetic sensor model read it."""
+    return depth
+
+
 SENSOR_CHANGES = {
-    "as rendered": (lambda depth, rng: depth, 1.0),
+    "as rendered": (as_rendered, 1.0),
     "wider shadows": (wider_shadows, 1.0),
     "far return lost": (far_return_lost, 1.0),
     "smoothed edges": (smoothed_edges, 1.0),
@@ -337,6 +342,9 @@ def measure_sensor(preset, seed: int, refiner, every: int = 6, changes=(*SENSOR_
     t-interval over the sequences."""
     from handfuse.metrics import mean_ci95
 
+    unknown = [c for c in changes if c not in SENSOR_CHANGES and c not in CAMERA_MOVES]
+    if unknown:
+        raise ValueError(f"changes: {unknown} unknown; known: {[*SENSOR_CHANGES, *CAMERA_MOVES]}")
     per_seq = {c: {"tracker": [], "tracker+comref": []} for c in changes}
     joints = {c: [] for c in changes}
     moves = sorted({CAMERA_MOVES.get(c, 0.0) for c in changes})  # each camera position rendered once
@@ -345,7 +353,7 @@ def measure_sensor(preset, seed: int, refiner, every: int = 6, changes=(*SENSOR_
     for k, views in enumerate(tqdm(rendered, desc="sensor changes", total=total, unit="seq", disable=not progress)):
         view = dict(zip(moves, views))
         for name in changes:
-            change, factor = SENSOR_CHANGES.get(name, (lambda depth, rng: depth, 1.0))
+            change, factor = SENSOR_CHANGES.get(name, (as_rendered, 1.0))  # a camera move: the frames as rendered
             depths, j = view[CAMERA_MOVES.get(name, 0.0)]
             rng = np.random.default_rng([seed, k, 7001])  # every change of a sequence draws the same numbers
             changed = [change(d, rng) for d in depths]

@@ -342,6 +342,8 @@ def test_the_sensor_benchmark_pairs_each_change_with_the_frames_as_rendered(smok
         assert got["camera 50 mm nearer"][loc]["frames"] == got["as rendered"][loc]["frames"]
     for change in changes[2:]:
         assert got[change]["tracker"]["off_hand_pct"] < 50.0
+    with pytest.raises(ValueError, match="'a lens flare'.* unknown"):
+        B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered", "a lens flare"), progress=False)
 
 
 def test_a_camera_moved_nearer_sees_the_same_sequence_50_mm_nearer():
