@@ -255,24 +255,28 @@ def on_hand_errors(found: np.ndarray, joints: np.ndarray) -> dict:
 # move with it).  Each draws from the sequence's own generator, so a run gives the same frames every time.
 
 
-def _patches(shape: tuple[int, int], rng: np.random.Generator, cell: int) -> np.ndarray:
-    """(H, W) float32 uniform draws, one per ``cell`` x ``cell`` pixels, smoothly resized to the frame."""
-    coarse = rng.random((shape[0] // cell, shape[1] // cell), dtype=np.float32)
+def _resized(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A coarse (h, w) float32 field of draws smoothly resized (bilinear) to a frame of ``shape`` (H, W)."""
     return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _without(depth: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """``depth`` with the ``holes`` (H, W) mask made 3 pixels wider on each side along the row read as zero."""
+    return np.where(cv2.dilate(holes.astype(np.uint8), np.ones((1, 7), np.uint8)) > 0, 0, depth).astype(np.uint16)
 
 
 def wider_shadows(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Every large hole (200 pixels or more: projector shadows, dark patches) 3 pixels wider on
     each side along the row (a sensor with a wider projector baseline); small dropouts stay."""
-    zero = (depth == 0).astype(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(zero, connectivity=8)
-    large = np.isin(labels, np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= 200)) & (zero > 0)
-    return np.where(cv2.dilate(large.astype(np.uint8), np.ones((1, 7), np.uint8)) > 0, 0, depth).astype(np.uint16)
+    zero = depth == 0
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(zero.astype(np.uint8), connectivity=8)
+    return _without(depth, np.isin(labels, np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= 200)) & zero)
 
 
 def far_return_lost(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Half of everything beyond 800 mm (the far wall, the back of the table) reads zero, in patches."""
-    return np.where((depth > 800) & (_patches(depth.shape, rng, 16) < 0.5), 0, depth).astype(np.uint16)
+    patches = _resized(rng.random((depth.shape[0] // 16, depth.shape[1] // 16), dtype=np.float32), depth.shape)
+    return np.where((depth > 800) & (patches < 0.5), 0, depth).astype(np.uint16)
 
 
 def smoothed_edges(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -287,8 +291,7 @@ def smoothed_edges(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def more_noise(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Added depth noise, correlated over 4 pixels, with a standard deviation of 0.5 % of the depth
     (2.5 mm at 500 mm, where the synthetic sensor model's jitter is 0.7 mm: ``SensorModel.jitter``)."""
-    coarse = rng.standard_normal((depth.shape[0] // 4, depth.shape[1] // 4)).astype(np.float32)
-    noise = cv2.resize(coarse, (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_LINEAR)
+    noise = _resized(rng.standard_normal((depth.shape[0] // 4, depth.shape[1] // 4)).astype(np.float32), depth.shape)
     z = depth.astype(np.float32)
     return np.where(depth > 0, np.rint(z * (1 + 0.005 * noise)), 0).astype(np.uint16)
 
@@ -301,8 +304,7 @@ def speckle(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def holes_on_the_skin(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A stress, beyond what real frames show: every hole, the sensor's scattered dropouts on the hand
     included, 3 pixels wider on each side along the row, which cuts the hand into strips."""
-    zero = (depth == 0).astype(np.uint8)
-    return np.where(cv2.dilate(zero, np.ones((1, 7), np.uint8)) > 0, 0, depth).astype(np.uint16)
+    return _without(depth, depth == 0)
 
 
 def scaled(factor: float):
@@ -380,6 +382,20 @@ def _seq_mean(found: np.ndarray, joints: np.ndarray) -> float:
     """One sequence's mean centre error (mm) over its located frames (NaN when none was)."""
     err = np.linalg.norm(found - centre_from_joints(joints), axis=1)
     return float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")
+
+
+def refuse_own_benchmark(preset, dev_seed: int) -> None:
+    """Settings are chosen on a dev benchmark: a ValueError when ``dev_seed`` is the generator seed of the
+    preset's own benchmark, whose test split the study scores."""
+    if dev_seed == preset.synth.seed:
+        raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
+
+
+def store(preset_name: str, key: str, record: dict) -> None:
+    """Write ``record`` into :data:`OUT` under ``<preset_name>/<key>``, keeping every other record there."""
+    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    everything.setdefault(preset_name, {})[key] = record
+    OUT.write_text(json.dumps(everything, indent=1) + "\n")
 
 
 def _test_refs(preset, seed: int) -> tuple:
@@ -570,9 +586,7 @@ def run(preset_name: str = "cpu", scene: str = "v2", seed: int = 0, hard: int = 
         "hard_frames": {"seeds": f"{hard_seeds.start}..{hard_seeds.stop - 1}", **hard_results},
         "seconds": time.perf_counter() - start,
     }
-    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    everything.setdefault(preset_name, {})[scene if dev_seed is None else f"{scene}-dev{dev_seed}"] = record
-    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    store(preset_name, scene if dev_seed is None else f"{scene}-dev{dev_seed}", record)
     return record
 
 
@@ -587,8 +601,7 @@ def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
     from handfuse.pool import one_thread
 
     preset = get_preset(preset_name)
-    if dev_seed == preset.synth.seed:
-        raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
+    refuse_own_benchmark(preset, dev_seed)
     start = time.perf_counter()
     refiner, fitted = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress)
     with one_thread():
@@ -600,9 +613,7 @@ def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
         "preset": preset_name, "seed": seed, "refiner_run": fitted.run_dir, "rolls_deg": results,
         "seconds": time.perf_counter() - start,
     }
-    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    everything.setdefault(preset_name, {})[f"{preset.synth.scene}-dev{dev_seed}-rolled"] = record
-    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    store(preset_name, f"{preset.synth.scene}-dev{dev_seed}-rolled", record)
     return record
 
 
@@ -620,8 +631,7 @@ def run_sensor(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
     from handfuse.pool import one_thread
 
     preset = get_preset(preset_name)
-    if dev_seed == preset.synth.seed:
-        raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
+    refuse_own_benchmark(preset, dev_seed)
     if fps is not None and not fps > 0:
         raise ValueError(f"--fps must be a positive number of frames a second, got {fps}")
     start = time.perf_counter()
@@ -638,9 +648,7 @@ def run_sensor(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
         "seconds": time.perf_counter() - start,
     }
     key = f"{preset.synth.scene}-dev{dev_seed}-sensor" + ("" if fps is None else f"-fps{fps:g}")
-    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    everything.setdefault(preset_name, {})[key] = record
-    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    store(preset_name, key, record)
     return record
 
 
@@ -700,8 +708,7 @@ def run_predict(preset_name: str = "cpu", dev_seed: int = 1, seeds=(0, 1, 2), ev
     from handfuse.train import finished
 
     preset = get_preset(preset_name)
-    if dev_seed == preset.synth.seed:
-        raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
+    refuse_own_benchmark(preset, dev_seed)
     start = time.perf_counter()
     fpha = FPHA(ensure_synthetic(preset_name))
     folder = refiner_run(fpha, preset, DEPTH_LOCALISER_SEED)[0]
@@ -718,9 +725,7 @@ def run_predict(preset_name: str = "cpu", dev_seed: int = 1, seeds=(0, 1, 2), ev
         "fused_runs": {seed: p.runs["fused"] for seed, p in pipelines.items()}, **results,
         "seconds": time.perf_counter() - start,
     }
-    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    everything.setdefault(preset_name, {})[f"{preset.synth.scene}-dev{dev_seed}-predict"] = record
-    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    store(preset_name, f"{preset.synth.scene}-dev{dev_seed}-predict", record)
     return record
 
 
@@ -823,8 +828,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rolled:
         print(report_rolled(run_rolled(args.preset, args.seed, args.dev_seed, every)))
         return 0
-    if args.dev and args.dev_seed == get_preset(args.preset).synth.seed:
-        parser.error(f"--dev-seed {args.dev_seed} is the preset's own benchmark: its test split is the study's")
+    if args.dev:
+        try:
+            refuse_own_benchmark(get_preset(args.preset), args.dev_seed)
+        except ValueError as e:
+            parser.error(str(e))
     print(report(run(args.preset, args.scene, args.seed, args.hard, pose=not args.no_pose,
                      dev_seed=args.dev_seed if args.dev else None)))
     return 0
