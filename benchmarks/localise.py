@@ -392,10 +392,16 @@ def refuse_own_benchmark(preset, dev_seed: int) -> None:
 
 
 def store(preset_name: str, key: str, record: dict) -> None:
-    """Write ``record`` into :data:`OUT` under ``<preset_name>/<key>``, keeping every other record there."""
-    everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    everything.setdefault(preset_name, {})[key] = record
-    OUT.write_text(json.dumps(everything, indent=1) + "\n")
+    """Write ``record`` into :data:`OUT` under ``<preset_name>/<key>``, keeping every other record there:
+    under :data:`OUT`'s lock (:func:`handfuse.paths.exclusive`), so that modes run side by side each keep
+    their record, and atomically, so that a reader never sees a torn file."""
+    from handfuse.atomic import write_text
+    from handfuse.paths import exclusive
+
+    with exclusive(OUT):
+        everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        everything.setdefault(preset_name, {})[key] = record
+        write_text(OUT, json.dumps(everything, indent=1) + "\n", "the localiser benchmark's records")
 
 
 def _test_refs(preset, seed: int) -> tuple:

@@ -8,6 +8,7 @@ not FPHA."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -369,6 +370,34 @@ def test_the_sensor_benchmark_refuses_bad_parameters_by_name(capsys):
         with pytest.raises(SystemExit):
             main(["--preset", "smoke", *argv])
         assert words in capsys.readouterr().err
+
+
+def _store_many(writer: int) -> None:
+    import benchmarks.localise as B
+
+    for k in range(15):
+        B.store("cpu", f"writer{writer}-{k}", {"writer": writer, "k": k})
+
+
+def test_benchmark_records_stored_side_by_side_are_all_kept(tmp_path, monkeypatch):
+    """Four processes storing records into the one benchmark file at once (as two modes run side by side
+    do) each keep every record: the read-modify-write holds the file's lock."""
+    import multiprocessing
+
+    import benchmarks.localise as B
+
+    monkeypatch.setattr(B, "OUT", tmp_path / "localise.json")
+    B.store("smoke", "earlier", {"kept": True})
+    procs = [multiprocessing.get_context("fork").Process(target=_store_many, args=(w,)) for w in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0] * 4
+    stored = json.loads(B.OUT.read_text())
+    assert sorted(stored["cpu"]) == sorted(f"writer{w}-{k}" for w in range(4) for k in range(15))
+    assert stored["smoke"] == {"earlier": {"kept": True}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".localise.json.lock", "localise.json"]  # no temporary left
 
 
 # ----------------------------------------------------------------------------- lost frames
