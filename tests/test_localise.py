@@ -523,6 +523,55 @@ def test_the_fine_stage_trains_on_its_share_of_each_batch_around_the_truth():
         L.RefineConfig(fine_cube_mm=200.0, fine_share=0.0)
 
 
+def test_a_scaled_cube_shows_the_refiner_the_scene_as_if_it_were_that_much_smaller(hard):
+    """The hand-size augmentation: a crop of a cube ``s`` times the preset's shows the net what the preset's
+    cube shows of the scene scaled by ``1 / s`` about the camera (the same image, every depth over ``s``)."""
+    cfg, _ = L.REFINE_PRESETS["cpu"]
+    depth, truth = hard[0][0], hard[1][0]
+    start = truth + np.array([30.0, -20.0, 25.0])
+    for s in (0.85, 1.15):
+        small = np.where(depth > 0, np.rint(depth / s), 0).astype(np.uint16)
+        scaled = L.refiner_crop(L.wide_patch(depth, truth, cfg, K), truth, start, cfg, K, scale=s)
+        seen = L.refiner_crop(L.wide_patch(small, truth / s, cfg, K), truth / s, start / s, cfg, K)
+        unscaled = L.refiner_crop(L.wide_patch(depth, truth, cfg, K), truth, start, cfg, K)
+        # the same crop, up to depths rounded to a mm and pixels resampled otherwise along silhouettes ...
+        same, other = np.abs(scaled - seen), np.abs(scaled - unscaled)
+        assert np.median(same) < 0.005 and np.percentile(same, 90) < 0.1, (s, np.percentile(same, [50, 90]))
+        assert np.percentile(other, 90) > 0.5  # ... where the preset's cube shows another picture
+
+
+def test_hand_size_augmentation_draws_each_crops_scale_and_leaves_the_rest_of_training_alone():
+    from handfuse.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    cfg = L.RefineConfig(fine_cube_mm=200.0, fine_size=32, fine_max_offset_mm=40.0, fine_share=0.5)
+    n, fine = 40, cfg.fine_stage()
+    centres = np.c_[rng.normal(0, 30, (n, 2)), rng.normal(450, 20, n)]
+    patches = rng.integers(300, 600, (n,) + (L._wide_size(cfg),) * 2).astype(np.uint16)
+    frames = L.RefineFrames(patches, centres, None, patches[:, :L._wide_size(fine), :L._wide_size(fine)].copy())
+
+    def batches(sigma):
+        task = L.RefineTask({"train": frames}, replace(cfg, scale_sigma=sigma))
+        return list(task.batches("train", 0, TrainConfig(batch_size=16, seed=0)))
+
+    plain, scaled = batches(0.0), batches(0.1)
+    # the starts are those drawn without it: a target times its crop's cube is the same offset in mm
+    first = torch.cat([b["target"] for b in plain]).double()
+    ratio = first.norm(dim=1) / torch.cat([b["target"] for b in scaled]).double().norm(dim=1)  # = each crop's scale
+    assert ratio.min() >= np.exp(-0.2) - 1e-6 and ratio.max() <= np.exp(0.2) + 1e-6 and ratio.std() > 0.05
+    assert torch.allclose(torch.cat([b["target"] for b in scaled]).double() * ratio[:, None], first, atol=1e-5)
+    assert not torch.equal(plain[0]["crop"], scaled[0]["crop"])
+    fine_ratio = (torch.cat([b["fine_target"] for b in plain]).double().norm(dim=1)
+                  / torch.cat([b["fine_target"] for b in scaled]).double().norm(dim=1))
+    kept = torch.cat([r[:8] for r in ratio.split(16)])  # a crop's fine stage sees the hand at the crop's scale
+    assert torch.allclose(fine_ratio, kept, atol=1e-5)
+    np.testing.assert_array_equal(L.cube_scales(5, 0.0, rng), np.ones(5))
+    with pytest.raises(ValueError, match="refine.scale_sigma"):
+        L.RefineConfig(scale_sigma=0.2)  # a 300 mm cube x exp(0.4), 80 mm off, leaves the 600 mm patch
+    with pytest.raises(ValueError, match="refine.scale_sigma"):
+        L.RefineConfig(scale_sigma=-0.1)
+
+
 def test_tracked_starts_replace_the_share_asked_for_within_the_offset_limit():
     cfg = L.RefineConfig(tracked=0.5, max_offset_mm=100.0)
     rng = np.random.default_rng(0)
