@@ -391,17 +391,18 @@ def refuse_own_benchmark(preset, dev_seed: int) -> None:
         raise ValueError(f"--dev-seed {dev_seed} is the preset's own benchmark: its test split is the study's")
 
 
-def store(preset_name: str, key: str, record: dict) -> None:
-    """Write ``record`` into :data:`OUT` under ``<preset_name>/<key>``, keeping every other record there:
-    under :data:`OUT`'s lock (:func:`handfuse.paths.exclusive`), so that modes run side by side each keep
-    their record, and atomically, so that a reader never sees a torn file."""
+def store(preset_name: str, key: str, record: dict, out: Path | None = None) -> None:
+    """Write ``record`` into ``out`` (default :data:`OUT`) under ``<preset_name>/<key>``, keeping every other
+    record there: under the file's lock (:func:`handfuse.paths.exclusive`), so that modes run side by side
+    each keep their record, and atomically, so that a reader never sees a torn file."""
     from handfuse.atomic import write_text
     from handfuse.paths import exclusive
 
-    with exclusive(OUT):
-        everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    out = OUT if out is None else out
+    with exclusive(out):
+        everything = json.loads(out.read_text()) if out.is_file() else {}
         everything.setdefault(preset_name, {})[key] = record
-        write_text(OUT, json.dumps(everything, indent=1) + "\n", "the localiser benchmark's records")
+        write_text(out, json.dumps(everything, indent=1) + "\n", "the benchmark's records")
 
 
 def _test_refs(preset, seed: int) -> tuple:

@@ -1038,27 +1038,31 @@ class RefineTask:
         return out
 
 
-def refiner_run(fpha, preset, seed: int = 0, device: str = "cpu", root=None):
-    """Where :func:`train_refiner` trains (run folder), with its run config, training settings and refiner config."""
+def refiner_run(fpha, preset, seed: int = 0, device: str = "cpu", root=None, refine: RefineConfig | None = None):
+    """Where :func:`train_refiner` trains (run folder), with its run config, training settings and refiner config
+    (``refine``, default the preset's: another config trains into a folder of its own)."""
     from .runs import run_config, run_folder, thread_record
     from .train import TrainConfig
 
     check(preset.name in REFINE_PRESETS, "preset", preset.name, f"one of {sorted(REFINE_PRESETS)}")
     cfg, train = REFINE_PRESETS[preset.name]
+    cfg = cfg if refine is None else refine
     cfg_train = replace(TrainConfig(**train), seed=seed, device=device)
     config = run_config(fpha, preset, refine=cfg, **thread_record(device))
     return run_folder(preset, RUN_PREFIX, config, cfg_train, seed, root), config, cfg_train, cfg
 
 
-def train_refiner(fpha, preset, seed: int = 0, device: str = "cpu", root=None, progress: bool = True):
+def train_refiner(fpha, preset, seed: int = 0, device: str = "cpu", root=None, progress: bool = True,
+                  refine: RefineConfig | None = None):
     """Train (or load, when its run is finished) the ComRefNet of a preset on ``fpha``'s training
     split (validation held out per class, as the HPE's; test: the test split), through
-    :func:`handfuse.train.fit`.  Returns (:class:`Refiner`, FitResult)."""
+    :func:`handfuse.train.fit`; ``refine`` replaces the preset's refiner config (for screening one).
+    Returns (:class:`Refiner`, FitResult)."""
     from .pool import one_thread
     from .standalone import splits
     from .train import RESULT, _jsonable, finished, fit, recorded
 
-    run, config, cfg_train, cfg = refiner_run(fpha, preset, seed, device, root)
+    run, config, cfg_train, cfg = refiner_run(fpha, preset, seed, device, root, refine)
     strides = {"train": cfg.frame_stride, "val": cfg.test_stride, "test": cfg.test_stride}
     if finished(run) and json.loads((run / RESULT).read_text()).get("config") == _jsonable({**config, "train": recorded(cfg_train)}):
         data = {name: RefineFrames(np.zeros((0, 1, 1), np.uint16), np.zeros((0, 3))) for name in strides}  # fit only loads

@@ -188,3 +188,41 @@ def test_centre_jitter_benchmark_refuses_the_study_benchmark_as_a_dev_one(capsys
     with pytest.raises(SystemExit):
         main(["--preset", "smoke", "--dev-seeds", "0"])
     assert "--dev-seeds: 0 is the preset's own benchmark" in capsys.readouterr().err
+
+
+def _scale_record(sigma: float, seed: int, base: float) -> dict:
+    """A stored refiner_scale record whose refined mean error is ``base`` + the change's index, on both dev sets."""
+    from benchmarks import refiner_scale as S
+
+    changes = {c: {"tracker+comref": {"mean_mm": base + k, "off_hand_pct": 0.5}} for k, c in enumerate(S.CHANGES)}
+    return {"sigma": sigma, "seed": seed, "every": 6, "dev_seeds": [1, 2], "val": {"error_mm": base},
+            "dev1": changes, "dev2": changes}
+
+
+def test_refiner_scale_pairs_each_sigma_with_the_first_by_seed(tmp_path, monkeypatch, capsys):
+    from benchmarks import localise as B
+    from benchmarks import refiner_scale as S
+
+    monkeypatch.setattr(S, "OUT", tmp_path / "refiner_scale.json")
+    for seed, (plain, scaled) in enumerate([(8.0, 7.0), (9.0, 7.5), (10.0, 8.0)]):  # differences -1, -1.5, -2
+        B.store("smoke", S.key(0.0, seed), _scale_record(0.0, seed, plain), S.OUT)
+        B.store("smoke", S.key(0.08, seed), _scale_record(0.08, seed, scaled), S.OUT)
+    assert S.main(["--preset", "smoke", "--report"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert "8.00 / 9.00 / 10.00; 0.50 %" in rows["as rendered"] and "7.00 / 7.50 / 8.00" in rows["as rendered"]
+    assert rows["as rendered"].endswith("| -1.50 ± 1.24 |")  # mean of -1, -1.5, -2; t(2) 4.303 x 0.5 / sqrt(3)
+    assert "9.00 / 10.00 / 11.00" in rows["size-averaged"]  # the mean of changes 0, 1 and 2: base + 1
+    with pytest.raises(SystemExit):  # a seed never measured is named
+        S.main(["--preset", "smoke", "--report", "--seeds", "0", "3"])
+    assert "sigma0-seed3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, named", [(["--dev-seeds", "0"], "is the preset's own benchmark"),
+                                         (["--sigmas", "0", "0.3"], "refine.scale_sigma"),
+                                         (["--every", "0"], "--every must be")])
+def test_refiner_scale_refuses_bad_parameters_by_name(args, named, capsys):
+    from benchmarks.refiner_scale import main
+
+    with pytest.raises(SystemExit):
+        main(["--preset", "smoke", "--report", *args])
+    assert named in capsys.readouterr().err
