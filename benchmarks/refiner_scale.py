@@ -18,6 +18,7 @@ never an FPHA number.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -64,8 +65,6 @@ def measure(preset_name: str, sigma: float, seed: int, dev_seeds=(1, 2), every: 
 
 def stored(preset_name: str, sigmas, seeds, dev_seeds, every: int) -> dict:
     """The stored records of every (sigma, seed), measured as asked; a ValueError names those missing."""
-    import json
-
     everything = json.loads(OUT.read_text()).get(preset_name, {}) if OUT.is_file() else {}
     records, missing = {}, []
     for sigma in sigmas:
@@ -92,7 +91,7 @@ def report(records: dict, sigmas, seeds, dev_seeds) -> str:
     head = " | ".join(f"sigma {s:g}: mean (mm) per seed; off hand" for s in sigmas)
     diffs = " | ".join(f"sigma {s:g} - {sigmas[0]:g}" for s in sigmas[1:])
     lines = [f"Refined mean centre error, dev benchmarks {list(dev_seeds)} pooled, seeds {list(seeds)} (synthetic):",
-             "", f"| change | {head} | {diffs} |", "|---" * (1 + 2 * len(sigmas) - 1) + "|"]
+             "", f"| change | {head} | {diffs} |", "|---" * 2 * len(sigmas) + "|"]
     for name, changes in [(c, (c,)) for c in CHANGES] + [("size-averaged", SIZES)]:
         cells = [" / ".join(f"{v:.2f}" for v in per_seed(s, changes)) + f"; {per_seed(s, changes, 'off_hand_pct').mean():.2f} %"
                  for s in sigmas]
