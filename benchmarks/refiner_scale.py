@@ -1,19 +1,25 @@
-"""Does the refiner's hand-size augmentation pay: ``python -m benchmarks.refiner_scale``.
+"""Do the refiner's training augmentations pay: ``python -m benchmarks.refiner_scale``.
 
 The refiner (:mod:`handfuse.localise`) regresses millimetres in a metric cube, so a hand smaller or larger
-than the synthetic subjects' costs it accuracy (``benchmarks.localise --sensor``).  This trains, or loads
-when finished, the preset's refiner of each seed (``--seeds``) with each ``RefineConfig.scale_sigma``
-(``--sigmas``; the first is the reference) on the preset's training split, and measures each on the test
-sequences of the dev benchmarks (``--dev-seeds``, every ``--every``-th; never the study's test split) with
-the frames as rendered, the scene 15 % nearer and smaller, 10 % farther and larger, the camera 50 mm nearer,
-and wider shadows (:func:`benchmarks.localise.measure_sensor`).
+than the synthetic subjects' costs it accuracy, and so do holes across the hand (``benchmarks.localise
+--sensor``).  This trains, or loads when finished, the preset's refiner of each seed (``--seeds``) with each
+``RefineConfig.scale_sigma`` (``--sigmas``) and each ``RefineConfig.hole_share`` (``--holes``): every pair, the
+first the reference; on the preset's training split, and measures each on the test sequences of the dev
+benchmarks (``--dev-seeds``, every ``--every``-th; never the study's test split) with the frames as rendered,
+the scene 15 % nearer and smaller, 10 % farther and larger, the camera 50 mm nearer, wider shadows, speckle and
+holes on the skin (:func:`benchmarks.localise.measure_sensor`).
 
-It prints, per change and pooled over the dev benchmarks, each refiner's mean centre error and each sigma's
+It prints, per change and pooled over the dev benchmarks, each refiner's mean centre error and each variant's
 difference from the first, paired by seed (95 % t-interval over the seeds); "size-averaged" is the mean over
-the frames as rendered, smaller and larger, the measure the preset's sigma was chosen on.  Records go to
-``benchmarks/refiner_scale.json`` under ``<preset>/sigma<s>-seed<n>``, one per refiner, so that refiners can
-be measured in processes side by side and reported together (``--report``).  Every number is synthetic,
-never an FPHA number.
+the frames as rendered, smaller and larger, the measure the preset's sigma was chosen on, "hole-averaged" that
+over the frames as rendered, with wider shadows, speckle and holes on the skin, the measure its hole share was
+chosen on.  A change some record lacks (measured before it was added) is left out of the table.  With
+``--pose-hpe RUN``, a finished plain HPE pre-training, the pose error on crops around each refiner's centres
+(and around the true centres) on every ``--pose-every``-th dev test sequence joins the record and the table.
+A refiner already measured as asked is not measured again.  Records go to
+``benchmarks/refiner_scale.json`` under ``<preset>/sigma<s>[-holes<h>]-seed<n>``, one per refiner, so that
+refiners can be measured in processes side by side and reported together (``--report``).  Every number is
+synthetic, never an FPHA number.
 """
 from __future__ import annotations
 
@@ -29,79 +35,166 @@ from benchmarks.localise import measure_sensor, refuse_own_benchmark, store
 
 OUT = Path(__file__).with_name("refiner_scale.json")
 CHANGES = ("as rendered", "scene 15 % nearer, smaller", "scene 10 % farther, larger", "camera 50 mm nearer",
-           "wider shadows")
-SIZES = CHANGES[:3]  # what "size-averaged" averages
+           "wider shadows", "speckle", "holes on the skin (stress)")
+AVERAGES = {"size-averaged": CHANGES[:3],
+            "hole-averaged": ("as rendered", "wider shadows", "speckle", "holes on the skin (stress)")}
 
 
-def key(sigma: float, seed: int) -> str:
-    return f"sigma{sigma:g}-seed{seed}"
+def key(sigma: float, seed: int, holes: float = 0.0) -> str:
+    return f"sigma{sigma:g}-seed{seed}" if holes == 0 else f"sigma{sigma:g}-holes{holes:g}-seed{seed}"
+
+
+def label(sigma: float, holes: float) -> str:
+    return f"sigma {sigma:g}" if holes == 0 else f"sigma {sigma:g}, holes {holes:g}"
+
+
+def variant(preset_name: str, sigma: float, holes: float = 0.0):
+    """The preset's refiner config with ``scale_sigma`` and ``hole_share`` replaced (a ValueError names a bad one)."""
+    from handfuse.localise import REFINE_PRESETS
+
+    return replace(REFINE_PRESETS[preset_name][0], scale_sigma=float(sigma), hole_share=float(holes))
 
 
 def measure(preset_name: str, sigma: float, seed: int, dev_seeds=(1, 2), every: int = 6,
-            progress: bool = True) -> dict:
-    """Train or load the refiner of ``seed`` with ``scale_sigma = sigma`` and measure it on each dev
-    benchmark (:data:`CHANGES`); the record is stored in :data:`OUT` and returned."""
+            progress: bool = True, holes: float = 0.0) -> dict:
+    """Train or load the refiner of ``seed`` with ``scale_sigma = sigma`` and ``hole_share = holes`` and measure
+    it on each dev benchmark (:data:`CHANGES`); the record is stored in :data:`OUT` and returned."""
     from handfuse.config import get_preset
     from handfuse.fpha import FPHA
-    from handfuse.localise import REFINE_PRESETS, train_refiner
+    from handfuse.localise import train_refiner
     from handfuse.paths import ensure_synthetic
     from handfuse.pool import one_thread
 
     preset = get_preset(preset_name)
-    cfg = replace(REFINE_PRESETS[preset_name][0], scale_sigma=float(sigma))
+    cfg = variant(preset_name, sigma, holes)
     start = time.perf_counter()
     refiner, fitted = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress, refine=cfg)
     trained = time.perf_counter() - start
     record = {"note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
-              "preset": preset_name, "sigma": float(sigma), "seed": seed, "refiner_run": fitted.run_dir,
+              "preset": preset_name, "sigma": float(sigma), "holes": float(holes), "seed": seed, "refiner_run": fitted.run_dir,
               "val": fitted.val, "every": every, "dev_seeds": list(dev_seeds), "train_seconds": trained}
     with one_thread():
         for dev in dev_seeds:
             record[f"dev{dev}"] = measure_sensor(preset, dev, refiner, every, changes=CHANGES, progress=progress)
     record["seconds"] = time.perf_counter() - start
-    store(preset_name, key(sigma, seed), record, OUT)
+    store(preset_name, key(sigma, seed, holes), record, OUT)
     return record
 
 
-def stored(preset_name: str, sigmas, seeds, dev_seeds, every: int) -> dict:
-    """The stored records of every (sigma, seed), measured as asked; a ValueError names those missing."""
+def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_seeds=(1, 2), every: int = 6,
+                 pose_every: int = 3, progress: bool = True, holes: float = 0.0) -> dict:
+    """The pose error of a finished plain HPE pre-training (``hpe_run``) on crops around the refined centres of
+    the (trained) refiner of ``seed`` with ``scale_sigma = sigma`` and ``hole_share = holes``, and around the
+    true centres, on every ``pose_every``-th test sequence of each dev benchmark, the frames as rendered; added
+    to the refiner's stored record (measured with ``every``: measure it first) under ``pose``, and returned."""
+    from tqdm.auto import tqdm
+
+    from benchmarks.localise import load_hpe, predict_joints
+    from handfuse.cache import fill_lost
+    from handfuse.config import get_preset
+    from handfuse.fpha import FPHA
+    from handfuse.localise import locate_sequence, train_refiner
+    from handfuse.metrics import mean_joint_error
+    from handfuse.paths import ensure_synthetic
+    from handfuse.pool import one_thread
+    from handfuse.preprocess import centre_from_joints
+
+    preset = get_preset(preset_name)
+    record = stored(preset_name, [(sigma, holes)], [seed], dev_seeds, every)[((sigma, holes), seed)]
+    refiner, _ = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress,
+                               refine=variant(preset_name, sigma, holes))
+    hpe = load_hpe(Path(hpe_run))
+    pose = {"hpe_run": str(hpe_run), "every": pose_every, "frames_as": "as rendered"}
+    with one_thread():
+        for dev in dev_seeds:
+            fpha = FPHA(ensure_synthetic(preset_name, dev))
+            found, truth, joints_true = [], [], []
+            for ref in tqdm(fpha.test[::pose_every], desc=f"pose, dev {dev}", unit="seq", disable=not progress):
+                joints = fpha.read_skeleton(ref)
+                depths = [fpha.read_depth(ref, t) for t in range(len(joints))]
+                centres = locate_sequence(depths, refiner=refiner).centres
+                lost = [t for t in range(len(centres)) if not np.all(np.isfinite(centres[t]))]
+                found.append(predict_joints(hpe, depths, fill_lost(centres, lost), preset.preprocess))
+                truth.append(predict_joints(hpe, depths, centre_from_joints(joints).astype(np.float32), preset.preprocess))
+                joints_true.append(joints)
+            true = np.concatenate(joints_true)
+            pose[f"dev{dev}"] = {"frames": int(len(true)), "depth_centre_mm": mean_joint_error(np.concatenate(found), true),
+                                 "true_centre_mm": mean_joint_error(np.concatenate(truth), true)}
+    record["pose"] = pose
+    store(preset_name, key(sigma, seed, holes), record, OUT)
+    return record
+
+
+def stored(preset_name: str, variants, seeds, dev_seeds, every: int, changes=()) -> dict:
+    """The stored records of every ((sigma, holes), seed), measured as asked (with ``changes`` among others); a
+    ValueError names those missing."""
     everything = json.loads(OUT.read_text()).get(preset_name, {}) if OUT.is_file() else {}
     records, missing = {}, []
-    for sigma in sigmas:
+    for v in variants:
         for seed in seeds:
-            r = everything.get(key(sigma, seed))
-            if r is None or r["every"] != every or not set(dev_seeds) <= set(r["dev_seeds"]):
-                missing.append(key(sigma, seed))
+            r = everything.get(key(v[0], seed, v[1]))
+            if (r is None or r["every"] != every or not set(dev_seeds) <= set(r["dev_seeds"])
+                    or any(c not in r[f"dev{d}"] for d in dev_seeds for c in changes)):
+                missing.append(key(v[0], seed, v[1]))
             else:
-                records[(sigma, seed)] = r
+                records[(v, seed)] = r
     if missing:
         raise ValueError(f"{OUT}: no record for {missing} (every {every}, dev seeds {list(dev_seeds)}); measure them first")
     return records
 
 
-def report(records: dict, sigmas, seeds, dev_seeds) -> str:
-    """Markdown: per change, pooled over the dev benchmarks, each sigma's refined mean centre error per seed,
-    its off-hand share, and its difference from the first sigma's, paired by seed (95 % t)."""
+def report(records: dict, variants, seeds, dev_seeds) -> str:
+    """Markdown: per change (those every record has), pooled over the dev benchmarks, each variant's refined mean
+    centre error per seed, its off-hand share, and its difference from the first variant's, paired by seed (95 % t)."""
     from handfuse.metrics import mean_ci95
 
-    def per_seed(sigma, changes, field="mean_mm"):
-        return np.array([np.mean([records[(sigma, s)][f"dev{d}"][c]["tracker+comref"][field]
+    def per_seed(v, changes, field="mean_mm"):
+        return np.array([np.mean([records[(v, s)][f"dev{d}"][c]["tracker+comref"][field]
                                   for d in dev_seeds for c in changes]) for s in seeds])
 
-    head = " | ".join(f"sigma {s:g}: mean (mm) per seed; off hand" for s in sigmas)
-    diffs = " | ".join(f"sigma {s:g} - {sigmas[0]:g}" for s in sigmas[1:])
+    common = [c for c in CHANGES if all(c in r[f"dev{d}"] for r in records.values() for d in dev_seeds)]
+    rows = [(c, (c,)) for c in common] + [(name, cs) for name, cs in AVERAGES.items() if set(cs) <= set(common)]
+    first = label(*variants[0])
+    head = " | ".join(f"{label(*v)}: mean (mm) per seed; off hand" for v in variants)
+    diffs = " | ".join(f"{label(*v)} - {first}" for v in variants[1:])
     lines = [f"Refined mean centre error, dev benchmarks {list(dev_seeds)} pooled, seeds {list(seeds)} (synthetic):",
-             "", f"| change | {head} | {diffs} |", "|---" * 2 * len(sigmas) + "|"]
-    for name, changes in [(c, (c,)) for c in CHANGES] + [("size-averaged", SIZES)]:
-        cells = [" / ".join(f"{v:.2f}" for v in per_seed(s, changes)) + f"; {per_seed(s, changes, 'off_hand_pct').mean():.2f} %"
-                 for s in sigmas]
-        for s in sigmas[1:]:
-            mean, half = mean_ci95(per_seed(s, changes) - per_seed(sigmas[0], changes))
+             "", f"| change | {head} | {diffs} |", "|---" * 2 * len(variants) + "|"]
+    for name, changes in rows:
+        cells = [" / ".join(f"{x:.2f}" for x in per_seed(v, changes)) + f"; {per_seed(v, changes, 'off_hand_pct').mean():.2f} %"
+                 for v in variants]
+        for v in variants[1:]:
+            mean, half = mean_ci95(per_seed(v, changes) - per_seed(variants[0], changes))
             cells.append(f"{mean:+.2f} ± {half:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    val = "; ".join(f"sigma {s:g}: " + " / ".join(f"{records[(s, n)]['val']['error_mm']:.2f}" for n in seeds) for s in sigmas)
+    if all(all(f"dev{d}" in r.get("pose", {}) for d in dev_seeds) for r in records.values()):
+        lines += pose_rows(records, variants, seeds, dev_seeds)
+    val = "; ".join(f"{label(*v)}: " + " / ".join(f"{records[(v, n)]['val']['error_mm']:.2f}" for n in seeds)
+                    for v in variants)
     lines += ["", f"Validation error of each refiner from perturbed true centres (mm, per seed): {val}"]
     return "\n".join(lines)
+
+
+def pose_rows(records: dict, variants, seeds, dev_seeds) -> list[str]:
+    """The table's rows of the pose error (mm, frames pooled over the dev benchmarks) on refined and on true
+    centres, per seed, and each variant's difference from the first, paired by seed (95 % t)."""
+    from handfuse.metrics import mean_ci95
+
+    def per_seed(v, field):
+        out = []
+        for s in seeds:
+            pose = records[(v, s)]["pose"]
+            frames = np.array([pose[f"dev{d}"]["frames"] for d in dev_seeds])
+            out.append(np.dot(frames, [pose[f"dev{d}"][field] for d in dev_seeds]) / frames.sum())
+        return np.array(out)
+
+    lines = []
+    for name, field in (("pose error, refined centres", "depth_centre_mm"), ("pose error, true centres", "true_centre_mm")):
+        cells = [" / ".join(f"{x:.2f}" for x in per_seed(v, field)) for v in variants]
+        for v in variants[1:]:
+            mean, half = mean_ci95(per_seed(v, field) - per_seed(variants[0], field))
+            cells.append(f"{mean:+.2f} ± {half:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,32 +202,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu", choices=["smoke", "cpu"])
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.08],
                         help="RefineConfig.scale_sigma values; the first is the reference (default 0 0.08)")
+    parser.add_argument("--holes", type=float, nargs="+", default=[0.0],
+                        help="RefineConfig.hole_share values, each with every sigma (default 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="refiner seeds (default 0 1 2)")
     parser.add_argument("--dev-seeds", type=int, nargs="+", default=[1, 2], help="dev benchmarks' generator seeds")
     parser.add_argument("--every", type=int, default=6, help="every N-th test sequence (default 6)")
+    parser.add_argument("--pose-hpe", type=Path, default=None, metavar="RUN",
+                        help="a finished plain HPE pre-training (hpe-none-*): also measure its pose error on crops"
+                             " around each refiner's centres")
+    parser.add_argument("--pose-every", type=int, default=3, help="with --pose-hpe, every N-th test sequence (default 3)")
     parser.add_argument("--report", action="store_true", help="only report the stored records")
     args = parser.parse_args(argv)
     from handfuse.config import get_preset
-    from handfuse.localise import REFINE_PRESETS
 
-    if args.every < 1:
-        parser.error(f"--every must be a whole number >= 1, got {args.every}")
+    variants = [(sigma, holes) for sigma in args.sigmas for holes in args.holes]
+    if args.every < 1 or args.pose_every < 1:
+        parser.error(f"--every and --pose-every must be whole numbers >= 1, got {args.every} and {args.pose_every}")
+    if args.pose_hpe is not None and not (args.pose_hpe / "best.pt").is_file():
+        parser.error(f"--pose-hpe: {args.pose_hpe} holds no finished HPE run (no best.pt)")
     try:
         for dev in args.dev_seeds:
             refuse_own_benchmark(get_preset(args.preset), dev)
-        for sigma in args.sigmas:
-            replace(REFINE_PRESETS[args.preset][0], scale_sigma=sigma)
+        for v in variants:
+            variant(args.preset, *v)
     except ValueError as e:
-        parser.error(f"--dev-seeds / --sigmas: {e}")
+        parser.error(f"--dev-seeds / --sigmas / --holes: {e}")
     if not args.report:
-        for sigma in args.sigmas:
+        for v in variants:
             for seed in args.seeds:
-                measure(args.preset, sigma, seed, args.dev_seeds, args.every)
+                try:  # a refiner measured as asked already is not measured again
+                    stored(args.preset, [v], [seed], args.dev_seeds, args.every, CHANGES)
+                except ValueError:
+                    measure(args.preset, v[0], seed, args.dev_seeds, args.every, holes=v[1])
+                if args.pose_hpe is not None:
+                    measure_pose(args.preset, v[0], seed, args.pose_hpe, args.dev_seeds, args.every, args.pose_every,
+                                 holes=v[1])
     try:
-        records = stored(args.preset, args.sigmas, args.seeds, args.dev_seeds, args.every)
+        records = stored(args.preset, variants, args.seeds, args.dev_seeds, args.every)
     except ValueError as e:
         parser.error(str(e))
-    print(report(records, args.sigmas, args.seeds, args.dev_seeds))
+    print(report(records, variants, args.seeds, args.dev_seeds))
     return 0
 
 

@@ -507,6 +507,10 @@ class RefineConfig:
     # 2 sigma, and its depths and target offset are normalised by that cube, so that the net sees the hand
     # larger or smaller than the subjects' (DeepPrior++ scales the cube so); the detector is trained unscaled
     scale_sigma: float = 0.0
+    # hole augmentation (0: none): half of the training crops (both stages') lose a share U(0, hole_share) of their
+    # pixels, in runs of two along the row, and every missing pixel's neighbour on one side along the row (left or
+    # right at random), as a sensor's dropouts and a wider projector shadow take the hand's surface (:func:`holed`)
+    hole_share: float = 0.0
 
     def __post_init__(self):
         check(self.size >= 8 and self.size % 2 ** len(self.channels) == 0, "refine.size", self.size,
@@ -528,6 +532,7 @@ class RefineConfig:
         check(len(self.detector) in (0, 6) and all(isinstance(w, int) and w >= 1 for w in self.detector),
               "refine.detector", self.detector, "() or six positive layer widths")
         check(self.detect_batch >= 1, "refine.detect_batch", self.detect_batch, "an integer >= 1")
+        check(0.0 <= self.hole_share <= 1.0, "refine.hole_share", self.hole_share, "a share in [0, 1] (0: no holes)")
         # the largest cube, around an estimate max_offset_mm off, must lie inside the wide patch around the truth
         check(0.0 <= self.scale_sigma and math.exp(2 * self.scale_sigma) * self.cube_mm / 2 + self.max_offset_mm
               <= WIDE * self.cube_mm / 2, "refine.scale_sigma", self.scale_sigma,
@@ -921,6 +926,25 @@ def cube_scales(n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     return np.exp(np.clip(rng.normal(0.0, sigma, n), -2 * sigma, 2 * sigma))
 
 
+def holed(crops: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Training's hole augmentation of normalised refiner crops (B, S, S), where 1 is missing (or far): each crop,
+    with probability 1/2, loses a share ``U(0, share)`` of its pixels in runs of two along the row, and every
+    missing pixel's row neighbour on one side (left or right, at random per crop) goes missing too, as a wider
+    shadow takes an edge.  Returns a new array; ``crops`` itself (and ``rng`` untouched) when ``share`` is 0."""
+    if share == 0:
+        return crops
+    b, s = crops.shape[:2]
+    hit = rng.random(b) < 0.5
+    dropped = rng.random((b, s, (s + 1) // 2)) < rng.uniform(0.0, share, b)[:, None, None]
+    right = rng.random(b) < 0.5
+    missing = crops >= 1.0
+    grown = np.zeros_like(missing)
+    grown[right, :, 1:] = missing[right, :, :-1]  # the pixel right of a missing one
+    grown[~right, :, :-1] = missing[~right, :, 1:]  # ... or the one left of it
+    mask = (np.repeat(dropped, 2, axis=2)[:, :, :crops.shape[2]] | grown) & hit[:, None, None]
+    return np.where(mask, np.float32(1.0), crops).astype(crops.dtype)
+
+
 def _shrunk(off: np.ndarray, limit_mm: float) -> np.ndarray:
     """Offsets (N, 3) scaled down, each along itself, to at most ``limit_mm`` long."""
     norm = np.linalg.norm(off, axis=1, keepdims=True)
@@ -969,6 +993,7 @@ class RefineTask:
         if fine is not None:
             fine_starts = perturb(frames.centres[index[order]], fine, rng, near=0.5)
         scales = cube_scales(len(order), self.cfg.scale_sigma, np.random.default_rng([train_cfg.seed, epoch, 41]))
+        hrng = np.random.default_rng([train_cfg.seed, epoch, 43])  # the holes' own stream (RefineConfig.hole_share)
         detect = bool(self.cfg.detector) and frames.frames is not None and len(frames.frames) > 0
         if detect:
             drng = np.random.default_rng([train_cfg.seed, epoch, 37])
@@ -979,6 +1004,7 @@ class RefineTask:
             idx, start, scale = index[order[rows]], starts[rows], scales[rows]
             x = np.stack([refiner_crop(frames.patches[i], frames.centres[i], s, self.cfg, self.intrinsics, k)
                           for i, s, k in zip(idx, start, scale)])
+            x = holed(x, self.cfg.hole_share, hrng)
             target = (frames.centres[idx] - start) / (self.cfg.cube_mm * scale[:, None] / 2)
             batch = {"crop": torch.from_numpy(x)[:, None], "target": torch.from_numpy(target.astype(np.float32))}
             if fine is not None:  # the batch's first rows (a random subset: the order is shuffled)
@@ -986,6 +1012,7 @@ class RefineTask:
                 idx, start, scale = idx[:keep], fine_starts[rows][:keep], scale[:keep]
                 x = np.stack([refiner_crop(frames.fine_patches[i], frames.centres[i], s, fine, self.intrinsics, k)
                               for i, s, k in zip(idx, start, scale)])
+                x = holed(x, self.cfg.hole_share, hrng)
                 target = (frames.centres[idx] - start) / (fine.cube_mm * scale[:, None] / 2)
                 batch |= {"fine_crop": torch.from_numpy(x)[:, None],
                           "fine_target": torch.from_numpy(target.astype(np.float32))}

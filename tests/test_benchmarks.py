@@ -5,6 +5,7 @@ method is measured at every length and size, the slopes are the fits of those nu
 figure is written."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -190,11 +191,12 @@ def test_centre_jitter_benchmark_refuses_the_study_benchmark_as_a_dev_one(capsys
     assert "--dev-seeds: 0 is the preset's own benchmark" in capsys.readouterr().err
 
 
-def _scale_record(sigma: float, seed: int, base: float) -> dict:
+def _scale_record(sigma: float, seed: int, base: float, changes=None) -> dict:
     """A stored refiner_scale record whose refined mean error is ``base`` + the change's index, on both dev sets."""
     from benchmarks import refiner_scale as S
 
-    changes = {c: {"tracker+comref": {"mean_mm": base + k, "off_hand_pct": 0.5}} for k, c in enumerate(S.CHANGES)}
+    changes = {c: {"tracker+comref": {"mean_mm": base + k, "off_hand_pct": 0.5}}
+               for k, c in enumerate(S.CHANGES) if changes is None or c in changes}
     return {"sigma": sigma, "seed": seed, "every": 6, "dev_seeds": [1, 2], "val": {"error_mm": base},
             "dev1": changes, "dev2": changes}
 
@@ -217,9 +219,43 @@ def test_refiner_scale_pairs_each_sigma_with_the_first_by_seed(tmp_path, monkeyp
     assert "sigma0-seed3" in capsys.readouterr().err
 
 
+def test_refiner_scale_pairs_each_hole_share_with_the_first_and_leaves_out_changes_not_all_measured(
+        tmp_path, monkeypatch, capsys):
+    from benchmarks import localise as B
+    from benchmarks import refiner_scale as S
+
+    monkeypatch.setattr(S, "OUT", tmp_path / "refiner_scale.json")
+    for seed, (plain, holed) in enumerate([(8.0, 7.0), (9.0, 7.5), (10.0, 8.0)]):
+        B.store("smoke", S.key(0.08, seed), _scale_record(0.08, seed, plain), S.OUT)
+        B.store("smoke", S.key(0.08, seed, 0.4), _scale_record(0.08, seed, holed), S.OUT)
+        B.store("smoke", S.key(0.0, seed), _scale_record(0.0, seed, plain, S.CHANGES[:5]), S.OUT)  # an older record
+    assert S.main(["--preset", "smoke", "--report", "--sigmas", "0.08", "--holes", "0", "0.4"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert "sigma 0.08, holes 0.4 - sigma 0.08" in rows["change"]
+    assert rows["speckle"].endswith("| -1.50 ± 1.24 |") and "13.00 / 14.00 / 15.00" in rows["speckle"]
+    assert "11.75 / 12.75 / 13.75" in rows["hole-averaged"]  # the mean of changes 0, 4, 5 and 6: base + 3.75
+    assert S.main(["--preset", "smoke", "--report", "--sigmas", "0", "0.08"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert "speckle" not in rows and "hole-averaged" not in rows and "size-averaged" in rows  # sigma 0 lacks them
+    assert "pose error, refined centres" not in rows  # no record has a pose measurement
+    for seed in range(3):  # pose errors: refined 20 + seed on dev 1 (100 frames), 22 + seed on dev 2 (300); holed -0.4
+        for holes, shift in ((0.0, 0.0), (0.4, -0.4)):
+            r = json.loads(S.OUT.read_text())["smoke"][S.key(0.08, seed, holes)]
+            r["pose"] = {f"dev{d}": {"frames": n, "depth_centre_mm": base + seed + shift, "true_centre_mm": 18.0}
+                         for d, n, base in ((1, 100, 20.0), (2, 300, 22.0))}
+            B.store("smoke", S.key(0.08, seed, holes), r, S.OUT)
+    assert S.main(["--preset", "smoke", "--report", "--sigmas", "0.08", "--holes", "0", "0.4"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert "21.50 / 22.50 / 23.50 | 21.10 / 22.10 / 23.10 | -0.40 ± 0.00" in rows["pose error, refined centres"]
+    assert rows["pose error, true centres"].endswith("| +0.00 ± 0.00 |")
+
+
 @pytest.mark.parametrize("args, named", [(["--dev-seeds", "0"], "is the preset's own benchmark"),
                                          (["--sigmas", "0", "0.3"], "refine.scale_sigma"),
-                                         (["--every", "0"], "--every must be")])
+                                         (["--holes", "0", "2"], "refine.hole_share"),
+                                         (["--every", "0"], "--every and --pose-every must be"),
+                                         (["--pose-every", "0"], "--every and --pose-every must be"),
+                                         (["--pose-hpe", "no-such-run"], "--pose-hpe: no-such-run holds no finished")])
 def test_refiner_scale_refuses_bad_parameters_by_name(args, named, capsys):
     from benchmarks.refiner_scale import main
 

@@ -572,6 +572,55 @@ def test_hand_size_augmentation_draws_each_crops_scale_and_leaves_the_rest_of_tr
         L.RefineConfig(scale_sigma=-0.1)
 
 
+def test_holes_take_pixels_and_widen_every_hole_on_one_side_in_half_the_crops():
+    """:func:`holed` only ever sets pixels to missing (1): in about half the crops, a share of the pixels in
+    row pairs, and the row neighbour on one side of every pixel already missing; the rest stay as they were."""
+    rng = np.random.default_rng(0)
+    crops = rng.uniform(-0.9, 0.9, (400, 16, 16)).astype(np.float32)
+    crops[:, :, 7] = 1.0  # a missing column: a shadow down the crop
+    out = L.holed(crops, 1e-9, np.random.default_rng(1))  # (almost) nothing dropped: the shadow alone widens
+    changed = (out != crops).any(axis=(1, 2))
+    assert 0.4 < changed.mean() < 0.6
+    assert np.all(out[out != crops] == 1.0)
+    for before, after in zip(crops[changed], out[changed]):
+        cols = np.flatnonzero((after != before).any(axis=0))
+        assert cols.tolist() in ([6], [8]) and np.all(after[:, cols[0]] == 1.0)
+    assert {int(np.flatnonzero((a != b).any(axis=0))[0]) for a, b in zip(out[changed], crops[changed])} == {6, 8}
+    whole = crops.copy()
+    whole[:, :, 7] = 0.0  # no hole to widen: what goes missing is dropped, a share U(0, 0.4) of each crop hit
+    dropped = L.holed(whole, 0.4, np.random.default_rng(2))
+    hit = (dropped != whole).any(axis=(1, 2))
+    share = (dropped == 1.0).mean(axis=(1, 2))[hit]
+    assert 0.4 < hit.mean() < 0.6 and 0.17 < share.mean() < 0.23 and share.max() < 0.6  # binomial spread over 128 row pairs
+    assert L.holed(crops, 0.0, rng) is crops
+    with pytest.raises(ValueError, match="refine.hole_share"):
+        L.RefineConfig(hole_share=1.5)
+
+
+def test_hole_augmentation_changes_only_the_crops_of_training_batches():
+    from handfuse.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    cfg = L.RefineConfig(fine_cube_mm=200.0, fine_size=32, fine_max_offset_mm=40.0, fine_share=0.5, scale_sigma=0.05)
+    n, fine = 40, cfg.fine_stage()
+    centres = np.c_[rng.normal(0, 30, (n, 2)), rng.normal(450, 20, n)]
+    patches = rng.integers(300, 600, (n,) + (L._wide_size(cfg),) * 2).astype(np.uint16)
+    patches[:, :, ::9] = 0  # holes to widen
+    frames = L.RefineFrames(patches, centres, None, patches[:, :L._wide_size(fine), :L._wide_size(fine)].copy())
+
+    def batches(share):
+        task = L.RefineTask({"train": frames}, replace(cfg, hole_share=share))
+        return list(task.batches("train", 0, TrainConfig(batch_size=16, seed=0)))
+
+    plain, holed = batches(0.0), batches(0.3)
+    for a, b in zip(plain, holed):
+        assert torch.equal(a["target"], b["target"]) and torch.equal(a["fine_target"], b["fine_target"])
+        for name in ("crop", "fine_crop"):
+            diff = a[name] != b[name]
+            assert torch.all(b[name][diff] == 1.0)
+            assert 0 < diff.flatten(1).any(1).sum() < len(diff)  # some crops holed, not all
+
+
 def test_tracked_starts_replace_the_share_asked_for_within_the_offset_limit():
     cfg = L.RefineConfig(tracked=0.5, max_offset_mm=100.0)
     rng = np.random.default_rng(0)
