@@ -508,9 +508,11 @@ class RefineConfig:
     # larger or smaller than the subjects' (DeepPrior++ scales the cube so); the detector is trained unscaled
     scale_sigma: float = 0.0
     # hole augmentation (0: none): half of the training crops (both stages') lose a share U(0, hole_share) of their
-    # pixels, in runs of two along the row, and every missing pixel's neighbour on one side along the row (left or
-    # right at random), as a sensor's dropouts and a wider projector shadow take the hand's surface (:func:`holed`)
+    # pixels, in runs of two along the row, and, with probability hole_widen each, every missing pixel's neighbour on
+    # one side along the row (left or right at random), as a sensor's dropouts and a wider projector shadow take the
+    # hand's surface (:func:`holed`)
     hole_share: float = 0.0
+    hole_widen: float = 1.0
 
     def __post_init__(self):
         check(self.size >= 8 and self.size % 2 ** len(self.channels) == 0, "refine.size", self.size,
@@ -533,6 +535,7 @@ class RefineConfig:
               "refine.detector", self.detector, "() or six positive layer widths")
         check(self.detect_batch >= 1, "refine.detect_batch", self.detect_batch, "an integer >= 1")
         check(0.0 <= self.hole_share <= 1.0, "refine.hole_share", self.hole_share, "a share in [0, 1] (0: no holes)")
+        check(0.0 <= self.hole_widen <= 1.0, "refine.hole_widen", self.hole_widen, "a probability in [0, 1]")
         # the largest cube, around an estimate max_offset_mm off, must lie inside the wide patch around the truth
         check(0.0 <= self.scale_sigma and math.exp(2 * self.scale_sigma) * self.cube_mm / 2 + self.max_offset_mm
               <= WIDE * self.cube_mm / 2, "refine.scale_sigma", self.scale_sigma,
@@ -926,11 +929,12 @@ def cube_scales(n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     return np.exp(np.clip(rng.normal(0.0, sigma, n), -2 * sigma, 2 * sigma))
 
 
-def holed(crops: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+def holed(crops: np.ndarray, share: float, rng: np.random.Generator, widen: float = 1.0) -> np.ndarray:
     """Training's hole augmentation of normalised refiner crops (B, S, S), where 1 is missing (or far): each crop,
-    with probability 1/2, loses a share ``U(0, share)`` of its pixels in runs of two along the row, and every
-    missing pixel's row neighbour on one side (left or right, at random per crop) goes missing too, as a wider
-    shadow takes an edge.  Returns a new array; ``crops`` itself (and ``rng`` untouched) when ``share`` is 0."""
+    with probability 1/2, loses a share ``U(0, share)`` of its pixels in runs of two along the row, and a missing
+    pixel's row neighbour on one side (left or right, at random per crop) goes missing too, with probability
+    ``widen`` each, as a wider shadow takes an edge.  Returns a new array; ``crops`` itself (and ``rng``
+    untouched) when ``share`` is 0."""
     if share == 0:
         return crops
     b, s = crops.shape[:2]
@@ -941,6 +945,7 @@ def holed(crops: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarr
     grown = np.zeros_like(missing)
     grown[right, :, 1:] = missing[right, :, :-1]  # the pixel right of a missing one
     grown[~right, :, :-1] = missing[~right, :, 1:]  # ... or the one left of it
+    grown &= rng.random(grown.shape) < widen
     mask = (np.repeat(dropped, 2, axis=2)[:, :, :crops.shape[2]] | grown) & hit[:, None, None]
     return np.where(mask, np.float32(1.0), crops).astype(crops.dtype)
 
@@ -1004,7 +1009,7 @@ class RefineTask:
             idx, start, scale = index[order[rows]], starts[rows], scales[rows]
             x = np.stack([refiner_crop(frames.patches[i], frames.centres[i], s, self.cfg, self.intrinsics, k)
                           for i, s, k in zip(idx, start, scale)])
-            x = holed(x, self.cfg.hole_share, hrng)
+            x = holed(x, self.cfg.hole_share, hrng, self.cfg.hole_widen)
             target = (frames.centres[idx] - start) / (self.cfg.cube_mm * scale[:, None] / 2)
             batch = {"crop": torch.from_numpy(x)[:, None], "target": torch.from_numpy(target.astype(np.float32))}
             if fine is not None:  # the batch's first rows (a random subset: the order is shuffled)
@@ -1012,7 +1017,7 @@ class RefineTask:
                 idx, start, scale = idx[:keep], fine_starts[rows][:keep], scale[:keep]
                 x = np.stack([refiner_crop(frames.fine_patches[i], frames.centres[i], s, fine, self.intrinsics, k)
                               for i, s, k in zip(idx, start, scale)])
-                x = holed(x, self.cfg.hole_share, hrng)
+                x = holed(x, self.cfg.hole_share, hrng, self.cfg.hole_widen)
                 target = (frames.centres[idx] - start) / (fine.cube_mm * scale[:, None] / 2)
                 batch |= {"fine_crop": torch.from_numpy(x)[:, None],
                           "fine_target": torch.from_numpy(target.astype(np.float32))}

@@ -592,9 +592,14 @@ def test_holes_take_pixels_and_widen_every_hole_on_one_side_in_half_the_crops():
     hit = (dropped != whole).any(axis=(1, 2))
     share = (dropped == 1.0).mean(axis=(1, 2))[hit]
     assert 0.4 < hit.mean() < 0.6 and 0.17 < share.mean() < 0.23 and share.max() < 0.6  # binomial spread over 128 row pairs
+    assert np.array_equal(L.holed(crops, 1e-9, np.random.default_rng(1), widen=0.0), crops)  # no widening asked
+    thin = L.holed(crops, 1e-9, np.random.default_rng(1), widen=0.5)  # half the neighbours of the shadow
+    assert 0.4 < ((thin != crops).sum(axis=(1, 2)) / 16)[changed].mean() < 0.6  # the same crops hit (the same draws)
     assert L.holed(crops, 0.0, rng) is crops
     with pytest.raises(ValueError, match="refine.hole_share"):
         L.RefineConfig(hole_share=1.5)
+    with pytest.raises(ValueError, match="refine.hole_widen"):
+        L.RefineConfig(hole_widen=-0.1)
 
 
 def test_hole_augmentation_changes_only_the_crops_of_training_batches():
