@@ -4,7 +4,8 @@ The refiner (:mod:`handfuse.localise`) regresses millimetres in a metric cube, s
 than the synthetic subjects' costs it accuracy, and so do holes across the hand (``benchmarks.localise
 --sensor``).  This trains, or loads when finished, the preset's refiner of each seed (``--seeds``) with each
 ``RefineConfig.scale_sigma`` (``--sigmas``), each ``RefineConfig.hole_share`` (``--holes``) and each
-``RefineConfig.hole_widen`` (``--widen``): every combination, the first the reference; on the preset's training split, and measures each on the test sequences of the dev
+``RefineConfig.hole_widen`` (``--widen``): every combination, the first the reference (``--coarse-only``: holes
+in the first stage's training crops alone, ``RefineConfig.hole_fine = False``); on the preset's training split, and measures each on the test sequences of the dev
 benchmarks (``--dev-seeds``, every ``--every``-th; never the study's test split) with the frames as rendered,
 the scene 15 % nearer and smaller, 10 % farther and larger, the camera 50 mm nearer, wider shadows, speckle and
 holes on the skin (:func:`benchmarks.localise.measure_sensor`).
@@ -17,7 +18,7 @@ chosen on.  A change some record lacks (measured before it was added) is left ou
 ``--pose-hpe RUN``, a finished plain HPE pre-training, the pose error on crops around each refiner's centres
 (and around the true centres) on every ``--pose-every``-th dev test sequence joins the record and the table.
 A refiner already measured as asked is not measured again.  Records go to
-``benchmarks/refiner_scale.json`` under ``<preset>/sigma<s>[-holes<h>[-widen<w>]]-seed<n>``, one per refiner, so that
+``benchmarks/refiner_scale.json`` under ``<preset>/sigma<s>[-holes<h>[-widen<w>][-coarse]]-seed<n>``, one per refiner, so that
 refiners can be measured in processes side by side and reported together (``--report``).  Every number is
 synthetic, never an FPHA number.
 """
@@ -40,32 +41,34 @@ AVERAGES = {"size-averaged": CHANGES[:3],
             "hole-averaged": ("as rendered", "wider shadows", "speckle", "holes on the skin (stress)")}
 
 
-def key(sigma: float, seed: int, holes: float = 0.0, widen: float = 1.0) -> str:
-    return "-".join(f"{name}{value:g}" for name, value in _parts(sigma, holes, widen)) + f"-seed{seed}"
+def key(sigma: float, seed: int, holes: float = 0.0, widen: float = 1.0, fine: bool = True) -> str:
+    return "-".join(_parts(sigma, holes, widen, fine, "")) + f"-seed{seed}"
 
 
-def label(sigma: float, holes: float = 0.0, widen: float = 1.0) -> str:
-    return ", ".join(f"{name} {value:g}" for name, value in _parts(sigma, holes, widen))
+def label(sigma: float, holes: float = 0.0, widen: float = 1.0, fine: bool = True) -> str:
+    return ", ".join(_parts(sigma, holes, widen, fine, " "))
 
 
-def _parts(sigma: float, holes: float, widen: float) -> list[tuple[str, float]]:
-    """What names a variant: sigma; the hole share, unless 0; the widening, unless 1 (or without holes)."""
-    return [("sigma", sigma)] + ([("holes", holes)] if holes else []) + ([("widen", widen)] if holes and widen != 1 else [])
+def _parts(sigma: float, holes: float, widen: float, fine: bool, space: str) -> list[str]:
+    """What names a variant: sigma; the hole share, unless 0; then the widening, unless 1, and "coarse" when the
+    fine stage is trained without holes."""
+    named = [("sigma", sigma)] + ([("holes", holes)] + ([("widen", widen)] if widen != 1 else []) if holes else [])
+    return [f"{name}{space}{value:g}" for name, value in named] + (["coarse"] if holes and not fine else [])
 
 
-def variant(preset_name: str, sigma: float, holes: float = 0.0, widen: float = 1.0):
-    """The preset's refiner config with ``scale_sigma``, ``hole_share`` and ``hole_widen`` replaced (a ValueError
-    names a bad one)."""
+def variant(preset_name: str, sigma: float, holes: float = 0.0, widen: float = 1.0, fine: bool = True):
+    """The preset's refiner config with ``scale_sigma``, ``hole_share``, ``hole_widen`` and ``hole_fine`` replaced (a
+    ValueError names a bad one)."""
     from handfuse.localise import REFINE_PRESETS
 
     return replace(REFINE_PRESETS[preset_name][0], scale_sigma=float(sigma), hole_share=float(holes),
-                   hole_widen=float(widen))
+                   hole_widen=float(widen), hole_fine=bool(fine))
 
 
 def measure(preset_name: str, sigma: float, seed: int, dev_seeds=(1, 2), every: int = 6,
-            progress: bool = True, holes: float = 0.0, widen: float = 1.0) -> dict:
-    """Train or load the refiner of ``seed`` with ``scale_sigma = sigma``, ``hole_share = holes`` and ``hole_widen =
-    widen`` and measure it on each dev benchmark (:data:`CHANGES`); the record is stored in :data:`OUT` and returned."""
+            progress: bool = True, holes: float = 0.0, widen: float = 1.0, fine: bool = True) -> dict:
+    """Train or load the refiner of ``seed`` with ``scale_sigma = sigma``, ``hole_share = holes``, ``hole_widen =
+    widen`` and ``hole_fine = fine`` and measure it on each dev benchmark (:data:`CHANGES`); the record is stored in :data:`OUT` and returned."""
     from handfuse.config import get_preset
     from handfuse.fpha import FPHA
     from handfuse.localise import train_refiner
@@ -73,27 +76,28 @@ def measure(preset_name: str, sigma: float, seed: int, dev_seeds=(1, 2), every: 
     from handfuse.pool import one_thread
 
     preset = get_preset(preset_name)
-    cfg = variant(preset_name, sigma, holes, widen)
+    cfg = variant(preset_name, sigma, holes, widen, fine)
     start = time.perf_counter()
     refiner, fitted = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress, refine=cfg)
     trained = time.perf_counter() - start
     record = {"note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
               "preset": preset_name, "sigma": float(sigma), "holes": float(holes),
-              "widen": float(widen), "seed": seed, "refiner_run": fitted.run_dir,
+              "widen": float(widen), "hole_fine": bool(fine), "seed": seed, "refiner_run": fitted.run_dir,
               "val": fitted.val, "every": every, "dev_seeds": list(dev_seeds), "train_seconds": trained}
     with one_thread():
         for dev in dev_seeds:
             record[f"dev{dev}"] = measure_sensor(preset, dev, refiner, every, changes=CHANGES, progress=progress)
     record["seconds"] = time.perf_counter() - start
-    store(preset_name, key(sigma, seed, holes, widen), record, OUT)
+    store(preset_name, key(sigma, seed, holes, widen, fine), record, OUT)
     return record
 
 
 def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_seeds=(1, 2), every: int = 6,
-                 pose_every: int = 3, progress: bool = True, holes: float = 0.0, widen: float = 1.0) -> dict:
+                 pose_every: int = 3, progress: bool = True, holes: float = 0.0, widen: float = 1.0,
+                 fine: bool = True) -> dict:
     """The pose error of a finished plain HPE pre-training (``hpe_run``) on crops around the refined centres of
-    the refiner of a stored record (that of ``seed`` with ``scale_sigma = sigma``, ``hole_share = holes`` and
-    ``hole_widen = widen``: the very run it measured), and around the true centres, on every ``pose_every``-th test sequence of each dev benchmark, the frames as rendered; added
+    the refiner of a stored record (that of ``seed`` with ``scale_sigma = sigma``, ``hole_share = holes``,
+    ``hole_widen = widen`` and ``hole_fine = fine``: the very run it measured), and around the true centres, on every ``pose_every``-th test sequence of each dev benchmark, the frames as rendered; added
     to the refiner's stored record (measured with ``every``: measure it first) under ``pose``, and returned."""
     from tqdm.auto import tqdm
 
@@ -108,11 +112,11 @@ def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_s
     from handfuse.preprocess import centre_from_joints
 
     preset = get_preset(preset_name)
-    v = (sigma, holes, widen)
+    v = (sigma, holes, widen, fine)
     record = stored(preset_name, [v], [seed], dev_seeds, every)[(v, seed)]
     refiner = load_refiner(record["refiner_run"])
     if refiner is None:
-        raise ValueError(f"{record['refiner_run']}: the refiner {key(sigma, seed, holes, widen)} measured is gone")
+        raise ValueError(f"{record['refiner_run']}: the refiner {key(*v[:1], seed, *v[1:])} measured is gone")
     hpe = load_hpe(Path(hpe_run))
     pose = {"hpe_run": str(hpe_run), "every": pose_every, "frames_as": "as rendered"}
     with one_thread():
@@ -131,12 +135,12 @@ def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_s
             pose[f"dev{dev}"] = {"frames": int(len(true)), "depth_centre_mm": mean_joint_error(np.concatenate(found), true),
                                  "true_centre_mm": mean_joint_error(np.concatenate(truth), true)}
     record["pose"] = pose
-    store(preset_name, key(sigma, seed, holes, widen), record, OUT)
+    store(preset_name, key(sigma, seed, holes, widen, fine), record, OUT)
     return record
 
 
 def stored(preset_name: str, variants, seeds, dev_seeds, every: int, changes=()) -> dict:
-    """The stored records of every ((sigma, holes, widen), seed), measured as asked (with ``changes`` among others); a
+    """The stored records of every ((sigma, holes, widen, fine), seed), measured as asked (with ``changes`` among others); a
     ValueError names those missing."""
     everything = json.loads(OUT.read_text()).get(preset_name, {}) if OUT.is_file() else {}
     records, missing = {}, []
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="RefineConfig.hole_share values, each with every sigma (default 0)")
     parser.add_argument("--widen", type=float, nargs="+", default=[1.0],
                         help="RefineConfig.hole_widen values, each with every hole share but 0 (default 1)")
+    parser.add_argument("--coarse-only", action="store_true",
+                        help="holes in the first stage's training crops only (RefineConfig.hole_fine = False)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="refiner seeds (default 0 1 2)")
     parser.add_argument("--dev-seeds", type=int, nargs="+", default=[1, 2], help="dev benchmarks' generator seeds")
     parser.add_argument("--every", type=int, default=6, help="every N-th test sequence (default 6)")
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from handfuse.config import get_preset
 
-    variants = list(dict.fromkeys((sigma, holes, widen if holes else 1.0)
+    variants = list(dict.fromkeys((sigma, holes, widen if holes else 1.0, not (holes and args.coarse_only))
                                   for sigma in args.sigmas for holes in args.holes for widen in args.widen))
     if args.every < 1 or args.pose_every < 1:
         parser.error(f"--every and --pose-every must be whole numbers >= 1, got {args.every} and {args.pose_every}")
@@ -246,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
                 try:  # a refiner measured as asked already is not measured again
                     stored(args.preset, [v], [seed], args.dev_seeds, args.every, CHANGES)
                 except ValueError:
-                    measure(args.preset, v[0], seed, args.dev_seeds, args.every, holes=v[1], widen=v[2])
+                    measure(args.preset, v[0], seed, args.dev_seeds, args.every, holes=v[1], widen=v[2], fine=v[3])
                 if args.pose_hpe is not None:
                     measure_pose(args.preset, v[0], seed, args.pose_hpe, args.dev_seeds, args.every, args.pose_every,
-                                 holes=v[1], widen=v[2])
+                                 holes=v[1], widen=v[2], fine=v[3])
     try:
         records = stored(args.preset, variants, args.seeds, args.dev_seeds, args.every)
     except ValueError as e:

@@ -507,12 +507,13 @@ class RefineConfig:
     # 2 sigma, and its depths and target offset are normalised by that cube, so that the net sees the hand
     # larger or smaller than the subjects' (DeepPrior++ scales the cube so); the detector is trained unscaled
     scale_sigma: float = 0.0
-    # hole augmentation (0: none): half of the training crops (both stages') lose a share U(0, hole_share) of their
-    # pixels, in runs of two along the row, and, with probability hole_widen each, every missing pixel's neighbour on
-    # one side along the row (left or right at random), as a sensor's dropouts and a wider projector shadow take the
-    # hand's surface (:func:`holed`)
+    # hole augmentation (0: none): half of the training crops (the fine stage's too, with hole_fine) lose a share
+    # U(0, hole_share) of their pixels, in runs of two along the row, and, with probability hole_widen each, every
+    # missing pixel's neighbour on one side along the row (left or right at random), as a sensor's dropouts and a
+    # wider projector shadow take the hand's surface (:func:`holed`)
     hole_share: float = 0.0
     hole_widen: float = 1.0
+    hole_fine: bool = True
 
     def __post_init__(self):
         check(self.size >= 8 and self.size % 2 ** len(self.channels) == 0, "refine.size", self.size,
@@ -1017,7 +1018,7 @@ class RefineTask:
                 idx, start, scale = idx[:keep], fine_starts[rows][:keep], scale[:keep]
                 x = np.stack([refiner_crop(frames.fine_patches[i], frames.centres[i], s, fine, self.intrinsics, k)
                               for i, s, k in zip(idx, start, scale)])
-                x = holed(x, self.cfg.hole_share, hrng, self.cfg.hole_widen)
+                x = holed(x, self.cfg.hole_share if self.cfg.hole_fine else 0.0, hrng, self.cfg.hole_widen)
                 target = (frames.centres[idx] - start) / (fine.cube_mm * scale[:, None] / 2)
                 batch |= {"fine_crop": torch.from_numpy(x)[:, None],
                           "fine_target": torch.from_numpy(target.astype(np.float32))}
