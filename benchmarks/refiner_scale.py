@@ -5,22 +5,22 @@ than the synthetic subjects' costs it accuracy, and so do holes across the hand 
 --sensor``).  This trains, or loads when finished, the preset's refiner of each seed (``--seeds``) with each
 ``RefineConfig.scale_sigma`` (``--sigmas``), each ``RefineConfig.hole_share`` (``--holes``) and each
 ``RefineConfig.hole_widen`` (``--widen``): every combination, the first the reference (``--coarse-only``: holes
-in the first stage's training crops alone, ``RefineConfig.hole_fine = False``); on the preset's training split, and measures each on the test sequences of the dev
-benchmarks (``--dev-seeds``, every ``--every``-th; never the study's test split) with the frames as rendered,
-the scene 15 % nearer and smaller, 10 % farther and larger, the camera 50 mm nearer, wider shadows, speckle and
-holes on the skin (:func:`benchmarks.localise.measure_sensor`).
+in the first stage's training crops alone, ``RefineConfig.hole_fine = False``); on the preset's training split,
+and measures each on the test sequences of the dev benchmarks (``--dev-seeds``, every ``--every``-th; never the
+study's test split) with the frames as rendered, the scene 15 % nearer and smaller, 10 % farther and larger,
+the camera 50 mm nearer, wider shadows, speckle and holes on the skin (:func:`benchmarks.localise.measure_sensor`).
 
 It prints, per change and pooled over the dev benchmarks, each refiner's mean centre error and each variant's
 difference from the first, paired by seed (95 % t-interval over the seeds); "size-averaged" is the mean over
 the frames as rendered, smaller and larger, the measure the preset's sigma was chosen on, "hole-averaged" that
-over the frames as rendered, with wider shadows, speckle and holes on the skin, the measure its hole share was
-chosen on.  A change some record lacks (measured before it was added) is left out of the table.  With
+over the frames as rendered, with wider shadows, speckle and holes on the skin, the measure hole shares are
+screened on.  A change some record lacks (measured before it was added) is left out of the table.  With
 ``--pose-hpe RUN``, a finished plain HPE pre-training, the pose error on crops around each refiner's centres
 (and around the true centres) on every ``--pose-every``-th dev test sequence joins the record and the table.
-A refiner already measured as asked is not measured again.  Records go to
-``benchmarks/refiner_scale.json`` under ``<preset>/sigma<s>[-holes<h>[-widen<w>][-coarse]]-seed<n>``, one per refiner, so that
-refiners can be measured in processes side by side and reported together (``--report``).  Every number is
-synthetic, never an FPHA number.
+A refiner already measured as asked is not measured again.  Records go to ``benchmarks/refiner_scale.json``
+under ``<preset>/sigma<s>[-holes<h>[-widen<w>][-coarse]]-seed<n>``, one per refiner, so that refiners can be
+measured in processes side by side and reported together (``--report``).  Every number is synthetic, never an
+FPHA number.
 """
 from __future__ import annotations
 
@@ -97,8 +97,9 @@ def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_s
                  fine: bool = True) -> dict:
     """The pose error of a finished plain HPE pre-training (``hpe_run``) on crops around the refined centres of
     the refiner of a stored record (that of ``seed`` with ``scale_sigma = sigma``, ``hole_share = holes``,
-    ``hole_widen = widen`` and ``hole_fine = fine``: the very run it measured), and around the true centres, on every ``pose_every``-th test sequence of each dev benchmark, the frames as rendered; added
-    to the refiner's stored record (measured with ``every``: measure it first) under ``pose``, and returned."""
+    ``hole_widen = widen`` and ``hole_fine = fine``: the very run it measured), and around the true centres, on
+    every ``pose_every``-th test sequence of each dev benchmark, the frames as rendered; added to the refiner's
+    stored record (measured with ``every``: measure it first) under ``pose``, and returned."""
     from tqdm.auto import tqdm
 
     from benchmarks.localise import load_hpe, predict_joints
@@ -178,7 +179,7 @@ def report(records: dict, variants, seeds, dev_seeds) -> str:
                  for v in variants]
         for v in variants[1:]:
             mean, half = mean_ci95(per_seed(v, changes) - per_seed(variants[0], changes))
-            cells.append(f"{mean:+.2f} ± {half:.2f}")
+            cells.append(_difference(mean, half))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if all(all(f"dev{d}" in r.get("pose", {}) for d in dev_seeds) for r in records.values()):
         lines += pose_rows(records, variants, seeds, dev_seeds)
@@ -186,6 +187,11 @@ def report(records: dict, variants, seeds, dev_seeds) -> str:
                     for v in variants)
     lines += ["", f"Validation error of each refiner from perturbed true centres (mm, per seed): {val}"]
     return "\n".join(lines)
+
+
+def _difference(mean: float, half: float) -> str:
+    """A paired difference with its 95 % half-width, or said to have none (one seed)."""
+    return f"{mean:+.2f} ± {half:.2f}" if np.isfinite(half) else f"{mean:+.2f} (one seed: no interval)"
 
 
 def pose_rows(records: dict, variants, seeds, dev_seeds) -> list[str]:
@@ -206,7 +212,7 @@ def pose_rows(records: dict, variants, seeds, dev_seeds) -> list[str]:
         cells = [" / ".join(f"{x:.2f}" for x in per_seed(v, field)) for v in variants]
         for v in variants[1:]:
             mean, half = mean_ci95(per_seed(v, field) - per_seed(variants[0], field))
-            cells.append(f"{mean:+.2f} ± {half:.2f}")
+            cells.append(_difference(mean, half))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -248,6 +248,8 @@ def test_refiner_scale_pairs_each_hole_share_with_the_first_and_leaves_out_chang
     rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert "21.50 / 22.50 / 23.50 | 21.10 / 22.10 / 23.10 | -0.40 ± 0.00" in rows["pose error, refined centres"]
     assert rows["pose error, true centres"].endswith("| +0.00 ± 0.00 |")
+    assert S.main(["--preset", "smoke", "--report", "--sigmas", "0.08", "--holes", "0", "0.4", "--seeds", "1"]) == 0
+    assert "| -1.50 (one seed: no interval) |" in capsys.readouterr().out  # one seed: no interval, said so
 
 
 @pytest.mark.parametrize("args, named", [(["--dev-seeds", "0"], "is the preset's own benchmark"),
