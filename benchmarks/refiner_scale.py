@@ -29,6 +29,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,34 +42,41 @@ AVERAGES = {"size-averaged": CHANGES[:3],
             "hole-averaged": ("as rendered", "wider shadows", "speckle", "holes on the skin (stress)")}
 
 
-def key(sigma: float, seed: int, holes: float = 0.0, widen: float = 1.0, fine: bool = True) -> str:
-    return "-".join(_parts(sigma, holes, widen, fine, "")) + f"-seed{seed}"
+class Variant(NamedTuple):
+    """A refiner screened: the preset's config with ``scale_sigma``, ``hole_share``, ``hole_widen`` and
+    ``hole_fine`` replaced by these."""
+
+    sigma: float
+    holes: float = 0.0
+    widen: float = 1.0
+    fine: bool = True
+
+    def _parts(self, space: str) -> list[str]:
+        """What names it: sigma; the hole share, unless 0; then the widening, unless 1, and "coarse" when the fine
+        stage is trained without holes."""
+        named = [("sigma", self.sigma)]
+        if self.holes:
+            named += [("holes", self.holes)] + ([("widen", self.widen)] if self.widen != 1 else [])
+        return [f"{name}{space}{value:g}" for name, value in named] + (["coarse"] if self.holes and not self.fine else [])
+
+    def key(self, seed: int) -> str:
+        """Its record's key for the refiner of ``seed``."""
+        return "-".join(self._parts("")) + f"-seed{seed}"
+
+    def label(self) -> str:
+        return ", ".join(self._parts(" "))
+
+    def config(self, preset_name: str):
+        """The refiner config it names (a ValueError names a bad value)."""
+        from handfuse.localise import REFINE_PRESETS
+
+        return replace(REFINE_PRESETS[preset_name][0], scale_sigma=float(self.sigma), hole_share=float(self.holes),
+                       hole_widen=float(self.widen), hole_fine=bool(self.fine))
 
 
-def label(sigma: float, holes: float = 0.0, widen: float = 1.0, fine: bool = True) -> str:
-    return ", ".join(_parts(sigma, holes, widen, fine, " "))
-
-
-def _parts(sigma: float, holes: float, widen: float, fine: bool, space: str) -> list[str]:
-    """What names a variant: sigma; the hole share, unless 0; then the widening, unless 1, and "coarse" when the
-    fine stage is trained without holes."""
-    named = [("sigma", sigma)] + ([("holes", holes)] + ([("widen", widen)] if widen != 1 else []) if holes else [])
-    return [f"{name}{space}{value:g}" for name, value in named] + (["coarse"] if holes and not fine else [])
-
-
-def variant(preset_name: str, sigma: float, holes: float = 0.0, widen: float = 1.0, fine: bool = True):
-    """The preset's refiner config with ``scale_sigma``, ``hole_share``, ``hole_widen`` and ``hole_fine`` replaced (a
-    ValueError names a bad one)."""
-    from handfuse.localise import REFINE_PRESETS
-
-    return replace(REFINE_PRESETS[preset_name][0], scale_sigma=float(sigma), hole_share=float(holes),
-                   hole_widen=float(widen), hole_fine=bool(fine))
-
-
-def measure(preset_name: str, sigma: float, seed: int, dev_seeds=(1, 2), every: int = 6,
-            progress: bool = True, holes: float = 0.0, widen: float = 1.0, fine: bool = True) -> dict:
-    """Train or load the refiner of ``seed`` with ``scale_sigma = sigma``, ``hole_share = holes``, ``hole_widen =
-    widen`` and ``hole_fine = fine`` and measure it on each dev benchmark (:data:`CHANGES`); the record is stored in :data:`OUT` and returned."""
+def measure(preset_name: str, v: Variant, seed: int, dev_seeds=(1, 2), every: int = 6, progress: bool = True) -> dict:
+    """Train or load the refiner of ``seed`` of variant ``v`` and measure it on each dev benchmark (:data:`CHANGES`);
+    the record is stored in :data:`OUT` and returned."""
     from handfuse.config import get_preset
     from handfuse.fpha import FPHA
     from handfuse.localise import train_refiner
@@ -76,28 +84,27 @@ def measure(preset_name: str, sigma: float, seed: int, dev_seeds=(1, 2), every: 
     from handfuse.pool import one_thread
 
     preset = get_preset(preset_name)
-    cfg = variant(preset_name, sigma, holes, widen, fine)
+    cfg = v.config(preset_name)
     start = time.perf_counter()
     refiner, fitted = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress, refine=cfg)
     trained = time.perf_counter() - start
     record = {"note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
-              "preset": preset_name, "sigma": float(sigma), "holes": float(holes),
-              "widen": float(widen), "hole_fine": bool(fine), "seed": seed, "refiner_run": fitted.run_dir,
+              "preset": preset_name, "sigma": float(v.sigma), "holes": float(v.holes),
+              "widen": float(v.widen), "hole_fine": bool(v.fine), "seed": seed, "refiner_run": fitted.run_dir,
               "val": fitted.val, "every": every, "dev_seeds": list(dev_seeds), "train_seconds": trained}
     with one_thread():
         for dev in dev_seeds:
             record[f"dev{dev}"] = measure_sensor(preset, dev, refiner, every, changes=CHANGES, progress=progress)
     record["seconds"] = time.perf_counter() - start
-    store(preset_name, key(sigma, seed, holes, widen, fine), record, OUT)
+    store(preset_name, v.key(seed), record, OUT)
     return record
 
 
-def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_seeds=(1, 2), every: int = 6,
-                 pose_every: int = 3, progress: bool = True, holes: float = 0.0, widen: float = 1.0,
-                 fine: bool = True) -> dict:
+def measure_pose(preset_name: str, v: Variant, seed: int, hpe_run: Path, dev_seeds=(1, 2), every: int = 6,
+                 pose_every: int = 3, progress: bool = True) -> dict:
     """The pose error of a finished plain HPE pre-training (``hpe_run``) on crops around the refined centres of
-    the refiner of a stored record (that of ``seed`` with ``scale_sigma = sigma``, ``hole_share = holes``,
-    ``hole_widen = widen`` and ``hole_fine = fine``: the very run it measured), and around the true centres, on
+    the refiner of a stored record (that of ``seed`` of variant ``v``: the very run it measured), and around the
+    true centres, on
     every ``pose_every``-th test sequence of each dev benchmark, the frames as rendered; added to the refiner's
     stored record (measured with ``every``: measure it first) under ``pose``, and returned."""
     from tqdm.auto import tqdm
@@ -113,11 +120,10 @@ def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_s
     from handfuse.preprocess import centre_from_joints
 
     preset = get_preset(preset_name)
-    v = (sigma, holes, widen, fine)
     record = stored(preset_name, [v], [seed], dev_seeds, every)[(v, seed)]
     refiner = load_refiner(record["refiner_run"])
     if refiner is None:
-        raise ValueError(f"{record['refiner_run']}: the refiner {key(*v[:1], seed, *v[1:])} measured is gone")
+        raise ValueError(f"{record['refiner_run']}: the refiner {v.key(seed)} measured is gone")
     hpe = load_hpe(Path(hpe_run))
     pose = {"hpe_run": str(hpe_run), "every": pose_every, "frames_as": "as rendered"}
     with one_thread():
@@ -136,21 +142,21 @@ def measure_pose(preset_name: str, sigma: float, seed: int, hpe_run: Path, dev_s
             pose[f"dev{dev}"] = {"frames": int(len(true)), "depth_centre_mm": mean_joint_error(np.concatenate(found), true),
                                  "true_centre_mm": mean_joint_error(np.concatenate(truth), true)}
     record["pose"] = pose
-    store(preset_name, key(sigma, seed, holes, widen, fine), record, OUT)
+    store(preset_name, v.key(seed), record, OUT)
     return record
 
 
 def stored(preset_name: str, variants, seeds, dev_seeds, every: int, changes=()) -> dict:
-    """The stored records of every ((sigma, holes, widen, fine), seed), measured as asked (with ``changes`` among others); a
+    """The stored records of every (variant, seed), measured as asked (with ``changes`` among others); a
     ValueError names those missing."""
     everything = json.loads(OUT.read_text()).get(preset_name, {}) if OUT.is_file() else {}
     records, missing = {}, []
     for v in variants:
         for seed in seeds:
-            r = everything.get(key(v[0], seed, *v[1:]))
+            r = everything.get(v.key(seed))
             if (r is None or r["every"] != every or not set(dev_seeds) <= set(r["dev_seeds"])
                     or any(c not in r[f"dev{d}"] for d in dev_seeds for c in changes)):
-                missing.append(key(v[0], seed, *v[1:]))
+                missing.append(v.key(seed))
             else:
                 records[(v, seed)] = r
     if missing:
@@ -161,7 +167,6 @@ def stored(preset_name: str, variants, seeds, dev_seeds, every: int, changes=())
 def report(records: dict, variants, seeds, dev_seeds) -> str:
     """Markdown: per change (those every record has), pooled over the dev benchmarks, each variant's refined mean
     centre error per seed, its off-hand share, and its difference from the first variant's, paired by seed (95 % t)."""
-    from handfuse.metrics import mean_ci95
 
     def per_seed(v, changes, field="mean_mm"):
         return np.array([np.mean([records[(v, s)][f"dev{d}"][c]["tracker+comref"][field]
@@ -169,35 +174,37 @@ def report(records: dict, variants, seeds, dev_seeds) -> str:
 
     common = [c for c in CHANGES if all(c in r[f"dev{d}"] for r in records.values() for d in dev_seeds)]
     rows = [(c, (c,)) for c in common] + [(name, cs) for name, cs in AVERAGES.items() if set(cs) <= set(common)]
-    first = label(*variants[0])
-    head = " | ".join(f"{label(*v)}: mean (mm) per seed; off hand" for v in variants)
-    diffs = " | ".join(f"{label(*v)} - {first}" for v in variants[1:])
+    first = variants[0].label()
+    head = " | ".join(f"{v.label()}: mean (mm) per seed; off hand" for v in variants)
+    diffs = " | ".join(f"{v.label()} - {first}" for v in variants[1:])
     lines = [f"Refined mean centre error, dev benchmarks {list(dev_seeds)} pooled, seeds {list(seeds)} (synthetic):",
              "", f"| change | {head} | {diffs} |", "|---" * 2 * len(variants) + "|"]
     for name, changes in rows:
-        cells = [" / ".join(f"{x:.2f}" for x in per_seed(v, changes)) + f"; {per_seed(v, changes, 'off_hand_pct').mean():.2f} %"
-                 for v in variants]
-        for v in variants[1:]:
-            mean, half = mean_ci95(per_seed(v, changes) - per_seed(variants[0], changes))
-            cells.append(_difference(mean, half))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(_row(name, variants, lambda v: per_seed(v, changes),
+                          lambda v: f"; {per_seed(v, changes, 'off_hand_pct').mean():.2f} %"))
     if all(all(f"dev{d}" in r.get("pose", {}) for d in dev_seeds) for r in records.values()):
         lines += pose_rows(records, variants, seeds, dev_seeds)
-    val = "; ".join(f"{label(*v)}: " + " / ".join(f"{records[(v, n)]['val']['error_mm']:.2f}" for n in seeds)
+    val = "; ".join(f"{v.label()}: " + " / ".join(f"{records[(v, n)]['val']['error_mm']:.2f}" for n in seeds)
                     for v in variants)
     lines += ["", f"Validation error of each refiner from perturbed true centres (mm, per seed): {val}"]
     return "\n".join(lines)
 
 
-def _difference(mean: float, half: float) -> str:
-    """A paired difference with its 95 % half-width, or said to have none (one seed)."""
-    return f"{mean:+.2f} ± {half:.2f}" if np.isfinite(half) else f"{mean:+.2f} (one seed: no interval)"
+def _row(name: str, variants, per_seed, suffix=lambda v: "") -> str:
+    """One table row: each variant's per-seed values (``per_seed(v)``, then ``suffix(v)``), then each variant's
+    difference from the first, paired by seed, with its 95 % half-width (or said to have none: one seed)."""
+    from handfuse.metrics import mean_ci95
+
+    cells = [" / ".join(f"{x:.2f}" for x in per_seed(v)) + suffix(v) for v in variants]
+    for v in variants[1:]:
+        mean, half = mean_ci95(per_seed(v) - per_seed(variants[0]))
+        cells.append(f"{mean:+.2f} ± {half:.2f}" if np.isfinite(half) else f"{mean:+.2f} (one seed: no interval)")
+    return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def pose_rows(records: dict, variants, seeds, dev_seeds) -> list[str]:
     """The table's rows of the pose error (mm, frames pooled over the dev benchmarks) on refined and on true
     centres, per seed, and each variant's difference from the first, paired by seed (95 % t)."""
-    from handfuse.metrics import mean_ci95
 
     def per_seed(v, field):
         out = []
@@ -207,14 +214,9 @@ def pose_rows(records: dict, variants, seeds, dev_seeds) -> list[str]:
             out.append(np.dot(frames, [pose[f"dev{d}"][field] for d in dev_seeds]) / frames.sum())
         return np.array(out)
 
-    lines = []
-    for name, field in (("pose error, refined centres", "depth_centre_mm"), ("pose error, true centres", "true_centre_mm")):
-        cells = [" / ".join(f"{x:.2f}" for x in per_seed(v, field)) for v in variants]
-        for v in variants[1:]:
-            mean, half = mean_ci95(per_seed(v, field) - per_seed(variants[0], field))
-            cells.append(_difference(mean, half))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+    return [_row(name, variants, lambda v: per_seed(v, field))
+            for name, field in (("pose error, refined centres", "depth_centre_mm"),
+                                ("pose error, true centres", "true_centre_mm"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from handfuse.config import get_preset
 
-    variants = list(dict.fromkeys((sigma, holes, widen if holes else 1.0, not (holes and args.coarse_only))
+    variants = list(dict.fromkeys(Variant(sigma, holes, widen if holes else 1.0, not (holes and args.coarse_only))
                                   for sigma in args.sigmas for holes in args.holes for widen in args.widen))
     if args.every < 1 or args.pose_every < 1:
         parser.error(f"--every and --pose-every must be whole numbers >= 1, got {args.every} and {args.pose_every}")
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         for dev in args.dev_seeds:
             refuse_own_benchmark(get_preset(args.preset), dev)
         for v in variants:
-            variant(args.preset, *v)
+            v.config(args.preset)
     except ValueError as e:
         parser.error(f"--dev-seeds / --sigmas / --holes / --widen: {e}")
     if not args.report:
@@ -258,10 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:  # a refiner measured as asked already is not measured again
                     stored(args.preset, [v], [seed], args.dev_seeds, args.every, CHANGES)
                 except ValueError:
-                    measure(args.preset, v[0], seed, args.dev_seeds, args.every, holes=v[1], widen=v[2], fine=v[3])
+                    measure(args.preset, v, seed, args.dev_seeds, args.every)
                 if args.pose_hpe is not None:
-                    measure_pose(args.preset, v[0], seed, args.pose_hpe, args.dev_seeds, args.every, args.pose_every,
-                                 holes=v[1], widen=v[2], fine=v[3])
+                    measure_pose(args.preset, v, seed, args.pose_hpe, args.dev_seeds, args.every, args.pose_every)
     try:
         records = stored(args.preset, variants, args.seeds, args.dev_seeds, args.every)
     except ValueError as e:

@@ -207,8 +207,8 @@ def test_refiner_scale_pairs_each_sigma_with_the_first_by_seed(tmp_path, monkeyp
 
     monkeypatch.setattr(S, "OUT", tmp_path / "refiner_scale.json")
     for seed, (plain, scaled) in enumerate([(8.0, 7.0), (9.0, 7.5), (10.0, 8.0)]):  # differences -1, -1.5, -2
-        B.store("smoke", S.key(0.0, seed), _scale_record(0.0, seed, plain), S.OUT)
-        B.store("smoke", S.key(0.08, seed), _scale_record(0.08, seed, scaled), S.OUT)
+        B.store("smoke", S.Variant(0.0).key(seed), _scale_record(0.0, seed, plain), S.OUT)
+        B.store("smoke", S.Variant(0.08).key(seed), _scale_record(0.08, seed, scaled), S.OUT)
     assert S.main(["--preset", "smoke", "--report"]) == 0
     rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert "8.00 / 9.00 / 10.00; 0.50 %" in rows["as rendered"] and "7.00 / 7.50 / 8.00" in rows["as rendered"]
@@ -226,9 +226,9 @@ def test_refiner_scale_pairs_each_hole_share_with_the_first_and_leaves_out_chang
 
     monkeypatch.setattr(S, "OUT", tmp_path / "refiner_scale.json")
     for seed, (plain, holed) in enumerate([(8.0, 7.0), (9.0, 7.5), (10.0, 8.0)]):
-        B.store("smoke", S.key(0.08, seed), _scale_record(0.08, seed, plain), S.OUT)
-        B.store("smoke", S.key(0.08, seed, 0.4), _scale_record(0.08, seed, holed), S.OUT)
-        B.store("smoke", S.key(0.0, seed), _scale_record(0.0, seed, plain, S.CHANGES[:5]), S.OUT)  # an older record
+        B.store("smoke", S.Variant(0.08).key(seed), _scale_record(0.08, seed, plain), S.OUT)
+        B.store("smoke", S.Variant(0.08, 0.4).key(seed), _scale_record(0.08, seed, holed), S.OUT)
+        B.store("smoke", S.Variant(0.0).key(seed), _scale_record(0.0, seed, plain, S.CHANGES[:5]), S.OUT)  # an older record
     assert S.main(["--preset", "smoke", "--report", "--sigmas", "0.08", "--holes", "0", "0.4"]) == 0
     rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert "sigma 0.08, holes 0.4 - sigma 0.08" in rows["change"]
@@ -240,10 +240,10 @@ def test_refiner_scale_pairs_each_hole_share_with_the_first_and_leaves_out_chang
     assert "pose error, refined centres" not in rows  # no record has a pose measurement
     for seed in range(3):  # pose errors: refined 20 + seed on dev 1 (100 frames), 22 + seed on dev 2 (300); holed -0.4
         for holes, shift in ((0.0, 0.0), (0.4, -0.4)):
-            r = json.loads(S.OUT.read_text())["smoke"][S.key(0.08, seed, holes)]
+            r = json.loads(S.OUT.read_text())["smoke"][S.Variant(0.08, holes).key(seed)]
             r["pose"] = {f"dev{d}": {"frames": n, "depth_centre_mm": base + seed + shift, "true_centre_mm": 18.0}
                          for d, n, base in ((1, 100, 20.0), (2, 300, 22.0))}
-            B.store("smoke", S.key(0.08, seed, holes), r, S.OUT)
+            B.store("smoke", S.Variant(0.08, holes).key(seed), r, S.OUT)
     assert S.main(["--preset", "smoke", "--report", "--sigmas", "0.08", "--holes", "0", "0.4"]) == 0
     rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert "21.50 / 22.50 / 23.50 | 21.10 / 22.10 / 23.10 | -0.40 ± 0.00" in rows["pose error, refined centres"]
