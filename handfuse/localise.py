@@ -224,14 +224,15 @@ class Regions:
         return self.points[v, u], _entering(v, u, self.labels.shape)
 
 
-def regions(depth: np.ndarray, intrinsics: Intrinsics = FPHA_DEPTH, stride: int = STRIDE) -> Regions:
-    """Steps 1 and 2 of the module docstring: table removal and depth-continuous regions."""
+def regions(depth: np.ndarray, intrinsics: Intrinsics = FPHA_DEPTH, stride: int = STRIDE, table: bool = True) -> Regions:
+    """Steps 1 and 2 of the module docstring: table removal and depth-continuous regions; with ``table``
+    False no plane is fitted, and the table stays in the regions (as where clutter hides it)."""
     d = np.asarray(depth)[::stride, ::stride].astype(np.float32)  # (h, w) mm, 0 = invalid
     h, w = d.shape
     vv, uu = np.mgrid[0:h, 0:w]
     points = intrinsics.backproject(np.stack([uu, vv], -1) * stride, d).astype(np.float32)  # (h, w, 3)
     valid = (d > 0) & (d < MAX_RANGE_MM)
-    plane = table_plane(points[d > 0])
+    plane = table_plane(points[d > 0]) if table else None
     fg = valid
     if plane is not None:
         n, off = plane
@@ -419,15 +420,16 @@ def track(reg: Regions, prior: np.ndarray) -> tuple[np.ndarray | None, bool]:
 
 
 def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float = 250.0,
-                    refiner: "Refiner | None" = None, progress: bool = False) -> Located:
+                    refiner: "Refiner | None" = None, progress: bool = False, table: bool = True) -> Located:
     """The hand centre of every frame of one sequence: ``depths`` (H, W) uint16 depth maps in mm, in
     order (a list, or any iterable).  With a ``refiner`` (:func:`load_refiner`) each centre found is
     refined by the learned ComRefNet before it becomes the next frame's prior; when the refiner has a
-    learned detector, the detector's hand replaces the centre found first where :func:`overrules` says so."""
+    learned detector, the detector's hand replaces the centre found first where :func:`overrules` says so.
+    With ``table`` False no frame's table plane is fitted or removed (:func:`regions`), for the refiner either."""
     centres, status, hows, planes = [], [], [], []
     prior, held = None, 0
     for depth in tqdm(depths, desc="locating", unit="frame", disable=not progress):
-        reg = regions(depth, intrinsics)
+        reg = regions(depth, intrinsics, table=table)
         found, how = None, ""
         if prior is not None:
             found, only_held = track(reg, prior)

@@ -70,6 +70,19 @@ def test_tracker_finds_the_hand_against_the_table_where_centre_from_depth_fails(
     assert np.median(new) < 40.0, new.round()
 
 
+def test_asked_not_to_fit_the_table_the_localiser_keeps_it_in_every_frame(hard):
+    """``table=False`` (the sensor benchmark's "table not found") fits no plane: the table's pixels stay in the
+    regions, and no frame of a located sequence has a plane to hand the refiner."""
+    depths, _ = hard
+    for depth in depths:
+        removed, kept = L.regions(depth), L.regions(depth, table=False)
+        assert removed.plane is not None and kept.plane is None
+        assert (kept.depth > 0).sum() > 3 * (removed.depth > 0).sum()  # the table is most of a hard frame
+        np.testing.assert_array_equal(kept.depth[removed.depth > 0], removed.depth[removed.depth > 0])
+    assert all(p is not None for p in L.locate_sequence(depths[:3]).planes)
+    assert L.locate_sequence(depths[:3], table=False).planes == [None] * 3
+
+
 def test_tracker_follows_the_hand_against_the_table_through_a_sequence():
     depths, truth = hard_sequence(3, frames=8)
     located = L.locate_sequence(depths)
@@ -333,14 +346,17 @@ def test_the_sensor_benchmark_pairs_each_change_with_the_frames_as_rendered(smok
 
     monkeypatch.setitem(B.SENSOR_CHANGES, "a copy", (lambda depth, rng: depth.copy(), 1.0))
     preset, refiner = get_preset("smoke"), L.load_refiner(smoke_localiser)
-    changes = ("as rendered", "a copy", "scene 15 % nearer, smaller", "camera 50 mm nearer")
+    changes = ("as rendered", "a copy", "scene 15 % nearer, smaller", "camera 50 mm nearer", "table not found")
     got = B.measure_sensor(preset, 1, refiner, every=30, changes=changes, progress=False)
     rolled = B.measure_rolled(preset, 1, refiner, every=30, rolls=(0.0,), progress=False)["+0"]
     for loc in ("tracker", "tracker+comref"):
         assert got["as rendered"][loc] == rolled[loc]
         assert got["a copy"][loc]["mean_change_mm"] == {"mean": 0.0, "ci95": 0.0, "sequences": 3}
         assert got["a copy"][loc]["mean_mm"] == got["as rendered"][loc]["mean_mm"]
-        assert got["camera 50 mm nearer"][loc]["frames"] == got["as rendered"][loc]["frames"]
+        for same_frames in ("camera 50 mm nearer", "table not found"):
+            assert got[same_frames][loc]["frames"] == got["as rendered"][loc]["frames"]
+        # the frames as rendered, the localiser run without its table plane
+        assert got["table not found"][loc]["mean_mm"] != got["as rendered"][loc]["mean_mm"]
     for change in changes[2:]:
         assert got[change]["tracker"]["off_hand_pct"] < 50.0
     with pytest.raises(ValueError, match="'a lens flare'.* unknown"):
