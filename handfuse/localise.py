@@ -89,7 +89,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .camera import FPHA_DEPTH, Intrinsics
 from .errors import DataError, check
 from .fpha import check_png_header, depth_frame_indices, read_depth_png
@@ -1129,7 +1129,7 @@ def load_refiner(where: str | Path | None = None) -> Refiner | None:
     when there is none.  Weights load with ``weights_only=True``; the refiner's config comes from the
     checkpoint."""
     from .paths import runs_dir
-    from .train import BEST, load_checkpoint
+    from .train import BEST
 
     where = Path(where) if where is not None else runs_dir()
     if (where / BEST).is_file():
@@ -1141,17 +1141,72 @@ def load_refiner(where: str | Path | None = None) -> Refiner | None:
             return None
         run = max(found, key=lambda p: (p.parent.parent.name != "smoke" or p.parent.name != "models",
                                         (p / BEST).stat().st_mtime_ns, str(p)))
-    ck = load_checkpoint(run / BEST)
+    return _refiner_from(run / BEST, str(run))
+
+
+def _refiner_from(path: Path, source: str) -> Refiner:
+    """The :class:`Refiner` of a checkpoint (``model`` and ``config``, as a run's ``best.pt``), loaded with
+    ``weights_only=True``; its config comes from the checkpoint."""
+    from .train import load_checkpoint
+
+    ck = load_checkpoint(path)
     config = json.loads(ck["config"])
     if "refine" not in config:
-        raise ValueError(f"{run / BEST}: not a ComRefNet run (no 'refine' in its config)")
+        raise ValueError(f"{path}: not a ComRefNet run (no 'refine' in its config)")
     values = dict(config["refine"])
     values["channels"] = tuple(values["channels"])
     values["detector"] = tuple(values.get("detector", ()))
     cfg = RefineConfig(**values)
     net = ComRefNet(cfg)
     net.load_state_dict(ck["model"])
-    return Refiner(net.eval(), cfg, str(run))
+    return Refiner(net.eval(), cfg, source)
+
+
+# the cpu preset's refiner of seed 0, shipped in the package (python -m handfuse.localise ship), so that `locate`
+# has the learned localiser on a fresh clone, before anything is trained.  Trained on the synthetic benchmark only.
+SHIPPED = Path(__file__).parent / "weights" / "localise-cpu-seed0.pt"
+
+
+def shipped_refiner(path: str | Path = SHIPPED) -> Refiner | None:
+    """The refiner shipped with handfuse (:data:`SHIPPED`, and its ``.json`` record: where and at which commit it
+    was trained), or None when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    record = json.loads(path.with_suffix(".json").read_text())
+    return _refiner_from(path, f"shipped with handfuse: {path.name}, the {record['preset']} preset's refiner of seed"
+                               f" {record['seed']}, trained on the synthetic benchmark at {record['commit'] or 'an unknown commit'}")
+
+
+def ship(preset_name: str = "cpu", seed: int = 0, runs: str | Path | None = None, data_root: str | Path | None = None,
+         out: str | Path | None = None, progress: bool = True) -> Path:
+    """Train (or find) ``preset_name``'s refiner of ``seed`` (:func:`train_refiner`) and write its weights and
+    config to ``out`` (default :data:`SHIPPED`'s folder, ``localise-<preset>-seed<seed>.pt``), atomically, beside
+    a ``.json`` record: the run, the commit, the training command, the weights' SHA-256 and the run's held-out
+    errors.  Returns the weights' path."""
+    import hashlib
+
+    from .config import get_preset
+    from .fpha import FPHA
+    from .paths import ensure_synthetic
+    from .runs import code_version
+    from .train import load_checkpoint
+
+    preset = get_preset(preset_name)
+    fpha = FPHA(data_root) if data_root else FPHA(ensure_synthetic(preset_name))
+    root = Path(runs) / preset.name / "models" if runs else None
+    _, result = train_refiner(fpha, preset, seed, "cpu", root, progress=progress)
+    target = Path(out) if out is not None else SHIPPED.with_name(f"localise-{preset_name}-seed{seed}.pt")
+    ck = load_checkpoint(Path(result.run_dir) / "best.pt")
+    with atomic_path(target, "the shipped refiner") as tmp:
+        torch.save({"model": ck["model"], "config": ck["config"]}, tmp)
+    record = {"preset": preset_name, "seed": seed, "run": Path(result.run_dir).name, "commit": code_version()["commit"],
+              "command": f"python -m handfuse.localise ship --preset {preset_name} --seed {seed}",
+              "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+              "held_out": {k: v for k, v in result.test.items() if isinstance(v, (int, float))},
+              "note": "trained on the synthetic benchmark (handfuse.synth), never on FPHA data"}
+    write_json(target.with_suffix(".json"), record, "the shipped refiner's record", indent=1)
+    return target
 
 
 # ----------------------------------------------------------------------------- command line
@@ -1301,7 +1356,9 @@ def _locate(args) -> int:
     paths = read_depth_folder(args.depth_dir)
     if args.sheet is not None:
         check(Path(args.sheet).suffix.lower() == ".png", "--sheet", args.sheet, "a path ending in .png")
-    refiner = None if args.no_refine else load_refiner(args.runs)
+    refiner = None
+    if not args.no_refine:  # trained weights first; without --runs, the shipped ones where none are trained
+        refiner = load_refiner(args.runs) or (shipped_refiner() if args.runs is None else None)
     step, thumbs = sheet_step(len(paths)), {}
 
     def depths():  # decoded one at a time (a bad PNG is named when reached); the sheet keeps thumbnails only
@@ -1323,6 +1380,12 @@ def _locate(args) -> int:
              if located.lost else "") + f"; wrote {args.out}")
     if refiner is None and not args.no_refine:
         print("no trained refinement weights found (python -m handfuse.localise train --preset cpu)", file=sys.stderr)
+    return 0
+
+
+def _ship(args) -> int:
+    path = ship(args.preset, args.seed, args.runs, args.data_root, args.out)
+    print(f"wrote {path} and {path.with_suffix('.json').name}")
     return 0
 
 
@@ -1348,7 +1411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("depth_dir", metavar="DEPTH_DIR", help="a folder of depth_0000.png, depth_0001.png, ...")
     p.add_argument("--out", required=True, help="the CSV to write: frame,u,v,z_mm,status")
     p.add_argument("--runs", default=None, help="where the trained refinement is: a run folder, a models folder or"
-                                                " a runs folder (default runs/ or $HANDFUSE_RUNS)")
+                                                " a runs folder (default runs/ or $HANDFUSE_RUNS, then the refiner"
+                                                " shipped with handfuse)")
     p.add_argument("--no-refine", action="store_true",
                    help="the tracker alone, without the learned detector and refinement")
     p.add_argument("--cube-mm", type=float, default=250.0, help="the hand cube's edge (mm)")
@@ -1362,6 +1426,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
     p.set_defaults(func=_train)
+    p = sub.add_parser("ship", help="train (or find) a preset's refinement and write it into the package, for locate")
+    p.add_argument("--preset", default="cpu", choices=sorted(REFINE_PRESETS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None, help="an FPHA root; default: the preset's synthetic benchmark")
+    p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
+    p.add_argument("--out", default=None, help=f"the weights to write (default {SHIPPED.parent.name}/"
+                                               "localise-<preset>-seed<seed>.pt in the package)")
+    p.set_defaults(func=_ship)
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
