@@ -65,7 +65,8 @@ What a frame goes through (every step works on every ``STRIDE``-th pixel):
    pixels to holes (``RefineConfig.hole_share``, :func:`holed`; off in every preset, for what it costs on
    whole hands: docs/benchmarks.md), so that a sensor that loses part of the hand's surface costs it less; through
    :func:`handfuse.train.fit` into a run folder keyed by its configuration
-   (``python -m handfuse.localise train --preset cpu``).
+   (``python -m handfuse.localise train --preset cpu``).  ``python -m handfuse.localise ship`` writes the
+   cpu preset's refiner into the package (:data:`SHIPPED`), which ``locate`` takes where none is trained.
 
 The parameters were set on the synthetic benchmark's training sequences and on the
 difficulties measured on 84 real FPHA frames (docs/data.md): a hand at 355-451 mm against

@@ -8,6 +8,7 @@ not FPHA."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -873,6 +874,54 @@ def test_a_runs_folder_gives_another_presets_refiner_before_the_smoke_one(smoke_
     assert Path(L.load_refiner(runs).source) == runs / "cpu" / "models" / smoke_localiser.name
     shutil.rmtree(runs / "cpu")
     assert Path(L.load_refiner(runs).source) == runs / "smoke" / "models" / smoke_localiser.name  # if it is all there is
+
+
+def test_shipping_a_refiner_writes_the_runs_weights_with_their_record(smoke_localiser, tmp_path):
+    """``ship`` finds the finished run (no training), writes its weights and config where asked, and a record
+    whose SHA-256 is the file's; the shipped refiner is the run's, weight for weight, and says it was shipped."""
+    from conftest import copy_smoke_localiser
+    from handfuse.train import load_checkpoint
+
+    copy_smoke_localiser(smoke_localiser, tmp_path / "runs")
+    out = tmp_path / "weights" / "localise-smoke-seed0.pt"
+    assert L.main(["ship", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert record["run"] == smoke_localiser.name and record["preset"] == "smoke" and record["held_out"]["error_mm"] > 0
+    shipped, run = L.shipped_refiner(out), load_checkpoint(smoke_localiser / "best.pt")
+    assert shipped.cfg == L.load_refiner(smoke_localiser).cfg
+    for name, tensor in shipped.net.state_dict().items():
+        assert torch.equal(tensor, run["model"][name]), name
+    assert "shipped with handfuse" in L.describe(shipped) and smoke_localiser.name not in shipped.source
+    assert L.shipped_refiner(tmp_path / "nothing.pt") is None
+
+
+def test_the_shipped_refiner_is_the_cpu_presets_and_refines_the_hard_frames_centres(hard):
+    """The weights in the package: the cpu preset's refiner config (a changed preset must be shipped again:
+    ``python -m handfuse.localise ship``), intact, and its refinement far better than the tracker alone on the
+    hard frames.  Its learned detector is left out here: on such frames it can overrule the tracker towards
+    clutter or the other hand (docs/benchmarks.md, "The learned detector on the hard frames")."""
+    shipped = L.shipped_refiner()
+    assert shipped is not None, f"{L.SHIPPED} is missing: python -m handfuse.localise ship"
+    assert shipped.cfg == L.REFINE_PRESETS["cpu"][0], "the cpu preset's refiner changed: ship it again"
+    record = json.loads(L.SHIPPED.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(L.SHIPPED.read_bytes()).hexdigest()
+    shipped.net.detector = None
+    depths, truth = hard
+    alone = _errors(np.stack([L.locate_sequence([d]).centres[0] for d in depths]), truth)
+    refined = _errors(np.stack([L.locate_sequence([d], refiner=shipped).centres[0] for d in depths]), truth)
+    assert refined.mean() < 0.6 * alone.mean(), (refined.round(), alone.round())
+
+
+def test_locate_takes_the_shipped_refiner_where_none_is_trained(smoke, tmp_path, capsys, monkeypatch):
+    fpha, _ = smoke
+    _copy_frames(fpha, fpha.test[3], 3, tmp_path / "depth")
+    monkeypatch.setenv("HANDFUSE_RUNS", str(tmp_path / "no-runs"))
+    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
+    printed = capsys.readouterr()
+    assert f"shipped with handfuse: {L.SHIPPED.name}" in printed.out and "no trained refinement" not in printed.err
+    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine"]) == 0
+    assert "no learned refinement" in capsys.readouterr().out
 
 
 def _red(image: np.ndarray) -> np.ndarray:
