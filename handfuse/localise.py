@@ -1360,6 +1360,8 @@ def _locate(args) -> int:
     refiner = None
     if not args.no_refine:  # trained weights first; without --runs, the shipped ones where none are trained
         refiner = load_refiner(args.runs) or (shipped_refiner() if args.runs is None else None)
+    if refiner is not None and args.no_detector:
+        refiner.net.detector = None  # the rules' centre, refined, never overruled
     step, thumbs = sheet_step(len(paths)), {}
 
     def depths():  # decoded one at a time (a bad PNG is named when reached); the sheet keeps thumbnails only
@@ -1414,8 +1416,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=None, help="where the trained refinement is: a run folder, a models folder or"
                                                 " a runs folder (default runs/ or $HANDFUSE_RUNS, then the refiner"
                                                 " shipped with handfuse)")
-    p.add_argument("--no-refine", action="store_true",
-                   help="the tracker alone, without the learned detector and refinement")
+    alone = p.add_mutually_exclusive_group()
+    alone.add_argument("--no-refine", action="store_true",
+                       help="the tracker alone, without the learned detector and refinement")
+    alone.add_argument("--no-detector", action="store_true",
+                       help="the tracker and the learned refinement, without the learned detector's overrules (on"
+                            " scenes unlike the synthetic benchmark's the detector can be confidently wrong:"
+                            " docs/benchmarks.md)")
     p.add_argument("--cube-mm", type=float, default=250.0, help="the hand cube's edge (mm)")
     p.add_argument("--sheet", default=None, metavar="PNG",
                    help=f"also draw a contact sheet: every frame (every k-th beyond {SHEET_TILES}) with its centre")

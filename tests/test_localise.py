@@ -920,8 +920,15 @@ def test_locate_takes_the_shipped_refiner_where_none_is_trained(smoke, tmp_path,
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
     printed = capsys.readouterr()
     assert f"shipped with handfuse: {L.SHIPPED.name}" in printed.out and "no trained refinement" not in printed.err
+    assert "learned whole-frame detector" in printed.out
+    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-detector"]) == 0
+    printed = capsys.readouterr().out
+    assert "shipped with handfuse" in printed and "detector" not in printed.split("localiser:")[1].split("\n")[0]
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine"]) == 0
     assert "no learned refinement" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # nothing to leave the detector out of
+        L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine", "--no-detector"])
+    assert "not allowed with argument --no-refine" in capsys.readouterr().err
 
 
 def _red(image: np.ndarray) -> np.ndarray:
