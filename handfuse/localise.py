@@ -1179,9 +1179,10 @@ def shipped_refiner(path: str | Path = SHIPPED) -> Refiner | None:
                                f" {record['seed']}, trained on the synthetic benchmark at {record['commit'] or 'an unknown commit'}")
 
 
-def ship(preset_name: str = "cpu", seed: int = 0, runs: str | Path | None = None, data_root: str | Path | None = None,
-         out: str | Path | None = None, progress: bool = True) -> Path:
-    """Train (or find) ``preset_name``'s refiner of ``seed`` (:func:`train_refiner`) and write its weights and
+def ship(preset_name: str = "cpu", seed: int = 0, runs: str | Path | None = None, out: str | Path | None = None,
+         progress: bool = True) -> Path:
+    """Train (or find) ``preset_name``'s refiner of ``seed`` on the preset's synthetic benchmark (:func:`train_refiner`;
+    the package ships nothing trained on other data) and write its weights and
     config to ``out`` (default :data:`SHIPPED`'s folder, ``localise-<preset>-seed<seed>.pt``), atomically, beside
     a ``.json`` record: the run, the commit, the training command, the weights' SHA-256 and the run's held-out
     errors.  Returns the weights' path."""
@@ -1194,7 +1195,7 @@ def ship(preset_name: str = "cpu", seed: int = 0, runs: str | Path | None = None
     from .train import load_checkpoint
 
     preset = get_preset(preset_name)
-    fpha = FPHA(data_root) if data_root else FPHA(ensure_synthetic(preset_name))
+    fpha = FPHA(ensure_synthetic(preset_name))
     root = Path(runs) / preset.name / "models" if runs else None
     _, result = train_refiner(fpha, preset, seed, "cpu", root, progress=progress)
     target = Path(out) if out is not None else SHIPPED.with_name(f"localise-{preset_name}-seed{seed}.pt")
@@ -1387,7 +1388,7 @@ def _locate(args) -> int:
 
 
 def _ship(args) -> int:
-    path = ship(args.preset, args.seed, args.runs, args.data_root, args.out)
+    path = ship(args.preset, args.seed, args.runs, args.out)
     print(f"wrote {path} and {path.with_suffix('.json').name}")
     return 0
 
@@ -1434,10 +1435,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
     p.set_defaults(func=_train)
-    p = sub.add_parser("ship", help="train (or find) a preset's refinement and write it into the package, for locate")
+    p = sub.add_parser("ship", help="train (or find) a preset's refinement on its synthetic benchmark and write it"
+                                    " into the package, for locate")
     p.add_argument("--preset", default="cpu", choices=sorted(REFINE_PRESETS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None, help="an FPHA root; default: the preset's synthetic benchmark")
     p.add_argument("--runs", default=None, help="runs folder (default runs/ or $HANDFUSE_RUNS)")
     p.add_argument("--out", default=None, help=f"the weights to write (default {SHIPPED.parent.name}/"
                                                "localise-<preset>-seed<seed>.pt in the package)")
