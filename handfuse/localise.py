@@ -1175,8 +1175,9 @@ def shipped_refiner(path: str | Path = SHIPPED) -> Refiner | None:
     if not path.is_file():
         return None
     record = json.loads(path.with_suffix(".json").read_text())
+    commit = record["commit"] or "an unknown commit"
     return _refiner_from(path, f"shipped with handfuse: {path.name}, the {record['preset']} preset's refiner of seed"
-                               f" {record['seed']}, trained on the synthetic benchmark at {record['commit'] or 'an unknown commit'}")
+                               f" {record['seed']}, trained on the synthetic benchmark at {commit}")
 
 
 def ship(preset_name: str = "cpu", seed: int = 0, runs: str | Path | None = None, out: str | Path | None = None,
