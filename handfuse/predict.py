@@ -9,8 +9,10 @@ under the runs folder the workbook trains into; nothing is trained here) runs on
 2. the hand is found in every frame from depth alone (:func:`handfuse.localise.locate_sequence`) by the
    localiser the workbook's depth-centred test sets use: the tracker with the preset's learned refinement
    (seed :data:`~handfuse.finetune.DEPTH_LOCALISER_SEED`, trained on the same data, found beside the
-   method's weights); ``refine=False`` (``--no-refine``) runs the tracker alone, whose centres lie
-   several times farther from the hand (docs/benchmarks.md);
+   method's weights), without its learned whole-frame detector unless ``detector=True`` (``--detector``):
+   trained on the data the weights were, it can be confidently wrong on other scenes
+   (:data:`handfuse.localise.DETECTOR_ON_RECORDINGS`); ``refine=False`` (``--no-refine``) runs the tracker
+   alone, whose centres lie several times farther from the hand (docs/benchmarks.md);
 3. each frame is cropped in the preset's metric cube around its centre (:func:`handfuse.preprocess.crop`,
    stored as float16 like the crop cache the models were trained on) and the method predicts the pose
    of every frame and its action after every frame.
@@ -56,8 +58,8 @@ from .errors import ConfigError, DataError, check
 from .finetune import DEPTH_LOCALISER_SEED, Pretrained, build_method, finetune_run, pretrained_requests, resolved_config
 from .fpha import (FPHA, POSE_DIR, VIDEO_DIR, depth_frame_indices, read_depth_png, read_skeleton_file,
                    write_skeleton_file)
-from .localise import (LOCATED, Refiner, centre_sheet, load_refiner, locate_sequence, refiner_run, sheet_step,
-                       sheet_thumbnail, write_centre_sheet)
+from .localise import (DETECTOR_ON_RECORDINGS, LOCATED, Refiner, add_localiser_arguments, centre_sheet, load_refiner,
+                       locate_sequence, refiner_run, sheet_step, sheet_thumbnail, write_centre_sheet)
 from .methods import FusionConfig, headline, method_config
 from .methods.common import see_labels
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
@@ -334,12 +336,13 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
                    options: dict | None = None, hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
                    trained_on: str | None = None, on_lost: str = "fallback", animate: bool = True, fps: float = 10.0,
                    force: bool = False, pipeline: Pipeline | None = None, intrinsics: Intrinsics = FPHA_DEPTH,
-                   progress: bool = True, refine: bool = True) -> Prediction:
+                   progress: bool = True, refine: bool = True, detector: bool = DETECTOR_ON_RECORDINGS) -> Prediction:
     """Run a trained pipeline on a folder of FPHA-named depth frames and write its outputs into ``out``
     (module docstring).  ``pipeline`` (from :func:`load_pipeline`) is used as given; otherwise it is loaded
     from ``method``, ``runs``, ``preset``, ``seed``, ``device``, ``data_root``, ``options``, the models and
-    ``trained_on`` and ``refine`` (:func:`load_pipeline`).  An ``out`` that holds the predictions of another
-    folder or other weights is refused unless ``force``."""
+    ``trained_on`` and ``refine`` (:func:`load_pipeline`).  ``detector``: whether the refiner's learned detector
+    may overrule the tracker (:func:`handfuse.localise.locate_sequence`).  An ``out`` that holds the predictions
+    of another folder or other weights is refused unless ``force``."""
     t0 = time.perf_counter()
     check(on_lost in ON_LOST, "on_lost", on_lost, f"one of {ON_LOST}")
     check(fps > 0, "fps", fps, "frames per second > 0")
@@ -355,7 +358,7 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
               for p in tqdm(paths, desc="reading depth", unit="frame", disable=not progress)]
     pre = pipeline.preset.preprocess
     located = locate_sequence(tqdm(depths, desc="locating the hand", unit="frame", disable=not progress), intrinsics,
-                              pre.cube_mm, pipeline.refiner)
+                              pre.cube_mm, pipeline.refiner, detector=detector)
     centres, status, source = crop_centres(located.centres, located.status, on_lost, paths, located.localiser)
     crops = np.stack([crop(d, c, intrinsics, pre.cube_mm, pre.crop) for d, c in zip(depths, centres)])  # (T, S, S)
     crops = crops.astype(np.float16).astype(np.float32)  # as the crop cache stores them for training
@@ -533,8 +536,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--on-lost", default="fallback", choices=ON_LOST,
                    help="a frame where no hand is found: crop it around the nearest located frame's centre and mark"
                         " it (fallback), or stop (refuse)")
-    p.add_argument("--no-refine", action="store_true",
-                   help="locate the hand with the tracker alone, without the learned refinement (farther off)")
+    add_localiser_arguments(p, "locate the hand with the tracker alone, without the learned refinement (farther off)")
     p.add_argument("--no-animation", action="store_true", help="skip animation.gif")
     p.add_argument("--fps", type=float, default=10.0, help="frames per second of the animation")
     p.add_argument("--force", action="store_true", help="overwrite an --out that holds another run's predictions")
@@ -555,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         prediction = predict_folder(args.depth_dir, args.out, args.method, args.runs, args.preset, args.seed,
                                     args.device, args.data_root, options, args.hpe_model, args.har_model,
                                     args.trained_on, args.on_lost, not args.no_animation, args.fps, args.force,
-                                    refine=not args.no_refine)
+                                    refine=not args.no_refine, detector=args.detector or DETECTOR_ON_RECORDINGS)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -899,17 +899,17 @@ def test_shipping_a_refiner_writes_the_runs_weights_with_their_record(smoke_loca
 def test_the_shipped_refiner_is_the_cpu_presets_and_refines_the_hard_frames_centres(hard):
     """The weights in the package: the cpu preset's refiner config (a changed preset must be shipped again:
     ``python -m handfuse.localise ship``), intact, and its refinement far better than the tracker alone on the
-    hard frames.  Its learned detector is left out here: on such frames it can overrule the tracker towards
-    clutter or the other hand (docs/benchmarks.md, "The learned detector on the hard frames")."""
+    hard frames.  Its learned detector is left out, as ``locate`` leaves it out: on such frames it can overrule
+    the tracker towards clutter or the other hand (docs/benchmarks.md, "The learned detector on the hard frames")."""
     shipped = L.shipped_refiner()
     assert shipped is not None, f"{L.SHIPPED} is missing: python -m handfuse.localise ship"
     assert shipped.cfg == L.REFINE_PRESETS["cpu"][0], "the cpu preset's refiner changed: ship it again"
     record = json.loads(L.SHIPPED.with_suffix(".json").read_text())
     assert record["sha256"] == hashlib.sha256(L.SHIPPED.read_bytes()).hexdigest()
-    shipped.net.detector = None
     depths, truth = hard
     alone = _errors(np.stack([L.locate_sequence([d]).centres[0] for d in depths]), truth)
-    refined = _errors(np.stack([L.locate_sequence([d], refiner=shipped).centres[0] for d in depths]), truth)
+    refined = _errors(np.stack([L.locate_sequence([d], refiner=shipped, detector=False).centres[0] for d in depths]),
+                      truth)
     assert refined.mean() < 0.6 * alone.mean(), (refined.round(), alone.round())
 
 
@@ -920,14 +920,20 @@ def test_locate_takes_the_shipped_refiner_where_none_is_trained(smoke, tmp_path,
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
     printed = capsys.readouterr()
     assert f"shipped with handfuse: {L.SHIPPED.name}" in printed.out and "no trained refinement" not in printed.err
-    assert "learned whole-frame detector" in printed.out
-    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-detector"]) == 0
-    printed = capsys.readouterr().out
-    assert "shipped with handfuse" in printed and "detector" not in printed.split("localiser:")[1].split("\n")[0]
+    assert "its learned whole-frame detector left out" in printed.out
+    calls = []
+    detect = L.Refiner.detect
+    monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
+    assert not calls, "locate ran the learned detector without --detector"
+    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--detector"]) == 0
+    printed = capsys.readouterr().out.split("localiser:")[-1].split("\n")[0]
+    assert "shipped with handfuse" in printed and "overruled by a learned whole-frame detector" in printed
+    assert len(calls) == 3  # one look at each frame
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine"]) == 0
     assert "no learned refinement" in capsys.readouterr().out
-    with pytest.raises(SystemExit):  # nothing to leave the detector out of
-        L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine", "--no-detector"])
+    with pytest.raises(SystemExit):  # nothing to let the detector overrule
+        L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine", "--detector"])
     assert "not allowed with argument --no-refine" in capsys.readouterr().err
 
 
