@@ -46,6 +46,13 @@ test sequences (``--dev-seed``, every ``--every``-th), cropped as ``predict`` cr
 centres alone, the refined ones, and the ground truth: the pose error of each against the annotation,
 with the refined minus the tracker-alone error paired by seed (95 % t-interval).
 
+With ``--hard-sequences`` it measures what ``locate`` gives on hard scenes as sequences: one
+:func:`hard_sequence` of ``HARD_SEQUENCE_FRAMES`` frames for each of the seeds kept for tuning
+(:data:`HARD_SEQUENCE_SEEDS`), located as a recording is (the first frame detected, the rest tracked),
+by the tracker alone and by the refiner ``locate`` takes (``--runs``, default the one shipped with
+handfuse) with and without its learned detector (:data:`SEQUENCE_LOCALISERS`).  These scenes are built
+apart from the generator the detector was trained on, as a real recording is.
+
 With ``--dev`` it measures instead where the localiser's settings are chosen: the test split of the
 benchmark generated with another generator seed (``--dev-seed``, default 1; settings are also
 checked on 2), whose scenes and subjects no model here was trained on and which is not the test
@@ -72,7 +79,7 @@ from tqdm.auto import tqdm
 from handfuse.camera import FPHA_DEPTH
 from handfuse.config import get_preset
 from handfuse.dataconfig import SynthConfig
-from handfuse.localise import locate_sequence
+from handfuse.localise import DETECTOR_ON_RECORDINGS, locate_sequence
 from handfuse.preprocess import centre_from_depth, centre_from_joints, crop
 from handfuse.synth import render as R
 from handfuse.synth.hand import HandShape
@@ -560,6 +567,71 @@ def measure_hard(seeds, refiner) -> dict:
             "tracker+comref": centre_errors(located(refiner), truth)}
 
 
+HARD_SEQUENCE_SEEDS = range(100, 300)  # the hard scenes kept for tuning (those below 100 are the test's)
+HARD_SEQUENCE_FRAMES = 12
+SEQUENCE_LOCALISERS = {"tracker": dict(refine=False), "tracker+comref+detector": dict(detector=True),
+                       "tracker+comref": dict(detector=False)}  # the last: what locate and predict run on a recording
+
+
+def measure_hard_sequences(refiner, seeds=HARD_SEQUENCE_SEEDS, frames: int = HARD_SEQUENCE_FRAMES,
+                           progress: bool = True) -> dict:
+    """Per localiser of :data:`SEQUENCE_LOCALISERS`, the centre errors over every frame of one
+    :func:`hard_sequence` of ``frames`` frames per seed (located as one sequence: the first frame detected, the
+    rest tracked), with ``over_100mm`` (frames more than 100 mm off), ``sequences_off`` (sequences with such a
+    frame) and the mean error with and without the other hand in the scene."""
+    scenes = [hard_sequence(s, frames=frames) for s in tqdm(seeds, desc="hard sequences", unit="scene",
+                                                           disable=not progress)]
+    truth = np.concatenate([t for _, t in scenes])
+    other = np.repeat([s % 3 == 2 for s in seeds], frames)  # hard_sequence's default: every third seed
+    out = {}
+    for name, how in SEQUENCE_LOCALISERS.items():
+        r = None if how.get("refine") is False else refiner
+        found = np.concatenate([locate_sequence(d, refiner=r, detector=how.get("detector", True)).centres
+                                for d, _ in tqdm(scenes, desc=name, unit="sequence", disable=not progress)])
+        err = np.linalg.norm(found.astype(np.float64) - truth, axis=1)
+        off = np.nan_to_num(err, nan=np.inf) > 100
+        out[name] = {**centre_errors(found, truth), "over_100mm": int(off.sum()),
+                     "sequences_off": int(off.reshape(len(scenes), frames).any(1).sum()),
+                     "mean_other_hand_mm": float(np.nanmean(err[other])),
+                     "mean_no_other_hand_mm": float(np.nanmean(err[~other]))}
+    return out
+
+
+def run_hard_sequences(preset_name: str = "cpu", runs: str | None = None, frames: int = HARD_SEQUENCE_FRAMES,
+                       progress: bool = True) -> dict:
+    """``--hard-sequences`` (module docstring): the refiner ``locate`` takes (trained under ``runs``, else the one
+    shipped with handfuse) on the hard sequences; written into :data:`OUT` under ``<preset>/hard-sequences``."""
+    from handfuse.localise import load_refiner, shipped_refiner
+    from handfuse.pool import one_thread
+
+    refiner = (load_refiner(runs) if runs else None) or shipped_refiner()
+    if refiner is None:
+        raise FileNotFoundError(f"{runs}: no trained localiser refinement there, and none shipped")
+    start = time.perf_counter()
+    with one_thread():
+        results = measure_hard_sequences(refiner, frames=frames, progress=progress)
+    record = {
+        "note": "Synthetic data (handfuse.synth's renderer), not FPHA: none of these numbers is an FPHA number.",
+        "split": f"hard sequences of seeds {HARD_SEQUENCE_SEEDS.start}..{HARD_SEQUENCE_SEEDS.stop - 1} (kept for"
+                 f" tuning), {frames} frames each", "preset": preset_name, "refiner": refiner.source,
+        "localisers": results, "seconds": time.perf_counter() - start,
+    }
+    store(preset_name, "hard-sequences", record)
+    return record
+
+
+def report_hard_sequences(record: dict) -> str:
+    """A ``--hard-sequences`` record as a small table."""
+    lines = [f"{record['split']}; refiner {record['refiner']}; SYNTHETIC, not FPHA",
+             f"{'localiser':<24} {'mean':>6} {'p90':>6} {'max':>6} {'lost':>4} {'>100 mm':>8} {'seq off':>8}"
+             f" {'other hand':>10} {'without':>8}"]
+    for name, r in record["localisers"].items():
+        lines.append(f"{name:<24} {r['mean_mm']:6.1f} {r['p90_mm']:6.1f} {r['max_mm']:6.1f} {r['lost']:4d}"
+                     f" {r['over_100mm']:8d} {r['sequences_off']:8d} {r['mean_other_hand_mm']:10.1f}"
+                     f" {r['mean_no_other_hand_mm']:8.1f}")
+    return "\n".join(lines)
+
+
 def run(preset_name: str = "cpu", scene: str = "v2", seed: int = 0, hard: int = 40, progress: bool = True,
         pose: bool = True, dev_seed: int | None = None) -> dict:
     """The whole benchmark on one preset's synthetic benchmark (``scene`` v1 or v2); returns the results
@@ -671,7 +743,8 @@ def measure_predict(preset, dev, pipelines, refiner, every: int = 3, progress: b
     """Per localiser (``ground truth``, ``tracker``, ``tracker+comref``), the pose error (mm, mean over every
     joint of every frame) of each pipeline of ``pipelines`` (seed -> :class:`handfuse.predict.Pipeline`) on
     every ``every``-th test sequence of ``dev``, cropped as :func:`handfuse.predict.predict_folder` crops
-    (a lost frame around the nearest located frame's centre)."""
+    (a lost frame around the nearest located frame's centre; the learned detector as ``predict`` runs it by
+    default, :data:`handfuse.localise.DETECTOR_ON_RECORDINGS`)."""
     from handfuse.predict import crop_centres, run_pipeline
 
     pre = preset.preprocess
@@ -684,7 +757,7 @@ def measure_predict(preset, dev, pipelines, refiner, every: int = 3, progress: b
         paths = [dev.depth_path(ref, t) for t in range(len(joints))]
         centres = {"ground truth": centre_from_joints(joints).astype(np.float32)}
         for name, r in (("tracker", None), ("tracker+comref", refiner)):
-            located = locate_sequence(depths, FPHA_DEPTH, pre.cube_mm, r)
+            located = locate_sequence(depths, FPHA_DEPTH, pre.cube_mm, r, detector=DETECTOR_ON_RECORDINGS)
             lost[name] += len(located.lost)
             centres[name] = crop_centres(located.centres, located.status, "fallback", paths, located.localiser)[0]
         for name, c in centres.items():
@@ -824,7 +897,16 @@ def main(argv: list[str] | None = None) -> int:
                                                                 " (default the preset's; FPHA records 30)")
     parser.add_argument("--every", type=int, default=None, help="--rolled, --predict: every N-th test sequence"
                                                                 " (default 3); --sensor: (default 6)")
+    parser.add_argument("--hard-sequences", action="store_true",
+                        help="the refiner locate takes on hard sequences, with and without its learned detector")
+    parser.add_argument("--runs", default=None, help="--hard-sequences: the trained refinement (a run, models or runs"
+                                                     " folder; default: the one shipped with handfuse)")
     args = parser.parse_args(argv)
+    if args.runs is not None and not args.hard_sequences:
+        parser.error("--runs goes with --hard-sequences")
+    if args.hard_sequences:
+        print(report_hard_sequences(run_hard_sequences(args.preset, args.runs)))
+        return 0
     if args.every is not None and args.every < 1:
         parser.error(f"--every must be a whole number >= 1, got {args.every}")
     if args.fps is not None and not args.sensor:

@@ -364,6 +364,33 @@ def test_the_sensor_benchmark_pairs_each_change_with_the_frames_as_rendered(smok
         B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered", "a lens flare"), progress=False)
 
 
+def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_the_detector(monkeypatch):
+    """Each localiser of --hard-sequences locates every scene as one sequence against its own frames' truth; the
+    detector is consulted on every frame where it may overrule and never where it is left out, and the mean
+    splits into the scenes with and without the other hand."""
+    from benchmarks import localise as B
+
+    shipped = L.shipped_refiner()
+    calls = []
+    detect = L.Refiner.detect
+    monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+    seeds, frames = range(101, 104), 3  # hard_sequence puts the other hand in every third seed's scene: here 101's
+    got = B.measure_hard_sequences(shipped, seeds, frames, progress=False)
+    assert len(calls) == len(seeds) * frames  # the "+detector" localiser alone
+    assert set(got) == set(B.SEQUENCE_LOCALISERS)
+    truth = np.concatenate([B.hard_sequence(s, frames=frames)[1] for s in seeds])
+    found = np.concatenate([L.locate_sequence(B.hard_sequence(s, frames=frames)[0], refiner=shipped,
+                                              detector=False).centres for s in seeds])
+    err = np.linalg.norm(found - truth, axis=1)
+    r = got["tracker+comref"]
+    assert r["frames"] == len(truth) and r["mean_mm"] == pytest.approx(err.mean())
+    assert r["over_100mm"] == int((err > 100).sum())
+    assert r["mean_other_hand_mm"] == pytest.approx(err[:frames].mean())
+    assert r["mean_no_other_hand_mm"] == pytest.approx(err[frames:].mean())
+    with pytest.raises(SystemExit):
+        B.main(["--runs", "somewhere"])
+
+
 def test_a_camera_moved_nearer_sees_the_same_sequence_50_mm_nearer():
     from benchmarks.localise import rolled_sequences
 
