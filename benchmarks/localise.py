@@ -29,7 +29,8 @@ frames are rendered as the generator renders them (at 0 degrees they are the ben
 the share of frames more than 100 mm from the middle MCP and the share whose centre lies more than
 40 mm from every joint (off the hand).
 
-With ``--sensor`` it measures the same two, on the same kind of sequences (unrolled, every ``--every``-th,
+With ``--sensor`` (and ``--no-detector``: the refined tracker as ``locate`` and ``predict`` run it, without its
+learned detector) it measures the same two, on the same kind of sequences (unrolled, every ``--every``-th,
 rendered at ``--fps`` frames a second: FPHA records 30, the cpu preset renders 6), with every frame
 changed in one of the ways a real recording may differ from the synthetic sensor model
 (:data:`SENSOR_CHANGES`): wider projector shadows, the far return lost in patches, depth smoothed
@@ -347,12 +348,13 @@ LOCALISER_CHANGES = {"table not found": {"table": False}}
 
 
 def measure_sensor(preset, seed: int, refiner, every: int = 6, changes=None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, detector: bool = True) -> dict:
     """Per change of :data:`SENSOR_CHANGES`, :data:`CAMERA_MOVES` and :data:`LOCALISER_CHANGES`: the tracker's and the refined
     tracker's centre errors (:func:`on_hand_errors`) on the test sequences (every ``every``-th) of
     ``preset``'s benchmark made with generator ``seed``, each frame changed so; and, for every change but
     the first, the change of the mean error against the first, per sequence, as a mean with its 95 %
-    t-interval over the sequences."""
+    t-interval over the sequences.  ``detector`` False: the refined tracker without its learned detector, as
+    ``locate`` and ``predict`` run it on a recording."""
     from handfuse.metrics import mean_ci95
 
     known = (*SENSOR_CHANGES, *CAMERA_MOVES, *LOCALISER_CHANGES)
@@ -374,8 +376,8 @@ def measure_sensor(preset, seed: int, refiner, every: int = 6, changes=None,
             changed = [change(d, rng) for d in depths]
             how = LOCALISER_CHANGES.get(name, {})
             per_seq[name]["tracker"].append(locate_sequence(changed, **how).centres.astype(np.float64))
-            per_seq[name]["tracker+comref"].append(locate_sequence(changed, refiner=refiner, **how).centres
-                                                   .astype(np.float64))
+            per_seq[name]["tracker+comref"].append(locate_sequence(changed, refiner=refiner, detector=detector, **how)
+                                                   .centres.astype(np.float64))
             joints[name].append(j.astype(np.float64) * factor)
     out = {}
     base = changes[0]
@@ -705,11 +707,11 @@ def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
 
 
 def run_sensor(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every: int = 6, fps: float | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, detector: bool = True) -> dict:
     """``--sensor`` (module docstring): the preset's refiner of ``seed`` (trained when missing) on
     --dev-seed's test sequences changed by each of :data:`SENSOR_CHANGES`, rendered at ``fps`` frames a
     second (default the preset's); written into :data:`OUT` under ``<preset>/<scene>-dev<dev_seed>-sensor``
-    (``-fps<fps>`` added with ``fps``)."""
+    (``-fps<fps>`` added with ``fps``, ``-no-detector`` without the learned detector: ``--no-detector``)."""
     from dataclasses import replace
 
     from handfuse.fpha import FPHA
@@ -725,16 +727,17 @@ def run_sensor(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
     refiner, fitted = train_refiner(FPHA(ensure_synthetic(preset_name)), preset, seed, progress=progress)
     rendered = preset if fps is None else replace(preset, synth=replace(preset.synth, fps=float(fps)))
     with one_thread():
-        results = measure_sensor(rendered, dev_seed, refiner, every, progress=progress)
+        results = measure_sensor(rendered, dev_seed, refiner, every, progress=progress, detector=detector)
     record = {
         "note": "Synthetic data (handfuse.synth), not FPHA: none of these numbers is an FPHA number.",
         "scene": preset.synth.scene, "fps": rendered.synth.fps,
         "split": f"dev (1 in {every} test sequences of generator seed {dev_seed}, at {rendered.synth.fps:g} frames a"
                  " second, each frame changed as a real sensor might)",
-        "preset": preset_name, "seed": seed, "refiner_run": fitted.run_dir, "changes": results,
+        "preset": preset_name, "seed": seed, "refiner_run": fitted.run_dir, "detector": detector, "changes": results,
         "seconds": time.perf_counter() - start,
     }
-    key = f"{preset.synth.scene}-dev{dev_seed}-sensor" + ("" if fps is None else f"-fps{fps:g}")
+    key = (f"{preset.synth.scene}-dev{dev_seed}-sensor" + ("" if fps is None else f"-fps{fps:g}")
+           + ("" if detector else "-no-detector"))
     store(preset_name, key, record)
     return record
 
@@ -844,7 +847,8 @@ def report_rolled(record: dict) -> str:
 
 def report_sensor(record: dict) -> str:
     """A sensor-change record as a small table."""
-    lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split']}; SYNTHETIC, not FPHA",
+    detector = "" if record.get("detector", True) else "; the refined tracker without its learned detector"
+    lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split']}{detector}; SYNTHETIC, not FPHA",
              f"{'change':<27} {'localiser':<15} {'mean':>6} {'p90':>6} {'max':>6} {'lost':>4} {'>100 mm %':>9}"
              f" {'off hand %':>10}  mean change (95 % t over sequences)"]
     for change, by in record["changes"].items():
@@ -897,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 " (default the preset's; FPHA records 30)")
     parser.add_argument("--every", type=int, default=None, help="--rolled, --predict: every N-th test sequence"
                                                                 " (default 3); --sensor: (default 6)")
+    parser.add_argument("--no-detector", action="store_true", help="--sensor: the refined tracker without its learned"
+                                                                    " detector, as locate and predict run it")
     parser.add_argument("--hard-sequences", action="store_true",
                         help="the refiner locate takes on hard sequences, with and without its learned detector")
     parser.add_argument("--runs", default=None, help="--hard-sequences: the trained refinement (a run, models or runs"
@@ -911,9 +917,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--every must be a whole number >= 1, got {args.every}")
     if args.fps is not None and not args.sensor:
         parser.error("--fps goes with --sensor")
+    if args.no_detector and not args.sensor:
+        parser.error("--no-detector goes with --sensor")
     if args.sensor:
         try:
-            record = run_sensor(args.preset, args.seed, args.dev_seed, args.every or 6, args.fps)
+            record = run_sensor(args.preset, args.seed, args.dev_seed, args.every or 6, args.fps,
+                                detector=not args.no_detector)
         except ValueError as e:
             parser.error(str(e))
         print(report_sensor(record))

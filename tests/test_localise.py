@@ -391,6 +391,22 @@ def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_
         B.main(["--runs", "somewhere"])
 
 
+def test_the_sensor_benchmark_without_the_detector_never_consults_it(smoke_localiser, monkeypatch):
+    """--sensor --no-detector measures the refined tracker as locate runs it: the learned detector is never
+    looked at; with it, it is looked at on every frame the rules located."""
+    from benchmarks import localise as B
+
+    preset, refiner = get_preset("smoke"), L.load_refiner(smoke_localiser)
+    calls = []
+    detect = L.Refiner.detect
+    monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+    without = B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered",), progress=False, detector=False)
+    assert not calls
+    with_it = B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered",), progress=False)
+    assert 0 < len(calls) <= with_it["as rendered"]["tracker+comref"]["frames"]  # each frame the rules located
+    assert without["as rendered"]["tracker"] == with_it["as rendered"]["tracker"]
+
+
 def test_a_camera_moved_nearer_sees_the_same_sequence_50_mm_nearer():
     from benchmarks.localise import rolled_sequences
 
@@ -410,6 +426,7 @@ def test_the_sensor_benchmark_refuses_bad_parameters_by_name(capsys):
     for argv, words in ((["--fps", "30"], "--fps goes with --sensor"),
                         (["--sensor", "--fps", "0"], "--fps must be a positive number"),
                         (["--sensor", "--every", "0"], "--every must be a whole number"),
+                        (["--no-detector"], "--no-detector goes with --sensor"),
                         (["--sensor", "--dev-seed", str(get_preset("smoke").synth.seed)], "is the preset's own benchmark")):
         with pytest.raises(SystemExit):
             main(["--preset", "smoke", *argv])
