@@ -9,10 +9,11 @@ under the runs folder the workbook trains into; nothing is trained here) runs on
 2. the hand is found in every frame from depth alone (:func:`handfuse.localise.locate_sequence`) by the
    localiser the workbook's depth-centred test sets use: the tracker with the preset's learned refinement
    (seed :data:`~handfuse.finetune.DEPTH_LOCALISER_SEED`, trained on the same data, found beside the
-   method's weights), without its learned whole-frame detector unless ``detector=True`` (``--detector``):
-   trained on the data the weights were, it can be confidently wrong on other scenes
-   (:data:`handfuse.localise.DETECTOR_ON_RECORDINGS`); ``refine=False`` (``--no-refine``) runs the tracker
-   alone, whose centres lie several times farther from the hand (docs/benchmarks.md);
+   method's weights), its learned whole-frame detector overruling the tracker only in frames without a
+   table plane unless ``detector`` (``--detector``) says otherwise: trained on the data the weights were, it
+   can be confidently wrong on other scenes (:data:`handfuse.localise.DETECTOR_ON_RECORDINGS`);
+   ``refine=False`` (``--no-refine``) runs the tracker alone, whose centres lie several times farther from
+   the hand (docs/benchmarks.md);
 3. each frame is cropped in the preset's metric cube around its centre (:func:`handfuse.preprocess.crop`,
    stored as float16 like the crop cache the models were trained on) and the method predicts the pose
    of every frame and its action after every frame.
@@ -336,11 +337,11 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
                    options: dict | None = None, hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
                    trained_on: str | None = None, on_lost: str = "fallback", animate: bool = True, fps: float = 10.0,
                    force: bool = False, pipeline: Pipeline | None = None, intrinsics: Intrinsics = FPHA_DEPTH,
-                   progress: bool = True, refine: bool = True, detector: bool = DETECTOR_ON_RECORDINGS) -> Prediction:
+                   progress: bool = True, refine: bool = True, detector: str = DETECTOR_ON_RECORDINGS) -> Prediction:
     """Run a trained pipeline on a folder of FPHA-named depth frames and write its outputs into ``out``
     (module docstring).  ``pipeline`` (from :func:`load_pipeline`) is used as given; otherwise it is loaded
     from ``method``, ``runs``, ``preset``, ``seed``, ``device``, ``data_root``, ``options``, the models and
-    ``trained_on`` and ``refine`` (:func:`load_pipeline`).  ``detector``: whether the refiner's learned detector
+    ``trained_on`` and ``refine`` (:func:`load_pipeline`).  ``detector``: where the refiner's learned detector
     may overrule the tracker (:func:`handfuse.localise.locate_sequence`).  An ``out`` that holds the predictions
     of another folder or other weights is refused unless ``force``."""
     t0 = time.perf_counter()
@@ -557,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         prediction = predict_folder(args.depth_dir, args.out, args.method, args.runs, args.preset, args.seed,
                                     args.device, args.data_root, options, args.hpe_model, args.har_model,
                                     args.trained_on, args.on_lost, not args.no_animation, args.fps, args.force,
-                                    refine=not args.no_refine, detector=args.detector or DETECTOR_ON_RECORDINGS)
+                                    refine=not args.no_refine, detector=args.detector)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from handfuse import localise as L
 from handfuse.camera import FPHA_DEPTH as K
 from handfuse.config import get_preset
 from handfuse.errors import DataError
-from handfuse.fpha import FPHA, write_depth_png
+from handfuse.fpha import FPHA, read_depth_png, write_depth_png
 from handfuse.paths import ensure_synthetic
 from handfuse.preprocess import centre_from_depth, centre_from_joints, crop
 from handfuse.skeleton import CENTRE_JOINT
@@ -366,8 +366,8 @@ def test_the_sensor_benchmark_pairs_each_change_with_the_frames_as_rendered(smok
 
 def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_the_detector(monkeypatch):
     """Each localiser of --hard-sequences locates every scene as one sequence against its own frames' truth; the
-    detector is consulted on every frame where it may overrule and never where it is left out, and the mean
-    splits into the scenes with and without the other hand."""
+    detector is consulted on every frame where it may always overrule, and as locate lets it only on frames
+    without a table plane; the mean splits into the scenes with and without the other hand."""
     from benchmarks import localise as B
 
     shipped = L.shipped_refiner()
@@ -376,11 +376,13 @@ def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_
     monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
     seeds, frames = range(101, 104), 3  # hard_sequence puts the other hand in every third seed's scene: here 101's
     got = B.measure_hard_sequences(shipped, seeds, frames, progress=False)
-    assert len(calls) == len(seeds) * frames  # the "+detector" localiser alone
+    scenes = [B.hard_sequence(s, frames=frames) for s in seeds]
+    without_plane = sum(L.regions(d).plane is None for depths, _ in scenes for d in depths)
+    assert len(calls) == len(seeds) * frames + without_plane
     assert set(got) == set(B.SEQUENCE_LOCALISERS)
-    truth = np.concatenate([B.hard_sequence(s, frames=frames)[1] for s in seeds])
-    found = np.concatenate([L.locate_sequence(B.hard_sequence(s, frames=frames)[0], refiner=shipped,
-                                              detector=False).centres for s in seeds])
+    truth = np.concatenate([t for _, t in scenes])
+    found = np.concatenate([L.locate_sequence(depths, refiner=shipped, detector=L.DETECTOR_ON_RECORDINGS).centres
+                            for depths, _ in scenes])
     err = np.linalg.norm(found - truth, axis=1)
     r = got["tracker+comref"]
     assert r["frames"] == len(truth) and r["mean_mm"] == pytest.approx(err.mean())
@@ -391,20 +393,24 @@ def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_
         B.main(["--runs", "somewhere"])
 
 
-def test_the_sensor_benchmark_without_the_detector_never_consults_it(smoke_localiser, monkeypatch):
-    """--sensor --no-detector measures the refined tracker as locate runs it: the learned detector is never
-    looked at; with it, it is looked at on every frame the rules located."""
+def test_the_sensor_benchmark_lets_the_detector_overrule_as_asked(smoke_localiser, monkeypatch):
+    """--sensor --detector never: the learned detector is never looked at; by default it is; with no-table (what
+    locate runs) and no plane fitted, the refined tracker is the same as with the detector in every frame."""
     from benchmarks import localise as B
 
     preset, refiner = get_preset("smoke"), L.load_refiner(smoke_localiser)
     calls = []
     detect = L.Refiner.detect
     monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
-    without = B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered",), progress=False, detector=False)
+    without = B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered",), progress=False, detector=L.NEVER)
     assert not calls
     with_it = B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered",), progress=False)
     assert 0 < len(calls) <= with_it["as rendered"]["tracker+comref"]["frames"]  # each frame the rules located
     assert without["as rendered"]["tracker"] == with_it["as rendered"]["tracker"]
+    no_plane = ("as rendered", "table not found")
+    always = B.measure_sensor(preset, 1, refiner, every=30, changes=no_plane, progress=False)
+    no_table = B.measure_sensor(preset, 1, refiner, every=30, changes=no_plane, progress=False, detector=L.NO_TABLE)
+    assert no_table["table not found"] == always["table not found"]
 
 
 def test_a_camera_moved_nearer_sees_the_same_sequence_50_mm_nearer():
@@ -426,7 +432,7 @@ def test_the_sensor_benchmark_refuses_bad_parameters_by_name(capsys):
     for argv, words in ((["--fps", "30"], "--fps goes with --sensor"),
                         (["--sensor", "--fps", "0"], "--fps must be a positive number"),
                         (["--sensor", "--every", "0"], "--every must be a whole number"),
-                        (["--no-detector"], "--no-detector goes with --sensor"),
+                        (["--detector", "never"], "--detector goes with --sensor"),
                         (["--sensor", "--dev-seed", str(get_preset("smoke").synth.seed)], "is the preset's own benchmark")):
         with pytest.raises(SystemExit):
             main(["--preset", "smoke", *argv])
@@ -952,9 +958,17 @@ def test_the_shipped_refiner_is_the_cpu_presets_and_refines_the_hard_frames_cent
     assert record["sha256"] == hashlib.sha256(L.SHIPPED.read_bytes()).hexdigest()
     depths, truth = hard
     alone = _errors(np.stack([L.locate_sequence([d]).centres[0] for d in depths]), truth)
-    refined = _errors(np.stack([L.locate_sequence([d], refiner=shipped, detector=False).centres[0] for d in depths]),
+    refined = _errors(np.stack([L.locate_sequence([d], refiner=shipped, detector=L.NEVER).centres[0] for d in depths]),
                       truth)
     assert refined.mean() < 0.6 * alone.mean(), (refined.round(), alone.round())
+    for d in depths[:3]:  # as locate lets it, the detector overrules only in a frame without a table plane
+        policy = L.ALWAYS if L.regions(d).plane is None else L.NEVER
+        np.testing.assert_array_equal(L.locate_sequence([d], refiner=shipped, detector=L.NO_TABLE).centres,
+                                      L.locate_sequence([d], refiner=shipped, detector=policy).centres)
+        np.testing.assert_array_equal(L.locate_sequence([d], refiner=shipped, table=False, detector=L.NO_TABLE).centres,
+                                      L.locate_sequence([d], refiner=shipped, table=False).centres)
+    with pytest.raises(ValueError, match="detector"):
+        L.locate_sequence(depths[:1], refiner=shipped, detector="sometimes")
 
 
 def test_locate_takes_the_shipped_refiner_where_none_is_trained(smoke, tmp_path, capsys, monkeypatch):
@@ -964,20 +978,26 @@ def test_locate_takes_the_shipped_refiner_where_none_is_trained(smoke, tmp_path,
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
     printed = capsys.readouterr()
     assert f"shipped with handfuse: {L.SHIPPED.name}" in printed.out and "no trained refinement" not in printed.err
-    assert "its learned whole-frame detector left out" in printed.out
+    assert "detector where it disagrees in a frame without a table plane" in printed.out
     calls = []
     detect = L.Refiner.detect
     monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
-    assert not calls, "locate ran the learned detector without --detector"
-    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--detector"]) == 0
+    frames = sorted((tmp_path / "depth").glob("depth_*.png"))
+    assert len(calls) == sum(L.regions(read_depth_png(f)).plane is None for f in frames)  # only where no plane
+    calls.clear()
+    out = ["--out", str(tmp_path / "centres.csv")]
+    assert L.main(["locate", str(tmp_path / "depth"), *out, "--detector", "never"]) == 0
+    assert not calls and "its learned whole-frame detector left out" in capsys.readouterr().out
+    assert L.main(["locate", str(tmp_path / "depth"), *out, "--detector", "always"]) == 0
     printed = capsys.readouterr().out.split("localiser:")[-1].split("\n")[0]
-    assert "shipped with handfuse" in printed and "overruled by a learned whole-frame detector" in printed
+    assert "shipped with handfuse" in printed and "detector where it disagrees + ComRefNet" in printed
     assert len(calls) == 3  # one look at each frame
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine"]) == 0
     assert "no learned refinement" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # nothing to let the detector overrule
-        L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine", "--detector"])
+        L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine", "--detector",
+                "always"])
     assert "not allowed with argument --no-refine" in capsys.readouterr().err
 
 

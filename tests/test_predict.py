@@ -112,30 +112,31 @@ def test_predict_writes_poses_actions_and_record(trained, tmp_path):
 
 def test_predict_locates_the_hand_as_the_depth_centred_test_sets_do(trained, smoke_localiser, tmp_path):
     """The crops are centred by the tracker with the learned refinement of the workbook's depth-centred test
-    sets, found beside the method's weights, its learned detector left out unless --detector; --no-refine runs
-    the tracker alone; each says so."""
+    sets, found beside the method's weights, its learned detector overruling only in frames without a table plane
+    unless --detector says otherwise; --no-refine runs the tracker alone; each says so."""
     runs, fpha, ref, _ = trained
     folder = runs / "smoke" / "models" / smoke_localiser.name
     depths = [fpha.read_depth(ref, t) for t in range(fpha.num_frames(ref))]
     p = predict_folder(fpha.depth_dir(ref), tmp_path / "refined", preset="smoke", runs=runs, animate=False,
                        progress=False)
     assert p.record["weights"]["localiser"] == str(folder) and str(folder) in p.record["localiser"]
-    assert "ComRefNet" in p.record["localiser"] and "detector left out" in p.record["localiser"]
+    assert "ComRefNet" in p.record["localiser"] and "in a frame without a table plane" in p.record["localiser"]
 
     def centres(out: Path) -> np.ndarray:
         with open(out / FILES["centres"]) as f:
             return np.array([[float(r[k]) for k in ("x_mm", "y_mm", "z_mm")] for r in csv.DictReader(f)])
 
-    refined = locate_sequence(depths, refiner=load_refiner(folder), detector=False).centres
+    refined = locate_sequence(depths, refiner=load_refiner(folder), detector=L.NO_TABLE).centres
     np.testing.assert_allclose(centres(tmp_path / "refined"), refined, atol=1e-3)
     assert main([str(fpha.depth_dir(ref)), "--out", str(tmp_path / "detector"), "--preset", "smoke", "--runs",
-                 str(runs), "--no-animation", "--detector"]) == 0
+                 str(runs), "--no-animation", "--detector", "always"]) == 0
     record = json.loads((tmp_path / "detector" / FILES["record"]).read_text())
-    assert "overruled by a learned whole-frame detector" in record["localiser"]
+    assert "overruled by a learned whole-frame detector where it disagrees + ComRefNet" in record["localiser"]
     np.testing.assert_allclose(centres(tmp_path / "detector"),
-                               locate_sequence(depths, refiner=load_refiner(folder), detector=True).centres, atol=1e-3)
+                               locate_sequence(depths, refiner=load_refiner(folder)).centres, atol=1e-3)
     with pytest.raises(SystemExit):  # nothing to let the detector overrule
-        main([str(fpha.depth_dir(ref)), "--out", str(tmp_path / "x"), "--preset", "smoke", "--no-refine", "--detector"])
+        main([str(fpha.depth_dir(ref)), "--out", str(tmp_path / "x"), "--preset", "smoke", "--no-refine", "--detector",
+              "never"])
     q = main([str(fpha.depth_dir(ref)), "--out", str(tmp_path / "alone"), "--preset", "smoke", "--runs", str(runs),
               "--no-animation", "--no-refine"])
     assert q == 0
