@@ -29,8 +29,9 @@ frames are rendered as the generator renders them (at 0 degrees they are the ben
 the share of frames more than 100 mm from the middle MCP and the share whose centre lies more than
 40 mm from every joint (off the hand).
 
-With ``--sensor`` (and ``--no-detector``: the refined tracker as ``locate`` and ``predict`` run it, without its
-learned detector) it measures the same two, on the same kind of sequences (unrolled, every ``--every``-th,
+With ``--sensor`` (and ``--detector POLICY``: where the refined tracker's learned detector may overrule, default
+``always``, as in the crop cache; ``locate`` and ``predict`` run ``no-table``) it measures the same two, on
+the same kind of sequences (unrolled, every ``--every``-th,
 rendered at ``--fps`` frames a second: FPHA records 30, the cpu preset renders 6), with every frame
 changed in one of the ways a real recording may differ from the synthetic sensor model
 (:data:`SENSOR_CHANGES`): wider projector shadows, the far return lost in patches, depth smoothed
@@ -51,7 +52,8 @@ With ``--hard-sequences`` it measures what ``locate`` gives on hard scenes as se
 :func:`hard_sequence` of ``HARD_SEQUENCE_FRAMES`` frames for each of the seeds kept for tuning
 (:data:`HARD_SEQUENCE_SEEDS`), located as a recording is (the first frame detected, the rest tracked),
 by the tracker alone and by the refiner ``locate`` takes (``--runs``, default the one shipped with
-handfuse) with and without its learned detector (:data:`SEQUENCE_LOCALISERS`).  These scenes are built
+handfuse) with its learned detector overruling in every frame and as ``locate`` lets it, only in frames
+without a table plane (:data:`SEQUENCE_LOCALISERS`).  These scenes are built
 apart from the generator the detector was trained on, as a real recording is.
 
 With ``--dev`` it measures instead where the localiser's settings are chosen: the test split of the
@@ -80,7 +82,7 @@ from tqdm.auto import tqdm
 from handfuse.camera import FPHA_DEPTH
 from handfuse.config import get_preset
 from handfuse.dataconfig import SynthConfig
-from handfuse.localise import DETECTOR_ON_RECORDINGS, locate_sequence
+from handfuse.localise import ALWAYS, DETECTOR_ON_RECORDINGS, DETECTOR_POLICIES, locate_sequence
 from handfuse.preprocess import centre_from_depth, centre_from_joints, crop
 from handfuse.synth import render as R
 from handfuse.synth.hand import HandShape
@@ -348,13 +350,13 @@ LOCALISER_CHANGES = {"table not found": {"table": False}}
 
 
 def measure_sensor(preset, seed: int, refiner, every: int = 6, changes=None,
-                   progress: bool = True, detector: bool = True) -> dict:
+                   progress: bool = True, detector: str = ALWAYS) -> dict:
     """Per change of :data:`SENSOR_CHANGES`, :data:`CAMERA_MOVES` and :data:`LOCALISER_CHANGES`: the tracker's and the refined
     tracker's centre errors (:func:`on_hand_errors`) on the test sequences (every ``every``-th) of
     ``preset``'s benchmark made with generator ``seed``, each frame changed so; and, for every change but
     the first, the change of the mean error against the first, per sequence, as a mean with its 95 %
-    t-interval over the sequences.  ``detector`` False: the refined tracker without its learned detector, as
-    ``locate`` and ``predict`` run it on a recording."""
+    t-interval over the sequences.  ``detector``: where the refined tracker's learned detector may overrule
+    (:func:`handfuse.localise.locate_sequence`)."""
     from handfuse.metrics import mean_ci95
 
     known = (*SENSOR_CHANGES, *CAMERA_MOVES, *LOCALISER_CHANGES)
@@ -571,8 +573,8 @@ def measure_hard(seeds, refiner) -> dict:
 
 HARD_SEQUENCE_SEEDS = range(100, 300)  # the hard scenes kept for tuning (those below 100 are the test's)
 HARD_SEQUENCE_FRAMES = 12
-SEQUENCE_LOCALISERS = {"tracker": dict(refine=False), "tracker+comref+detector": dict(detector=True),
-                       "tracker+comref": dict(detector=False)}  # the last: what locate and predict run on a recording
+SEQUENCE_LOCALISERS = {"tracker": dict(refine=False), "tracker+comref+detector": dict(detector=ALWAYS),
+                       "tracker+comref": dict(detector=DETECTOR_ON_RECORDINGS)}  # the last: what locate runs
 
 
 def measure_hard_sequences(refiner, seeds=HARD_SEQUENCE_SEEDS, frames: int = HARD_SEQUENCE_FRAMES,
@@ -588,7 +590,7 @@ def measure_hard_sequences(refiner, seeds=HARD_SEQUENCE_SEEDS, frames: int = HAR
     out = {}
     for name, how in SEQUENCE_LOCALISERS.items():
         r = None if how.get("refine") is False else refiner
-        found = np.concatenate([locate_sequence(d, refiner=r, detector=how.get("detector", True)).centres
+        found = np.concatenate([locate_sequence(d, refiner=r, detector=how.get("detector", ALWAYS)).centres
                                 for d, _ in tqdm(scenes, desc=name, unit="sequence", disable=not progress)])
         err = np.linalg.norm(found.astype(np.float64) - truth, axis=1)
         off = np.nan_to_num(err, nan=np.inf) > 100
@@ -707,11 +709,11 @@ def run_rolled(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
 
 
 def run_sensor(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every: int = 6, fps: float | None = None,
-               progress: bool = True, detector: bool = True) -> dict:
+               progress: bool = True, detector: str = ALWAYS) -> dict:
     """``--sensor`` (module docstring): the preset's refiner of ``seed`` (trained when missing) on
     --dev-seed's test sequences changed by each of :data:`SENSOR_CHANGES`, rendered at ``fps`` frames a
     second (default the preset's); written into :data:`OUT` under ``<preset>/<scene>-dev<dev_seed>-sensor``
-    (``-fps<fps>`` added with ``fps``, ``-no-detector`` without the learned detector: ``--no-detector``)."""
+    (``-fps<fps>`` added with ``fps``, ``-detector-<detector>`` with a ``detector`` other than always)."""
     from dataclasses import replace
 
     from handfuse.fpha import FPHA
@@ -737,7 +739,7 @@ def run_sensor(preset_name: str = "cpu", seed: int = 0, dev_seed: int = 1, every
         "seconds": time.perf_counter() - start,
     }
     key = (f"{preset.synth.scene}-dev{dev_seed}-sensor" + ("" if fps is None else f"-fps{fps:g}")
-           + ("" if detector else "-no-detector"))
+           + ("" if detector == ALWAYS else f"-detector-{detector}"))
     store(preset_name, key, record)
     return record
 
@@ -847,7 +849,8 @@ def report_rolled(record: dict) -> str:
 
 def report_sensor(record: dict) -> str:
     """A sensor-change record as a small table."""
-    detector = "" if record.get("detector", True) else "; the refined tracker without its learned detector"
+    policy = record.get("detector", ALWAYS)
+    detector = "" if policy == ALWAYS else f"; the learned detector overrules: {policy}"
     lines = [f"{record['preset']} preset, scene {record['scene']}, {record['split']}{detector}; SYNTHETIC, not FPHA",
              f"{'change':<27} {'localiser':<15} {'mean':>6} {'p90':>6} {'max':>6} {'lost':>4} {'>100 mm %':>9}"
              f" {'off hand %':>10}  mean change (95 % t over sequences)"]
@@ -901,8 +904,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                 " (default the preset's; FPHA records 30)")
     parser.add_argument("--every", type=int, default=None, help="--rolled, --predict: every N-th test sequence"
                                                                 " (default 3); --sensor: (default 6)")
-    parser.add_argument("--no-detector", action="store_true", help="--sensor: the refined tracker without its learned"
-                                                                    " detector, as locate and predict run it")
+    parser.add_argument("--detector", default=None, choices=DETECTOR_POLICIES,
+                        help="--sensor: where the refined tracker's learned detector may overrule (default always, as"
+                             " in the crop cache; locate and predict run no-table)")
     parser.add_argument("--hard-sequences", action="store_true",
                         help="the refiner locate takes on hard sequences, with and without its learned detector")
     parser.add_argument("--runs", default=None, help="--hard-sequences: the trained refinement (a run, models or runs"
@@ -917,12 +921,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--every must be a whole number >= 1, got {args.every}")
     if args.fps is not None and not args.sensor:
         parser.error("--fps goes with --sensor")
-    if args.no_detector and not args.sensor:
-        parser.error("--no-detector goes with --sensor")
+    if args.detector is not None and not args.sensor:
+        parser.error("--detector goes with --sensor")
     if args.sensor:
         try:
             record = run_sensor(args.preset, args.seed, args.dev_seed, args.every or 6, args.fps,
-                                detector=not args.no_detector)
+                                detector=args.detector or ALWAYS)
         except ValueError as e:
             parser.error(str(e))
         print(report_sensor(record))
