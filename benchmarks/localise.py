@@ -908,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--sensor: where the refined tracker's learned detector may overrule (default always, as"
                              " in the crop cache; locate and predict run no-table)")
     parser.add_argument("--hard-sequences", action="store_true",
-                        help="the refiner locate takes on hard sequences, with and without its learned detector")
+                        help="the refiner locate takes on hard sequences, its learned detector overruling in every"
+                             " frame and as locate lets it")
     parser.add_argument("--runs", default=None, help="--hard-sequences: the trained refinement (a run, models or runs"
                                                      " folder; default: the one shipped with handfuse)")
     args = parser.parse_args(argv)

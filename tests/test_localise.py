@@ -364,6 +364,14 @@ def test_the_sensor_benchmark_pairs_each_change_with_the_frames_as_rendered(smok
         B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered", "a lens flare"), progress=False)
 
 
+def _count_detections(monkeypatch) -> list:
+    """A list that gets one item each time a refiner's learned detector looks at a frame."""
+    calls = []
+    detect = L.Refiner.detect
+    monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+    return calls
+
+
 def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_the_detector(monkeypatch):
     """Each localiser of --hard-sequences locates every scene as one sequence against its own frames' truth; the
     detector is consulted on every frame where it may always overrule, and as locate lets it only on frames
@@ -371,9 +379,7 @@ def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_
     from benchmarks import localise as B
 
     shipped = L.shipped_refiner()
-    calls = []
-    detect = L.Refiner.detect
-    monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+    calls = _count_detections(monkeypatch)
     seeds, frames = range(101, 104), 3  # hard_sequence puts the other hand in every third seed's scene: here 101's
     got = B.measure_hard_sequences(shipped, seeds, frames, progress=False)
     scenes = [B.hard_sequence(s, frames=frames) for s in seeds]
@@ -399,9 +405,7 @@ def test_the_sensor_benchmark_lets_the_detector_overrule_as_asked(smoke_localise
     from benchmarks import localise as B
 
     preset, refiner = get_preset("smoke"), L.load_refiner(smoke_localiser)
-    calls = []
-    detect = L.Refiner.detect
-    monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+    calls = _count_detections(monkeypatch)
     without = B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered",), progress=False, detector=L.NEVER)
     assert not calls
     with_it = B.measure_sensor(preset, 1, refiner, every=30, changes=("as rendered",), progress=False)
@@ -949,8 +953,9 @@ def test_shipping_a_refiner_writes_the_runs_weights_with_their_record(smoke_loca
 def test_the_shipped_refiner_is_the_cpu_presets_and_refines_the_hard_frames_centres(hard):
     """The weights in the package: the cpu preset's refiner config (a changed preset must be shipped again:
     ``python -m handfuse.localise ship``), intact, and its refinement far better than the tracker alone on the
-    hard frames.  Its learned detector is left out, as ``locate`` leaves it out: on such frames it can overrule
-    the tracker towards clutter or the other hand (docs/benchmarks.md, "The learned detector on the hard frames")."""
+    hard frames.  Its learned detector is left out, as ``locate`` leaves it out where a table plane is found: on
+    such frames it can overrule the tracker towards clutter or the other hand (docs/benchmarks.md, "The learned
+    detector on the hard frames")."""
     shipped = L.shipped_refiner()
     assert shipped is not None, f"{L.SHIPPED} is missing: python -m handfuse.localise ship"
     assert shipped.cfg == L.REFINE_PRESETS["cpu"][0], "the cpu preset's refiner changed: ship it again"
@@ -979,9 +984,7 @@ def test_locate_takes_the_shipped_refiner_where_none_is_trained(smoke, tmp_path,
     printed = capsys.readouterr()
     assert f"shipped with handfuse: {L.SHIPPED.name}" in printed.out and "no trained refinement" not in printed.err
     assert "detector where it disagrees in a frame without a table plane" in printed.out
-    calls = []
-    detect = L.Refiner.detect
-    monkeypatch.setattr(L.Refiner, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+    calls = _count_detections(monkeypatch)
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
     frames = sorted((tmp_path / "depth").glob("depth_*.png"))
     assert len(calls) == sum(L.regions(read_depth_png(f)).plane is None for f in frames)  # only where no plane
