@@ -50,11 +50,12 @@ with the refined minus the tracker-alone error paired by seed (95 % t-interval).
 
 With ``--hard-sequences`` it measures what ``locate`` gives on hard scenes as sequences: one
 :func:`hard_sequence` of ``HARD_SEQUENCE_FRAMES`` frames for each of the seeds kept for tuning
-(:data:`HARD_SEQUENCE_SEEDS`), located as a recording is (the first frame detected, the rest tracked),
-by the tracker alone and by the refiner ``locate`` takes (``--runs``, default the one shipped with
-handfuse) with its learned detector overruling in every frame and as ``locate`` lets it, only in frames
-without a table plane (:data:`SEQUENCE_LOCALISERS`).  These scenes are built
-apart from the generator the detector was trained on, as a real recording is.
+(:data:`HARD_SEQUENCE_SEEDS`), located as one recording (the first frame detected, the rest tracked),
+by the tracker alone (forward, and both ways as ``locate --no-refine`` runs it) and by the refiner ``locate``
+takes (``--runs``, default the one shipped with handfuse) with its learned detector overruling in every frame,
+as ``locate`` lets it (only in frames without a table plane) forward only, and as ``locate`` runs it: that,
+tracked forward and backward (:data:`SEQUENCE_LOCALISERS`).  These scenes are built apart from the generator
+the detector was trained on, as a real recording is.
 
 With ``--dev`` it measures instead where the localiser's settings are chosen: the test split of the
 benchmark generated with another generator seed (``--dev-seed``, default 1; settings are also
@@ -82,7 +83,8 @@ from tqdm.auto import tqdm
 from handfuse.camera import FPHA_DEPTH
 from handfuse.config import get_preset
 from handfuse.dataconfig import SynthConfig
-from handfuse.localise import ALWAYS, DETECTOR_ON_RECORDINGS, DETECTOR_POLICIES, locate_sequence
+from handfuse.localise import (ALWAYS, BOTH_WAYS_ON_RECORDINGS, DETECTOR_ON_RECORDINGS, DETECTOR_POLICIES,
+                               locate_sequence)
 from handfuse.preprocess import centre_from_depth, centre_from_joints, crop
 from handfuse.synth import render as R
 from handfuse.synth.hand import HandShape
@@ -573,8 +575,10 @@ def measure_hard(seeds, refiner) -> dict:
 
 HARD_SEQUENCE_SEEDS = range(100, 300)  # the hard scenes kept for tuning (those below 100 are the test's)
 HARD_SEQUENCE_FRAMES = 12
-SEQUENCE_LOCALISERS = {"tracker": dict(refine=False), "tracker+comref+detector": dict(detector=ALWAYS),
-                       "tracker+comref": dict(detector=DETECTOR_ON_RECORDINGS)}  # the last: what locate runs
+SEQUENCE_LOCALISERS = {  # locate_sequence's keywords; refine=False: the tracker alone.  The last is what locate runs
+    "tracker": dict(refine=False), "tracker both ways": dict(refine=False, both_ways=True),
+    "tracker+comref+detector": dict(detector=ALWAYS), "tracker+comref forward": dict(detector=DETECTOR_ON_RECORDINGS),
+    "tracker+comref": dict(detector=DETECTOR_ON_RECORDINGS, both_ways=BOTH_WAYS_ON_RECORDINGS)}
 
 
 def measure_hard_sequences(refiner, seeds=HARD_SEQUENCE_SEEDS, frames: int = HARD_SEQUENCE_FRAMES,
@@ -590,7 +594,8 @@ def measure_hard_sequences(refiner, seeds=HARD_SEQUENCE_SEEDS, frames: int = HAR
     out = {}
     for name, how in SEQUENCE_LOCALISERS.items():
         r = None if how.get("refine") is False else refiner
-        found = np.concatenate([locate_sequence(d, refiner=r, detector=how.get("detector", ALWAYS)).centres
+        kw = {k: v for k, v in how.items() if k != "refine"}
+        found = np.concatenate([locate_sequence(d, refiner=r, **kw).centres
                                 for d, _ in tqdm(scenes, desc=name, unit="sequence", disable=not progress)])
         err = np.linalg.norm(found.astype(np.float64) - truth, axis=1)
         off = np.nan_to_num(err, nan=np.inf) > 100
@@ -748,8 +753,8 @@ def measure_predict(preset, dev, pipelines, refiner, every: int = 3, progress: b
     """Per localiser (``ground truth``, ``tracker``, ``tracker+comref``), the pose error (mm, mean over every
     joint of every frame) of each pipeline of ``pipelines`` (seed -> :class:`handfuse.predict.Pipeline`) on
     every ``every``-th test sequence of ``dev``, cropped as :func:`handfuse.predict.predict_folder` crops
-    (a lost frame around the nearest located frame's centre; the learned detector as ``predict`` runs it by
-    default, :data:`handfuse.localise.DETECTOR_ON_RECORDINGS`)."""
+    (a lost frame around the nearest located frame's centre; the learned detector and the passes as ``predict`` runs
+    them by default, :data:`handfuse.localise.DETECTOR_ON_RECORDINGS` and ``BOTH_WAYS_ON_RECORDINGS``)."""
     from handfuse.predict import crop_centres, run_pipeline
 
     pre = preset.preprocess
@@ -762,7 +767,8 @@ def measure_predict(preset, dev, pipelines, refiner, every: int = 3, progress: b
         paths = [dev.depth_path(ref, t) for t in range(len(joints))]
         centres = {"ground truth": centre_from_joints(joints).astype(np.float32)}
         for name, r in (("tracker", None), ("tracker+comref", refiner)):
-            located = locate_sequence(depths, FPHA_DEPTH, pre.cube_mm, r, detector=DETECTOR_ON_RECORDINGS)
+            located = locate_sequence(depths, FPHA_DEPTH, pre.cube_mm, r, detector=DETECTOR_ON_RECORDINGS,
+                                      both_ways=BOTH_WAYS_ON_RECORDINGS)
             lost[name] += len(located.lost)
             centres[name] = crop_centres(located.centres, located.status, "fallback", paths, located.localiser)[0]
         for name, c in centres.items():

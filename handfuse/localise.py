@@ -69,6 +69,13 @@ What a frame goes through (every step works on every ``STRIDE``-th pixel):
    :func:`handfuse.train.fit` into a run folder keyed by its configuration
    (``python -m handfuse.localise train --preset cpu``).  ``python -m handfuse.localise ship`` writes the
    cpu preset's refiner into the package (:data:`SHIPPED`), which ``locate`` takes where none is trained.
+7. *Both ways* (``locate`` and ``predict`` on a recording: :data:`BOTH_WAYS_ON_RECORDINGS`): a recording is
+   located whole, so steps 3-6 also run from its last frame back to its first.  A track that starts on the
+   other hand or on clutter keeps to it, as the tracker is meant to; the pass from the other end, starting
+   elsewhere, shows where.  Where the two passes put the hand more than ``BOTH_WAYS_AGREE_MM`` apart, each
+   frame of that stretch is located on its own (step 3 and on), and the stretch is taken from the pass that
+   more of them agree with where that pass tracked the hand (:func:`settle`).  The crop cache runs the forward
+   pass alone, as it always has.
 
 The parameters were set on the synthetic benchmark's training sequences and on the
 difficulties measured on 84 real FPHA frames (docs/data.md): a hand at 355-451 mm against
@@ -101,6 +108,7 @@ from .preprocess import SURFACE_TO_JOINT_MM, _arm_end, _refine_com, centre_from_
 LOCATED, LOST = "located", "lost"
 DETECTED, TRACKED, HELD = "detected", "tracked", "held"  # how a located frame was found (Located.how)
 NET = "net"  # ... or taken from the learned detector over the tracker's choice (SWITCH_MM)
+FORWARD, BACKWARD = "forward", "backward"  # the pass through the sequence a centre comes from (Located.way)
 LOCALISER_VERSION = "tracker-8"  # bump when the localiser's code changes its centres (the crop cache keys on it)
 
 STRIDE = 4  # work on every 4th pixel (160 x 120)
@@ -190,6 +198,19 @@ DETECTOR_POLICIES = (ALWAYS, NO_TABLE, NEVER)
 # against overruling in every frame (never: +0.12 +- 0.28 and +0.83 +- 0.29; docs/benchmarks.md): the price of not
 # trusting it where it was not trained
 DETECTOR_ON_RECORDINGS = NO_TABLE
+# the forward and the backward pass (locate_sequence's ``both_ways``) agree on a frame where their centres lie within
+# this of each other, and so does a frame located alone with either (settle)
+BOTH_WAYS_AGREE_MM = 80.0
+# a stretch where the passes part goes to the backward pass only on at least this many frames' agreement (settle)
+BOTH_WAYS_MIN_VOTES = 2
+# what `locate` and `predict` run on a recording (--forward-only runs one pass, as the crop cache does).  Chosen on the
+# hard sequences of the seeds kept for tuning (benchmarks.localise --hard-sequences, 200 of 12 frames; refiners 0-2):
+# mean centre error 40.3 / 43.9 / 40.8 mm forward, 33.0 / 33.9 / 31.2 both ways (-9.0 +- 3.6, paired, 3 seeds, 95 % t),
+# frames more than 100 mm off 245 / 290 / 261 -> 199 / 212 / 189; on every 3rd test sequence of both dev benchmarks no
+# frame's centre changes.  One vote instead of BOTH_WAYS_MIN_VOTES did as well there but moved frames of dev benchmark
+# 2 (the trained baselines' pose error -0.12 / +0.14 / -0.13 mm); counting a pass's own detections as votes put
+# 18-19 hard frames per refiner more than 100 mm off, against 14-16 (docs/benchmarks.md)
+BOTH_WAYS_ON_RECORDINGS = True
 
 
 @dataclass
@@ -199,8 +220,9 @@ class Located:
     :data:`LOCATED` / :data:`LOST`, ``how`` (T,): how a located frame was found (:data:`DETECTED`
     afresh, :data:`TRACKED` from the previous frame's centre, :data:`HELD` there by the centre of
     mass around it, or :data:`NET`: the learned detector's, which overruled them; "" where lost),
-    ``localiser``: which localiser made them, and ``planes`` (T,): each frame's table plane
-    (:func:`table_plane`; None where there is none)."""
+    ``localiser``: which localiser made them, ``planes`` (T,): each frame's table plane
+    (:func:`table_plane`; None where there is none), and ``way`` (T,): the pass a frame's centre comes
+    from (:data:`FORWARD`, or :data:`BACKWARD` where ``locate_sequence(both_ways=True)`` took it from there)."""
 
     centres: np.ndarray
     uv: np.ndarray
@@ -208,6 +230,7 @@ class Located:
     localiser: str
     how: list[str] = field(default_factory=list)
     planes: list = field(default_factory=list)
+    way: list[str] = field(default_factory=list)
 
     @property
     def lost(self) -> list[int]:
@@ -444,7 +467,7 @@ def track(reg: Regions, prior: np.ndarray) -> tuple[np.ndarray | None, bool]:
 
 def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float = 250.0,
                     refiner: "Refiner | None" = None, progress: bool = False, table: bool = True,
-                    detector: str = ALWAYS) -> Located:
+                    detector: str = ALWAYS, both_ways: bool = False) -> Located:
     """The hand centre of every frame of one sequence: ``depths`` (H, W) uint16 depth maps in mm, in
     order (a list, or any iterable).  With a ``refiner`` (:func:`load_refiner`) each centre found is
     refined by the learned ComRefNet before it becomes the next frame's prior; when the refiner has a
@@ -452,11 +475,81 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
     in every frame (``detector`` :data:`ALWAYS`, the crop cache's), only in frames where no table plane was
     found (:data:`NO_TABLE`, what ``locate`` and ``predict`` run on a recording: :data:`DETECTOR_ON_RECORDINGS`)
     or never (:data:`NEVER`).  With ``table`` False no frame's table plane is fitted or removed
-    (:func:`regions`), for the refiner either."""
+    (:func:`regions`), for the refiner either.
+
+    With ``both_ways`` (what ``locate`` and ``predict`` run on a recording: :data:`BOTH_WAYS_ON_RECORDINGS`)
+    the sequence is also tracked from its last frame back to its first, and wherever the two passes part,
+    the stretch is taken from the pass that more of its frames, each located on its own, agree with
+    (:func:`settle`): a track that starts on the wrong hand or on clutter keeps to it, and the pass from the
+    other end shows it."""
     check(detector in DETECTOR_POLICIES, "detector", detector, f"one of {DETECTOR_POLICIES}")
+    how = dict(intrinsics=intrinsics, cube_mm=cube_mm, refiner=refiner, table=table, detector=detector)
+    if not both_ways:
+        return _one_way(depths, progress=progress, desc="locating", **how)
+    frames = list(depths)
+    ahead = _one_way(frames, progress=progress, desc="locating forward", **how)
+    back = _one_way(frames[::-1], progress=progress, desc="locating backward", way=BACKWARD, **how)
+    back_centres = back.centres[::-1]
+
+    def tracked(located: Located) -> np.ndarray:  # (T,) bool: where a pass followed the hand from the frame before
+        return np.isin(located.how, (TRACKED, HELD))
+
+    taken = settle(ahead.centres, back_centres, lambda t: _one_way([frames[t]], **how).centres[0],
+                   tracked(ahead), tracked(back)[::-1], progress)
+
+    def pick(forward: list, backward: list) -> list:
+        return [b if k else f for f, b, k in zip(forward, backward, taken)]
+
+    return Located(np.where(taken[:, None], back_centres, ahead.centres),
+                   np.where(taken[:, None], back.uv[::-1], ahead.uv), pick(ahead.status, back.status[::-1]),
+                   describe(refiner, detector, both_ways),
+                   pick(ahead.how, back.how[::-1]), ahead.planes, pick(ahead.way, back.way))
+
+
+def settle(ahead: np.ndarray, back: np.ndarray, alone, tracked_ahead: np.ndarray | None = None,
+           tracked_back: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+    """Which frames to take from the backward pass: (T,) bool, for a sequence's forward and backward
+    centres (T, 3) mm (NaN where lost).  Where the passes lie within ``BOTH_WAYS_AGREE_MM`` of each other
+    (or both lost the hand) the forward pass is kept.  Every stretch of consecutive frames where they part
+    (or one lost it) is taken whole from the backward pass where more of its frames, each located on its own
+    (``alone(t)``: frame t's centre (3,), NaN where lost, asked only of those frames), agree with it than with
+    the forward pass, and at least ``BOTH_WAYS_MIN_VOTES``; on a tie, from the pass that located more of them,
+    then from the forward one.  A frame counts for a pass only where the pass tracked the hand there
+    (``tracked_ahead``, ``tracked_back`` (T,) bool; default everywhere): where it detected the hand afresh, its
+    centre is that of the frame located alone, and no evidence."""
+    lost_a, lost_b = np.isnan(ahead).any(1), np.isnan(back).any(1)
+    with np.errstate(invalid="ignore"):
+        apart = np.where(lost_a | lost_b, lost_a != lost_b, np.linalg.norm(ahead - back, axis=1) > BOTH_WAYS_AGREE_MM)
+    tracked_ahead = np.ones(len(ahead), bool) if tracked_ahead is None else np.asarray(tracked_ahead, bool)
+    tracked_back = np.ones(len(back), bool) if tracked_back is None else np.asarray(tracked_back, bool)
+    taken = np.zeros(len(ahead), bool)
+    bar = tqdm(total=int(apart.sum()), desc="locating alone where the passes part", unit="frame", disable=not progress)
+    t = 0
+    while t < len(ahead):
+        if not apart[t]:
+            t += 1
+            continue
+        end = t + int(np.argmin(np.append(apart[t:], False)))  # the stretch t..end-1
+        own = np.stack([alone(k) for k in range(t, end)])
+        bar.update(end - t)
+        with np.errstate(invalid="ignore"):
+            near_a = np.linalg.norm(own - ahead[t:end], axis=1) <= BOTH_WAYS_AGREE_MM
+            near_b = np.linalg.norm(own - back[t:end], axis=1) <= BOTH_WAYS_AGREE_MM
+        votes_a, votes_b = int((near_a & tracked_ahead[t:end]).sum()), int((near_b & tracked_back[t:end]).sum())
+        found_a, found_b = int((~lost_a[t:end]).sum()), int((~lost_b[t:end]).sum())
+        taken[t:end] = ((votes_b > votes_a and votes_b >= BOTH_WAYS_MIN_VOTES)
+                        or (votes_b == votes_a and found_b > found_a))
+        t = end
+    bar.close()
+    return taken
+
+
+def _one_way(depths, intrinsics: Intrinsics, cube_mm: float, refiner: "Refiner | None", table: bool, detector: str,
+             progress: bool = False, desc: str = "locating", way: str = FORWARD) -> Located:
+    """:func:`locate_sequence` in one pass through ``depths`` in the order given (``way`` says which it is)."""
     centres, status, hows, planes = [], [], [], []
     prior, held = None, 0
-    for depth in tqdm(depths, desc="locating", unit="frame", disable=not progress):
+    for depth in tqdm(depths, desc=desc, unit="frame", disable=not progress):
         reg = regions(depth, intrinsics, table=table)
         found, how = None, ""
         if prior is not None:
@@ -484,12 +577,15 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
     with np.errstate(invalid="ignore"):
         uv = np.stack([intrinsics.fx * c[:, 0] / c[:, 2] + intrinsics.u0,
                        intrinsics.fy * c[:, 1] / c[:, 2] + intrinsics.v0], -1).astype(np.float32)
-    return Located(c, uv.reshape(-1, 2), status, describe(refiner, detector), hows, planes)
+    return Located(c, uv.reshape(-1, 2), status, describe(refiner, detector), hows, planes, [way] * len(status))
 
 
-def describe(refiner: "Refiner | None", detector: str = ALWAYS) -> str:
-    """Which localiser :func:`locate_sequence` runs with ``refiner`` and ``detector``, in words."""
+def describe(refiner: "Refiner | None", detector: str = ALWAYS, both_ways: bool = False) -> str:
+    """Which localiser :func:`locate_sequence` runs with ``refiner``, ``detector`` and ``both_ways``, in words."""
     base = "depth tracker (table plane removed, depth-continuous regions, far end of the arm; handfuse.localise)"
+    if both_ways:
+        base += (", run forward and backward through the sequence (where the two part, the one more of those frames"
+                 " located alone agree with)")
     if refiner is None:
         return base + ", no learned refinement"
     cfg = refiner.cfg
@@ -1339,6 +1435,7 @@ def _tile(thumb: np.ndarray, t: int, located: Located, intrinsics: Intrinsics, c
         cv2.rectangle(image, (round(u - half), round(v - half)), (round(u + half), round(v + half)), SHEET_WHITE, 1)
         cv2.drawMarker(image, (round(u), round(v)), SHEET_RED, cv2.MARKER_CROSS, 11, 2)
         how = f" {located.how[t]}" if located.how else ""
+        how += " back" if located.way and located.way[t] == BACKWARD else ""
         caption, colour = f"{t}{how} {z:.0f} mm", SHEET_WHITE
     cv2.putText(tile, caption, (3, SHEET_CAPTION_PX - 4), _FONT, 0.4, colour, 1, cv2.LINE_AA)
     return tile
@@ -1365,7 +1462,7 @@ def centre_sheet(thumbs: dict[int, np.ndarray], located: Located, title: str, in
              + f"; {shown}",
              f"localiser: {located.localiser}",
              f"red cross: the hand centre (caption: frame, how it was found: detected, tracked, held, or net for the"
-             f" learned detector's; its depth); white square: the"
+             f" learned detector's, and back where the backward pass's was taken; its depth); white square: the"
              f" {cube_mm:g} mm hand cube at that depth; red border: lost; black: no depth; colours from"
              f" {SHEET_NEAR_MM:g} mm (dark) to {SHEET_FAR_MM:g} mm (yellow)"]
     wrapped = [part for line in lines for part in _text_lines(line, width - 8, 0.45)]
@@ -1404,7 +1501,8 @@ def _locate(args) -> int:
                 thumbs[t] = sheet_thumbnail(depth)
             yield depth
 
-    located = locate_sequence(depths(), FPHA_DEPTH, args.cube_mm, refiner, progress=True, detector=args.detector)
+    located = locate_sequence(depths(), FPHA_DEPTH, args.cube_mm, refiner, progress=True, detector=args.detector,
+                              both_ways=not args.forward_only)
     write_centres_csv(args.out, located)
     if args.sheet is not None:
         write_centre_sheet(args.sheet, centre_sheet(thumbs, located, f"{Path(args.depth_dir).resolve()}",
@@ -1441,7 +1539,8 @@ def _train(args) -> int:
 
 
 def add_localiser_arguments(parser: argparse.ArgumentParser, no_refine_help: str) -> None:
-    """``--no-refine`` and ``--detector`` (exclusive), the localiser's options of ``locate`` and ``predict``."""
+    """``--no-refine`` and ``--detector`` (exclusive) and ``--forward-only``, the localiser's options of ``locate``
+    and ``predict``."""
     alone = parser.add_mutually_exclusive_group()
     alone.add_argument("--no-refine", action="store_true", help=no_refine_help)
     alone.add_argument("--detector", choices=DETECTOR_POLICIES, default=DETECTOR_ON_RECORDINGS,
@@ -1449,6 +1548,11 @@ def add_localiser_arguments(parser: argparse.ArgumentParser, no_refine_help: str
                             " as the study's depth-centred test sets), only in frames without a table plane (no-table,"
                             " the default: elsewhere, on scenes unlike those it was trained on, it can be confidently"
                             " wrong; docs/benchmarks.md), or never")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="track the hand from the first frame on only, as the study's depth-centred test sets do"
+                             " (default: forward and backward, each stretch where the two part taken from the one its"
+                             " frames located alone agree with: a track that starts wrong is put right; each frame is"
+                             " located twice; docs/benchmarks.md)")
 
 
 def main(argv: list[str] | None = None) -> int:

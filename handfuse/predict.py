@@ -11,9 +11,11 @@ under the runs folder the workbook trains into; nothing is trained here) runs on
    (seed :data:`~handfuse.finetune.DEPTH_LOCALISER_SEED`, trained on the same data, found beside the
    method's weights), its learned whole-frame detector overruling the tracker only in frames without a
    table plane unless ``detector`` (``--detector``) says otherwise: trained on the data the weights were, it
-   can be confidently wrong on other scenes (:data:`handfuse.localise.DETECTOR_ON_RECORDINGS`);
-   ``refine=False`` (``--no-refine``) runs the tracker alone, whose centres lie several times farther from
-   the hand (docs/benchmarks.md);
+   can be confidently wrong on other scenes (:data:`handfuse.localise.DETECTOR_ON_RECORDINGS`); and
+   tracked forward and backward unless ``both_ways=False`` (``--forward-only``), so that a track that starts on
+   the wrong object is put right (:data:`handfuse.localise.BOTH_WAYS_ON_RECORDINGS`); ``refine=False``
+   (``--no-refine``) runs the tracker alone, whose centres lie several times farther from the hand
+   (docs/benchmarks.md);
 3. each frame is cropped in the preset's metric cube around its centre (:func:`handfuse.preprocess.crop`,
    stored as float16 like the crop cache the models were trained on) and the method predicts the pose
    of every frame and its action after every frame.
@@ -59,8 +61,9 @@ from .errors import ConfigError, DataError, check
 from .finetune import DEPTH_LOCALISER_SEED, Pretrained, build_method, finetune_run, pretrained_requests, resolved_config
 from .fpha import (FPHA, POSE_DIR, VIDEO_DIR, depth_frame_indices, read_depth_png, read_skeleton_file,
                    write_skeleton_file)
-from .localise import (DETECTOR_ON_RECORDINGS, LOCATED, Refiner, add_localiser_arguments, centre_sheet, load_refiner,
-                       locate_sequence, refiner_run, sheet_step, sheet_thumbnail, write_centre_sheet)
+from .localise import (BOTH_WAYS_ON_RECORDINGS, DETECTOR_ON_RECORDINGS, LOCATED, Refiner, add_localiser_arguments,
+                       centre_sheet, load_refiner, locate_sequence, refiner_run, sheet_step, sheet_thumbnail,
+                       write_centre_sheet)
 from .methods import FusionConfig, headline, method_config
 from .methods.common import see_labels
 from .models.registry import DEFAULT_HAR, DEFAULT_HPE, har_entry, hpe_entry
@@ -337,12 +340,14 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
                    options: dict | None = None, hpe_model: str = DEFAULT_HPE, har_model: str = DEFAULT_HAR,
                    trained_on: str | None = None, on_lost: str = "fallback", animate: bool = True, fps: float = 10.0,
                    force: bool = False, pipeline: Pipeline | None = None, intrinsics: Intrinsics = FPHA_DEPTH,
-                   progress: bool = True, refine: bool = True, detector: str = DETECTOR_ON_RECORDINGS) -> Prediction:
+                   progress: bool = True, refine: bool = True, detector: str = DETECTOR_ON_RECORDINGS,
+                   both_ways: bool = BOTH_WAYS_ON_RECORDINGS) -> Prediction:
     """Run a trained pipeline on a folder of FPHA-named depth frames and write its outputs into ``out``
     (module docstring).  ``pipeline`` (from :func:`load_pipeline`) is used as given; otherwise it is loaded
     from ``method``, ``runs``, ``preset``, ``seed``, ``device``, ``data_root``, ``options``, the models and
     ``trained_on`` and ``refine`` (:func:`load_pipeline`).  ``detector``: where the refiner's learned detector
-    may overrule the tracker (:func:`handfuse.localise.locate_sequence`).  An ``out`` that holds the predictions
+    may overrule the tracker, and ``both_ways``: whether the hand is tracked backward too
+    (:func:`handfuse.localise.locate_sequence`).  An ``out`` that holds the predictions
     of another folder or other weights is refused unless ``force``."""
     t0 = time.perf_counter()
     check(on_lost in ON_LOST, "on_lost", on_lost, f"one of {ON_LOST}")
@@ -358,8 +363,8 @@ def predict_folder(depth_dir: str | Path, out: str | Path, method: str = "baseli
     depths = [read_depth_png(p, intrinsics)
               for p in tqdm(paths, desc="reading depth", unit="frame", disable=not progress)]
     pre = pipeline.preset.preprocess
-    located = locate_sequence(tqdm(depths, desc="locating the hand", unit="frame", disable=not progress), intrinsics,
-                              pre.cube_mm, pipeline.refiner, detector=detector)
+    located = locate_sequence(depths, intrinsics, pre.cube_mm, pipeline.refiner, progress, detector=detector,
+                              both_ways=both_ways)
     centres, status, source = crop_centres(located.centres, located.status, on_lost, paths, located.localiser)
     crops = np.stack([crop(d, c, intrinsics, pre.cube_mm, pre.crop) for d, c in zip(depths, centres)])  # (T, S, S)
     crops = crops.astype(np.float16).astype(np.float32)  # as the crop cache stores them for training
@@ -558,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         prediction = predict_folder(args.depth_dir, args.out, args.method, args.runs, args.preset, args.seed,
                                     args.device, args.data_root, options, args.hpe_model, args.har_model,
                                     args.trained_on, args.on_lost, not args.no_animation, args.fps, args.force,
-                                    refine=not args.no_refine, detector=args.detector)
+                                    refine=not args.no_refine, detector=args.detector,
+                                    both_ways=not args.forward_only)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -373,9 +373,10 @@ def _count_detections(monkeypatch) -> list:
 
 
 def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_the_detector(monkeypatch):
-    """Each localiser of --hard-sequences locates every scene as one sequence against its own frames' truth; the
-    detector is consulted on every frame where it may always overrule, and as locate lets it only on frames
-    without a table plane; the mean splits into the scenes with and without the other hand."""
+    """Each localiser of --hard-sequences locates every scene as one sequence against its own frames' truth, as
+    locate_sequence does with its keywords (the last as locate runs it, both ways); the detector is consulted on
+    every frame where it may always overrule, and as locate lets it only on frames without a table plane (here
+    none); the mean splits into the scenes with and without the other hand."""
     from benchmarks import localise as B
 
     shipped = L.shipped_refiner()
@@ -383,14 +384,17 @@ def test_the_hard_sequences_locate_each_scene_as_one_recording_with_and_without_
     seeds, frames = range(101, 104), 3  # hard_sequence puts the other hand in every third seed's scene: here 101's
     got = B.measure_hard_sequences(shipped, seeds, frames, progress=False)
     scenes = [B.hard_sequence(s, frames=frames) for s in seeds]
-    without_plane = sum(L.regions(d).plane is None for depths, _ in scenes for d in depths)
-    assert len(calls) == len(seeds) * frames + without_plane
+    assert all(L.regions(d).plane is not None for depths, _ in scenes for d in depths)
+    assert len(calls) == len(seeds) * frames  # the detector in every frame, once; as locate lets it, never
     assert set(got) == set(B.SEQUENCE_LOCALISERS)
     truth = np.concatenate([t for _, t in scenes])
-    found = np.concatenate([L.locate_sequence(depths, refiner=shipped, detector=L.DETECTOR_ON_RECORDINGS).centres
-                            for depths, _ in scenes])
+    found = np.concatenate([L.locate_sequence(depths, refiner=shipped, detector=L.DETECTOR_ON_RECORDINGS,
+                                              both_ways=True).centres for depths, _ in scenes])
     err = np.linalg.norm(found - truth, axis=1)
     r = got["tracker+comref"]
+    forward = np.concatenate([L.locate_sequence(depths, refiner=shipped, detector=L.DETECTOR_ON_RECORDINGS).centres
+                              for depths, _ in scenes])
+    assert got["tracker+comref forward"]["mean_mm"] == pytest.approx(_errors(forward, truth).mean())
     assert r["frames"] == len(truth) and r["mean_mm"] == pytest.approx(err.mean())
     assert r["over_100mm"] == int((err > 100).sum())
     assert r["mean_other_hand_mm"] == pytest.approx(err[:frames].mean())
@@ -893,6 +897,57 @@ def test_locate_sequence_takes_the_detectors_hand_only_where_it_overrules(hard):
 # ----------------------------------------------------------------------------- locate: CSV and bad input
 
 
+def test_where_the_two_passes_part_each_stretch_goes_to_the_pass_its_frames_located_alone_agree_with():
+    """settle keeps the forward pass where the two agree (within BOTH_WAYS_AGREE_MM, or both lost the hand), asks
+    for frames located alone only where they part, and takes each such stretch whole from the pass more of those
+    frames agree with, the backward pass only on BOTH_WAYS_MIN_VOTES frames or more; on a tie, from the pass that
+    located more of them, then from the forward one."""
+    far = 3 * L.BOTH_WAYS_AGREE_MM
+    ahead = np.tile([0.0, 0.0, 400.0], (11, 1))
+    back = ahead.copy()
+    back[0:3, 0] = far  # apart: two of the three frames located alone agree with the backward pass
+    back[3, 0] = 0.9 * L.BOTH_WAYS_AGREE_MM  # near enough: kept, not asked
+    ahead[4] = back[4] = np.nan  # both lost: kept
+    ahead[5:7, 0] = -far  # apart: one vote each, each pass located both frames: the forward pass
+    ahead[8] = np.nan  # the forward pass lost it, the backward found it, alone it is lost: no votes either way
+    back[10, 0] = far  # apart, and alone the frame agrees with the backward pass: too few votes to take it
+    own = {0: back[0], 1: back[1], 2: ahead[2], 5: ahead[5], 6: back[6], 8: [np.nan] * 3, 10: back[10]}
+    asked = []
+    taken = L.settle(ahead, back, lambda t: asked.append(t) or np.asarray(own[t], float))
+    assert asked == [0, 1, 2, 5, 6, 8, 10]
+    assert taken.tolist() == [True] * 3 + [False] * 5 + [True] + [False] * 2
+    tracked = np.ones(11, bool)
+    tracked[1] = False  # where the backward pass detected afresh, frame 1 alone is its centre: no vote
+    assert not L.settle(ahead, back, lambda t: np.asarray(own[t], float), tracked, tracked)[:3].any()
+
+
+def test_tracked_both_ways_a_sequence_that_starts_on_the_wrong_object_is_put_right():
+    """On a hard sequence whose first frame the rules get wrong (the tracker keeps to what it found there, more
+    than 300 mm from the hand, in every frame), the pass from the last frame finds the hand, the frames located
+    alone agree with it, and its centres are taken; the frames the two passes agree on are the forward pass's."""
+    depths, truth = hard_sequence(19, frames=12)
+    ahead = L.locate_sequence(depths)
+    both = L.locate_sequence(iter(depths), both_ways=True)  # any iterable, as one pass takes
+    assert (_errors(ahead.centres, truth) > 300).all()
+    back = np.array(both.way) == L.BACKWARD
+    assert back.sum() >= 8 and (_errors(both.centres, truth)[back] < 60).all(), _errors(both.centres, truth).round()
+    np.testing.assert_array_equal(both.centres[~back], ahead.centres[~back])
+    assert both.status == [L.LOCATED] * 12 and set(ahead.way) == {L.FORWARD}
+    assert "forward and backward" in both.localiser and "forward and backward" not in ahead.localiser
+
+
+def test_where_the_two_passes_agree_tracking_both_ways_changes_nothing(monkeypatch):
+    """A sequence both passes follow alike: the forward pass's centres, and no frame located alone."""
+    depths, _ = hard_sequence(0, frames=6, other_hand=False)
+    passes = []
+    one_way = L._one_way
+    monkeypatch.setattr(L, "_one_way", lambda frames, **k: passes.append(len(frames)) or one_way(frames, **k))
+    both = L.locate_sequence(depths, both_ways=True)
+    assert passes == [6, 6]
+    np.testing.assert_array_equal(both.centres, L.locate_sequence(depths).centres)
+    assert set(both.way) == {L.FORWARD}
+
+
 def _copy_frames(fpha: FPHA, ref, frames: int, folder: Path) -> np.ndarray:
     folder.mkdir(parents=True, exist_ok=True)
     for t in range(frames):
@@ -985,17 +1040,22 @@ def test_locate_takes_the_shipped_refiner_where_none_is_trained(smoke, tmp_path,
     assert f"shipped with handfuse: {L.SHIPPED.name}" in printed.out and "no trained refinement" not in printed.err
     assert "detector where it disagrees in a frame without a table plane" in printed.out
     calls = _count_detections(monkeypatch)
-    assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv")]) == 0
+    out = ["--out", str(tmp_path / "centres.csv")]
+    assert L.main(["locate", str(tmp_path / "depth"), *out, "--forward-only"]) == 0
     frames = sorted((tmp_path / "depth").glob("depth_*.png"))
     assert len(calls) == sum(L.regions(read_depth_png(f)).plane is None for f in frames)  # only where no plane
+    assert "forward and backward" not in capsys.readouterr().out
     calls.clear()
-    out = ["--out", str(tmp_path / "centres.csv")]
     assert L.main(["locate", str(tmp_path / "depth"), *out, "--detector", "never"]) == 0
     assert not calls and "its learned whole-frame detector left out" in capsys.readouterr().out
-    assert L.main(["locate", str(tmp_path / "depth"), *out, "--detector", "always"]) == 0
+    assert L.main(["locate", str(tmp_path / "depth"), *out, "--detector", "always", "--forward-only"]) == 0
     printed = capsys.readouterr().out.split("localiser:")[-1].split("\n")[0]
     assert "shipped with handfuse" in printed and "detector where it disagrees + ComRefNet" in printed
     assert len(calls) == 3  # one look at each frame
+    calls.clear()
+    assert L.main(["locate", str(tmp_path / "depth"), *out, "--detector", "always"]) == 0
+    assert "forward and backward" in capsys.readouterr().out
+    assert len(calls) >= 6  # each pass looks at each frame (and again at a frame the two passes part on)
     assert L.main(["locate", str(tmp_path / "depth"), "--out", str(tmp_path / "centres.csv"), "--no-refine"]) == 0
     assert "no learned refinement" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # nothing to let the detector overrule

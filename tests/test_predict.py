@@ -113,7 +113,8 @@ def test_predict_writes_poses_actions_and_record(trained, tmp_path):
 def test_predict_locates_the_hand_as_the_depth_centred_test_sets_do(trained, smoke_localiser, tmp_path):
     """The crops are centred by the tracker with the learned refinement of the workbook's depth-centred test
     sets, found beside the method's weights, its learned detector overruling only in frames without a table plane
-    unless --detector says otherwise; --no-refine runs the tracker alone; each says so."""
+    unless --detector says otherwise, tracked both ways unless --forward-only; --no-refine runs the tracker alone;
+    each says so."""
     runs, fpha, ref, _ = trained
     folder = runs / "smoke" / "models" / smoke_localiser.name
     depths = [fpha.read_depth(ref, t) for t in range(fpha.num_frames(ref))]
@@ -121,17 +122,19 @@ def test_predict_locates_the_hand_as_the_depth_centred_test_sets_do(trained, smo
                        progress=False)
     assert p.record["weights"]["localiser"] == str(folder) and str(folder) in p.record["localiser"]
     assert "ComRefNet" in p.record["localiser"] and "in a frame without a table plane" in p.record["localiser"]
+    assert "forward and backward" in p.record["localiser"]
 
     def centres(out: Path) -> np.ndarray:
         with open(out / FILES["centres"]) as f:
             return np.array([[float(r[k]) for k in ("x_mm", "y_mm", "z_mm")] for r in csv.DictReader(f)])
 
-    refined = locate_sequence(depths, refiner=load_refiner(folder), detector=L.NO_TABLE).centres
+    refined = locate_sequence(depths, refiner=load_refiner(folder), detector=L.NO_TABLE, both_ways=True).centres
     np.testing.assert_allclose(centres(tmp_path / "refined"), refined, atol=1e-3)
     assert main([str(fpha.depth_dir(ref)), "--out", str(tmp_path / "detector"), "--preset", "smoke", "--runs",
-                 str(runs), "--no-animation", "--detector", "always"]) == 0
+                 str(runs), "--no-animation", "--detector", "always", "--forward-only"]) == 0
     record = json.loads((tmp_path / "detector" / FILES["record"]).read_text())
     assert "overruled by a learned whole-frame detector where it disagrees + ComRefNet" in record["localiser"]
+    assert "forward and backward" not in record["localiser"]
     np.testing.assert_allclose(centres(tmp_path / "detector"),
                                locate_sequence(depths, refiner=load_refiner(folder)).centres, atol=1e-3)
     with pytest.raises(SystemExit):  # nothing to let the detector overrule
@@ -142,7 +145,7 @@ def test_predict_locates_the_hand_as_the_depth_centred_test_sets_do(trained, smo
     assert q == 0
     record = json.loads((tmp_path / "alone" / FILES["record"]).read_text())
     assert "no learned refinement" in record["localiser"] and "localiser" not in record["weights"]
-    np.testing.assert_allclose(centres(tmp_path / "alone"), locate_sequence(depths).centres, atol=1e-3)
+    np.testing.assert_allclose(centres(tmp_path / "alone"), locate_sequence(depths, both_ways=True).centres, atol=1e-3)
     assert not np.allclose(refined, locate_sequence(depths).centres, atol=1.0)  # the two localisers differ here
 
 
