@@ -73,8 +73,9 @@ What a frame goes through (every step works on every ``STRIDE``-th pixel):
    located whole, so steps 3-6 also run from its last frame back to its first.  A track that starts on the
    other hand or on clutter keeps to it, as the tracker is meant to; the pass from the other end, starting
    elsewhere, shows where.  Where the two passes put the hand more than ``BOTH_WAYS_AGREE_MM`` apart, each
-   frame of that stretch is located on its own (step 3 and on), and the stretch is taken from the pass that
-   more of them agree with where that pass tracked the hand (:func:`settle`).  The crop cache runs the forward
+   frame of that stretch is located on its own (step 3 and on), and the stretch is taken from the backward pass
+   where more of them, and at least ``BOTH_WAYS_MIN_VOTES``, agree with it where it tracked the hand than with
+   the forward pass (:func:`settle`).  The crop cache runs the forward
    pass alone, as it always has.
 
 The parameters were set on the synthetic benchmark's training sequences and on the
@@ -479,9 +480,9 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
 
     With ``both_ways`` (what ``locate`` and ``predict`` run on a recording: :data:`BOTH_WAYS_ON_RECORDINGS`)
     the sequence is also tracked from its last frame back to its first, and wherever the two passes part,
-    the stretch is taken from the pass that more of its frames, each located on its own, agree with
-    (:func:`settle`): a track that starts on the wrong hand or on clutter keeps to it, and the pass from the
-    other end shows it."""
+    the stretch is taken from the backward pass where enough of its frames, each located on its own, agree
+    with it rather than with the forward pass (:func:`settle`): a track that starts on the wrong hand or on
+    clutter keeps to it, and the pass from the other end shows it."""
     check(detector in DETECTOR_POLICIES, "detector", detector, f"one of {DETECTOR_POLICIES}")
     how = dict(intrinsics=intrinsics, cube_mm=cube_mm, refiner=refiner, table=table, detector=detector)
     if not both_ways:
@@ -489,21 +490,21 @@ def locate_sequence(depths, intrinsics: Intrinsics = FPHA_DEPTH, cube_mm: float 
     frames = list(depths)
     ahead = _one_way(frames, progress=progress, desc="locating forward", **how)
     back = _one_way(frames[::-1], progress=progress, desc="locating backward", way=BACKWARD, **how)
-    back_centres = back.centres[::-1]
+    back = replace(back, centres=back.centres[::-1], uv=back.uv[::-1], status=back.status[::-1], how=back.how[::-1],
+                   planes=back.planes[::-1])  # in the frames' order
 
     def tracked(located: Located) -> np.ndarray:  # (T,) bool: where a pass followed the hand from the frame before
         return np.isin(located.how, (TRACKED, HELD))
 
-    taken = settle(ahead.centres, back_centres, lambda t: _one_way([frames[t]], **how).centres[0],
-                   tracked(ahead), tracked(back)[::-1], progress)
+    taken = settle(ahead.centres, back.centres, lambda t: _one_way([frames[t]], **how).centres[0],
+                   tracked(ahead), tracked(back), progress)
 
     def pick(forward: list, backward: list) -> list:
         return [b if k else f for f, b, k in zip(forward, backward, taken)]
 
-    return Located(np.where(taken[:, None], back_centres, ahead.centres),
-                   np.where(taken[:, None], back.uv[::-1], ahead.uv), pick(ahead.status, back.status[::-1]),
-                   describe(refiner, detector, both_ways),
-                   pick(ahead.how, back.how[::-1]), ahead.planes, pick(ahead.way, back.way))
+    return Located(np.where(taken[:, None], back.centres, ahead.centres), np.where(taken[:, None], back.uv, ahead.uv),
+                   pick(ahead.status, back.status), describe(refiner, detector, both_ways), pick(ahead.how, back.how),
+                   ahead.planes, pick(ahead.way, back.way))
 
 
 def settle(ahead: np.ndarray, back: np.ndarray, alone, tracked_ahead: np.ndarray | None = None,
@@ -584,8 +585,8 @@ def describe(refiner: "Refiner | None", detector: str = ALWAYS, both_ways: bool 
     """Which localiser :func:`locate_sequence` runs with ``refiner``, ``detector`` and ``both_ways``, in words."""
     base = "depth tracker (table plane removed, depth-continuous regions, far end of the arm; handfuse.localise)"
     if both_ways:
-        base += (", run forward and backward through the sequence (where the two part, the one more of those frames"
-                 " located alone agree with)")
+        base += (", run forward and backward through the sequence (where the two part, the backward pass where more"
+                 " of those frames located alone agree with it)")
     if refiner is None:
         return base + ", no learned refinement"
     cfg = refiner.cfg
