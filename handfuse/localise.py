@@ -207,10 +207,11 @@ BOTH_WAYS_MIN_VOTES = 2
 # what `locate` and `predict` run on a recording (--forward-only runs one pass, as the crop cache does).  Chosen on the
 # hard sequences of the seeds kept for tuning (benchmarks.localise --hard-sequences, 200 of 12 frames; refiners 0-2):
 # mean centre error 40.3 / 43.9 / 40.8 mm forward, 33.0 / 33.9 / 31.2 both ways (-9.0 +- 3.6, paired, 3 seeds, 95 % t),
-# frames more than 100 mm off 245 / 290 / 261 -> 199 / 212 / 189; on every 3rd test sequence of both dev benchmarks no
-# frame's centre changes.  One vote instead of BOTH_WAYS_MIN_VOTES did as well there but moved frames of dev benchmark
-# 2 (the trained baselines' pose error -0.12 / +0.14 / -0.13 mm); counting a pass's own detections as votes put
-# 18-19 hard frames per refiner more than 100 mm off, against 14-16 (docs/benchmarks.md)
+# frames more than 100 mm off 245 / 290 / 261 -> 199 / 212 / 189 (-65 +- 42); on every 3rd test sequence of both dev
+# benchmarks no frame's centre changes.  One vote instead of BOTH_WAYS_MIN_VOTES did as well there but moved frames of
+# dev benchmark 2 (the trained baselines' pose error -0.12 / +0.14 / -0.13 mm, -0.04 +- 0.39, 3 seeds, 95 % t);
+# counting a pass's own detections as votes put 18-19 hard frames per refiner more than 100 mm off, against 14-16
+# (docs/benchmarks.md)
 BOTH_WAYS_ON_RECORDINGS = True
 
 
